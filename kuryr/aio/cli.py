@@ -1,0 +1,54 @@
+"""`kuryr-aio`: bring up, inspect and tear down the all-in-one stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kuryr.aio import stack
+from kuryr.aio.layout import Layout
+from kuryr.aio.procs import StackError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kuryr-aio",
+        description="A real single-host OpenStack Neutron (ML2/OVN) + Open vSwitch + dockerd "
+        "stack for Kuryr. Needs root on Debian 12.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="install what is missing and start everything (idempotent)")
+    sub.add_parser("status", help="exit 0 only when every component answers")
+    sub.add_parser("env", help="print shell exports: eval \"$(kuryr-aio env)\"")
+    down = sub.add_parser("down", help="stop exactly what `up` started")
+    down.add_argument("--purge", action="store_true", help="also wipe the stack's state")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    layout = Layout.default()
+    if args.command == "env":
+        sys.stdout.write(stack.env_exports(layout))
+        return 0
+    if os.geteuid() != 0:
+        print("kuryr-aio: must run as root (it starts Open vSwitch, Neutron and dockerd)",
+              file=sys.stderr)
+        return 2
+    if args.command == "status":
+        return stack.main_status(layout)
+    try:
+        if args.command == "up":
+            stack.up(layout)
+        elif args.command == "down":
+            stack.down(layout, purge=args.purge)
+    except StackError as exc:
+        print(f"kuryr-aio: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

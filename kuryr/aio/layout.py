@@ -1,0 +1,87 @@
+"""Where the all-in-one stack keeps its files, sockets and PIDs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+NEUTRON_VERSION = "29.0.0"
+NEUTRON_PORT = 9696
+OUTSIDE_NETNS = "kuryr-aio-outside"
+# The "outside world" of the stack is a namespace on br-ex with no uplink;
+# a documentation prefix (RFC 5737) keeps it from ever colliding with a real network.
+PUBLIC_CIDR = "198.51.100.0/24"
+PUBLIC_GATEWAY = "198.51.100.1"
+PUBLIC_NETWORK = "public"
+PHYSNET = "public"
+
+
+@dataclass(frozen=True)
+class Layout:
+    base: Path
+    run: Path
+    host: str
+
+    @classmethod
+    def default(cls) -> Layout:
+        base = Path(os.environ.get("KURYR_AIO_DIR", "/var/lib/kuryr-aio"))
+        run = Path(os.environ.get("KURYR_AIO_RUN", "/run/kuryr-aio"))
+        return cls(base=base, run=run, host=socket.gethostname())
+
+    @property
+    def logs(self) -> Path:
+        return self.base / "logs"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    # Open vSwitch / OVN keep their standard sockets so ovs-vsctl, ovn-nbctl
+    # and Kuryr's own binding code work without extra flags.
+    ovs_run: Path = Path("/run/openvswitch")
+    ovn_run: Path = Path("/run/ovn")
+
+    @property
+    def ovs_db_sock(self) -> Path:
+        return self.ovs_run / "db.sock"
+
+    @property
+    def nb_sock(self) -> Path:
+        return self.ovn_run / "ovnnb_db.sock"
+
+    @property
+    def sb_sock(self) -> Path:
+        return self.ovn_run / "ovnsb_db.sock"
+
+    @property
+    def mysql_sock(self) -> Path:
+        return self.run / "mysqld.sock"
+
+    @property
+    def neutron_dir(self) -> Path:
+        return self.base / "neutron"
+
+    @property
+    def neutron_venv(self) -> Path:
+        # Software, not state: kept by `down --purge` so the next `up` is quick.
+        return self.base / "venvs" / f"neutron-{NEUTRON_VERSION}"
+
+    @property
+    def neutron_url(self) -> str:
+        return f"http://127.0.0.1:{NEUTRON_PORT}"
+
+    @property
+    def docker_sock(self) -> Path:
+        return self.run / "docker.sock"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.docker_sock}"
+
+    @property
+    def kuryr_conf(self) -> Path:
+        return self.base / "kuryr.conf"

@@ -1,0 +1,205 @@
+"""MariaDB and a real neutron-server (ML2/OVN) for the all-in-one stack."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from kuryr.aio import procs
+from kuryr.aio.layout import NEUTRON_PORT, NEUTRON_VERSION, PHYSNET, Layout
+
+DB_USER = "neutron"
+DB_PASSWORD = "neutron"  # reachable only through a root-owned unix socket
+NEUTRON_PACKAGES = [f"neutron=={NEUTRON_VERSION}", "gunicorn", "pymysql"]
+
+
+def template(name: str) -> str:
+    return resources.files("kuryr.aio").joinpath("templates", name).read_text()
+
+
+class MariaDB:
+    name = "mariadb"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.datadir = layout.base / "mysql"
+        self.pidfile = layout.pidfile("mariadb")
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("mariadb")]
+
+    def problems(self) -> list[str]:
+        if not procs.pid_alive(self.pidfile, "mariadbd"):
+            return ["MariaDB is not running"]
+        if not self.layout.mysql_sock.exists():
+            return [f"MariaDB socket {self.layout.mysql_sock} is missing"]
+        return []
+
+    def sql(self, statement: str) -> str:
+        return procs.run(["mariadb", "--no-defaults", "-S", str(self.layout.mysql_sock),
+                          "-u", "root", "-e", statement], timeout=30)
+
+    def up(self) -> None:
+        if not (self.datadir / "mysql").exists():
+            self.datadir.mkdir(parents=True, exist_ok=True)
+            procs.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
+                       "--user=root", "--auth-root-authentication-method=socket",
+                       "--skip-test-db"], log=self.layout.log("mariadb-install"))
+        if not procs.pid_alive(self.pidfile, "mariadbd"):
+            self.layout.mysql_sock.unlink(missing_ok=True)
+            procs.spawn(
+                ["mariadbd", "--no-defaults", f"--datadir={self.datadir}",
+                 f"--socket={self.layout.mysql_sock}", "--skip-networking", "--user=root",
+                 f"--log-error={self.layout.log('mariadb')}",
+                 "--innodb-buffer-pool-size=64M", "--max-connections=200"],
+                pidfile=self.pidfile, log=self.layout.log("mariadb"),
+            )
+        if not procs.wait_for(lambda: self.sql("SELECT 1") is not None, 60):
+            raise procs.StackError(f"MariaDB did not start (log: {self.layout.log('mariadb')})")
+        self.sql(
+            "CREATE DATABASE IF NOT EXISTS neutron CHARACTER SET utf8;"
+            f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
+            f"GRANT ALL PRIVILEGES ON neutron.* TO '{DB_USER}'@'localhost';"
+        )
+
+    def down(self) -> None:
+        procs.stop(self.pidfile, "mariadbd", timeout=30)
+
+
+class NeutronServer:
+    name = "neutron"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.dir = layout.neutron_dir
+        self.api_pid = layout.pidfile("neutron-api")
+        self.worker_pid = layout.pidfile("neutron-ovn-maintenance-worker")
+
+    @property
+    def venv_bin(self) -> Path:
+        return self.layout.neutron_venv / "bin"
+
+    @property
+    def config_files(self) -> list[Path]:
+        return [self.dir / "neutron.conf", self.dir / "ml2_conf.ini"]
+
+    @property
+    def config_args(self) -> list[str]:
+        return [arg for f in self.config_files for arg in ("--config-file", str(f))]
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("neutron-api"), self.layout.log("neutron-ovn-maintenance-worker")]
+
+    def answers(self) -> bool:
+        url = f"{self.layout.neutron_url}/v2.0/networks?limit=1"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status == 200
+
+    def problems(self) -> list[str]:
+        found = []
+        if not procs.pid_alive(self.api_pid, "gunicorn"):
+            found.append("neutron-server (API) is not running")
+        else:
+            try:
+                self.answers()
+            except OSError as exc:
+                found.append(f"neutron-server does not answer on {self.layout.neutron_url}: {exc}")
+        if not procs.pid_alive(self.worker_pid, "neutron-ovn-maintenance-worker"):
+            found.append("neutron-ovn-maintenance-worker is not running")
+        return found
+
+    # -- install -----------------------------------------------------------
+    def install(self) -> None:
+        marker = self.layout.neutron_venv / ".kuryr-aio-installed"
+        if marker.exists():
+            return
+        venv = self.layout.neutron_venv
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        log = self.layout.log("neutron-install")
+        procs.run([sys.executable, "-m", "venv", str(venv)], log=log)
+        procs.run([str(venv / "bin" / "pip"), "install", "-q", *NEUTRON_PACKAGES],
+                  log=log, timeout=1800)
+        marker.write_text(f"{NEUTRON_VERSION}\n")
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("state", "lock"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        values = {
+            "dir": str(self.dir),
+            "port": str(NEUTRON_PORT),
+            "db_url": (f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@localhost/neutron"
+                       f"?unix_socket={self.layout.mysql_sock}&charset=utf8"),
+            "nb": f"unix:{self.layout.nb_sock}",
+            "sb": f"unix:{self.layout.sb_sock}",
+            "physnet": PHYSNET,
+        }
+        for name in ("neutron.conf", "ml2_conf.ini"):
+            (self.dir / name).write_text(template(name + ".tmpl").format(**values))
+        shutil.copy(self.layout.neutron_venv / "etc" / "neutron" / "api-paste.ini",
+                    self.dir / "api-paste.ini")
+        wsgi = template("neutron_wsgi.py.tmpl").replace(
+            "@CONFIG_ARGS@", repr(self.config_args))
+        (self.dir / "kuryr_aio_neutron_wsgi.py").write_text(wsgi)
+
+    def migrate(self) -> None:
+        marker = self.dir / ".db-migrated"
+        if marker.exists() and marker.read_text() == NEUTRON_VERSION:
+            return
+        procs.run([str(self.venv_bin / "neutron-db-manage"), *self.config_args,
+                   "upgrade", "heads"], log=self.layout.log("neutron-db-manage"), timeout=600)
+        marker.write_text(NEUTRON_VERSION)
+
+    # -- run ---------------------------------------------------------------
+    def up(self) -> None:
+        self.install()
+        self.write_config()
+        self.migrate()
+        # neutron elects its "first worker" through files in TMPDIR: fresh per start.
+        env = {"ASGI_WORKERS": "1", "PATH": f"{self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"}
+        if not procs.pid_alive(self.api_pid, "gunicorn"):
+            env_api = {**env, "TMPDIR": tempfile.mkdtemp(prefix="neutron-api-", dir=self.dir)}
+            procs.spawn(
+                [str(self.venv_bin / "gunicorn"), "--chdir", str(self.dir),
+                 "--bind", f"127.0.0.1:{NEUTRON_PORT}", "-w", "1", "--threads", "8",
+                 "--graceful-timeout", "5", "--timeout", "300",
+                 "kuryr_aio_neutron_wsgi:application"],
+                pidfile=self.api_pid, log=self.layout.log("neutron-api"), env=env_api,
+            )
+        if not procs.wait_for(self._answers_or_died, 180):
+            raise procs.StackError(
+                "neutron-server did not answer within 180 s "
+                f"(log: {self.layout.log('neutron-api')})")
+        if not procs.pid_alive(self.api_pid, "gunicorn"):
+            raise procs.StackError(
+                f"neutron-server exited at start (log: {self.layout.log('neutron-api')})")
+        if not procs.pid_alive(self.worker_pid, "neutron-ovn-maintenance-worker"):
+            env_worker = {**env, "TMPDIR": tempfile.mkdtemp(prefix="neutron-mw-", dir=self.dir)}
+            procs.spawn([str(self.venv_bin / "neutron-ovn-maintenance-worker"),
+                         *self.config_args],
+                        pidfile=self.worker_pid,
+                        log=self.layout.log("neutron-ovn-maintenance-worker"), env=env_worker)
+
+    def _answers_or_died(self) -> bool:
+        if not procs.pid_alive(self.api_pid, "gunicorn"):
+            return True  # reported by the caller
+        try:
+            return self.answers()
+        except OSError:
+            time.sleep(0.5)
+            return False
+
+    def down(self) -> None:
+        procs.stop(self.worker_pid, "neutron-ovn-maintenance-worker")
+        procs.stop(self.api_pid, "gunicorn", timeout=15)
+        for tmp in self.dir.glob("neutron-*-*"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)

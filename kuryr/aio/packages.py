@@ -1,0 +1,53 @@
+"""Debian packages the all-in-one stack runs on; installed only when missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from kuryr.aio import procs
+from kuryr.aio.layout import Layout
+
+# command that must exist -> Debian package providing it
+REQUIRED = {
+    "ovs-vswitchd": "openvswitch-switch",
+    "ovn-northd": "ovn-central",
+    "ovn-controller": "ovn-host",
+    "mariadbd": "mariadb-server",
+    "dockerd": "docker.io",
+    "busybox": "busybox-static",
+    "ip": "iproute2",
+}
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def missing_packages() -> list[str]:
+    return sorted({pkg for cmd, pkg in REQUIRED.items()
+                   if shutil.which(cmd, path=SEARCH_PATH) is None})
+
+
+class Packages:
+    name = "packages"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    @property
+    def logs(self) -> list:
+        return [self.layout.log("apt")]
+
+    def problems(self) -> list[str]:
+        missing = missing_packages()
+        return [f"Debian packages not installed: {' '.join(missing)}"] if missing else []
+
+    def up(self) -> None:
+        missing = missing_packages()
+        if not missing:
+            return
+        if os.geteuid() != 0:
+            raise procs.StackError(f"installing {' '.join(missing)} needs root")
+        log = self.layout.log("apt")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        procs.run(["apt-get", "update", "-q"], log=log, env=env, timeout=900)
+        procs.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                  log=log, env=env, timeout=1800)

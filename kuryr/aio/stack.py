@@ -1,0 +1,131 @@
+"""The all-in-one stack: its components in start order, and what `up`,
+`status` and `down` do with them."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from kuryr.aio import procs
+from kuryr.aio.docker import Docker
+from kuryr.aio.layout import Layout
+from kuryr.aio.neutron_server import MariaDB, NeutronServer
+from kuryr.aio.outside import Outside, remove_datapath_taps
+from kuryr.aio.packages import Packages
+from kuryr.aio.switch import OVN, OpenVSwitch
+
+# Tap devices the OVS userspace datapath creates and leaves behind on exit.
+DATAPATH_TAPS = ["ovs-netdev", "br-int", "br-ex", "genev_sys_6081"]
+
+
+class Component(Protocol):
+    name: str
+
+    @property
+    def logs(self) -> list[Path]: ...
+
+    def problems(self) -> list[str]: ...
+
+    def up(self) -> None: ...
+
+    def down(self) -> None: ...
+
+
+def components(layout: Layout) -> list[Component]:
+    """Everything the stack runs, in start order (stopped in reverse)."""
+    return [
+        Packages(layout),
+        OpenVSwitch(layout),
+        OVN(layout),
+        MariaDB(layout),
+        NeutronServer(layout),
+        Outside(layout),
+        Docker(layout),
+    ]
+
+
+def say(message: str) -> None:
+    print(f"kuryr-aio: {message}", flush=True)
+
+
+def _safe_problems(component: Component) -> list[str]:
+    try:
+        return component.problems()
+    except Exception as exc:  # noqa: BLE001 - a failing probe is itself the answer
+        return [f"{component.name}: check failed: {exc}"]
+
+
+def up(layout: Layout, log: Callable[[str], None] = say) -> None:
+    """Start whatever is not running yet; a no-op when all is up."""
+    started = time.monotonic()
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    layout.run.mkdir(parents=True, exist_ok=True)
+    for component in components(layout):
+        if not _safe_problems(component):
+            continue
+        t0 = time.monotonic()
+        where = ", ".join(str(p) for p in component.logs) or "-"
+        log(f"starting {component.name} (logs: {where}) ...")
+        try:
+            component.up()
+        except procs.StackError as exc:
+            raise procs.StackError(f"{component.name}: {exc}") from exc
+        left = _safe_problems(component)
+        if left:
+            raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
+        log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
+    log(f"stack is up ({time.monotonic() - started:.1f} s); "
+        f"Neutron {layout.neutron_url}, Docker {layout.docker_host}")
+    log('use it with: eval "$(kuryr-aio env)"')
+
+
+def status(layout: Layout) -> list[tuple[str, list[str]]]:
+    return [(c.name, _safe_problems(c)) for c in components(layout)]
+
+
+def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) -> None:
+    for component in reversed(components(layout)):
+        try:
+            component.down()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            log(f"{component.name}: stop failed: {exc}")
+    removed = remove_datapath_taps(DATAPATH_TAPS)
+    if removed:
+        log(f"removed datapath tap devices: {' '.join(removed)}")
+    if purge:
+        for child in layout.base.iterdir() if layout.base.exists() else []:
+            if child.name == "venvs":
+                continue  # installed software, not state
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        shutil.rmtree(layout.run, ignore_errors=True)
+        log(f"state under {layout.base} wiped (kept {layout.base / 'venvs'})")
+    log("stack is down")
+
+
+def env_exports(layout: Layout) -> str:
+    lines = {
+        "DOCKER_HOST": layout.docker_host,
+        "OS_AUTH_TYPE": "none",
+        "OS_ENDPOINT": layout.neutron_url,
+        "KURYR_CONFIG_FILE": str(layout.kuryr_conf),
+    }
+    return "".join(f"export {key}={value}\n" for key, value in lines.items())
+
+
+def main_status(layout: Layout) -> int:
+    bad = 0
+    for name, problems in status(layout):
+        if problems:
+            bad += 1
+            for problem in problems:
+                print(f"DOWN  {name}: {problem}")
+        else:
+            print(f"OK    {name}")
+    return 1 if bad else 0
+

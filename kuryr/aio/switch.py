@@ -1,0 +1,185 @@
+"""Open vSwitch (userspace datapath) and OVN for the all-in-one stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kuryr.aio import procs
+from kuryr.aio.layout import PHYSNET, Layout
+
+OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
+SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
+
+
+def vsctl(*args: str, timeout: int = 10) -> str:
+    return procs.run(["ovs-vsctl", f"--timeout={timeout}", *args], timeout=timeout + 5)
+
+
+def bridge_datapath(bridge: str) -> str | None:
+    """The datapath type of ``bridge``, or None when the bridge does not exist."""
+    out = procs.run(["ovs-vsctl", "--timeout=5", "--if-exists", "get", "Bridge", bridge,
+                     "datapath_type"], check=False, timeout=10).strip()
+    return out.strip('"') or None
+
+
+def ensure_netdev_bridge(bridge: str, *extra: str) -> None:
+    """Create ``bridge`` on the userspace datapath and check it really exists.
+
+    ``ovs-vsctl add-br`` exits 0 even when the datapath cannot be created, so
+    the bridge's Interface row is checked for an error afterwards.
+    """
+    vsctl("--may-exist", "add-br", bridge, "--", "set", "Bridge", bridge,
+          "datapath_type=netdev", *extra)
+    error = procs.run(["ovs-vsctl", "--timeout=5", "get", "Interface", bridge, "error"],
+                      check=False, timeout=10).strip()
+    if error not in ("", "[]"):
+        raise procs.StackError(f"OVS bridge {bridge} failed: {error}")
+
+
+class OpenVSwitch:
+    name = "openvswitch"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.db = layout.base / "ovs" / "conf.db"
+        self.db_pid = layout.ovs_run / "ovsdb-server.pid"
+        self.switch_pid = layout.ovs_run / "ovs-vswitchd.pid"
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("ovsdb-server"), self.layout.log("ovs-vswitchd")]
+
+    def problems(self) -> list[str]:
+        found = []
+        if not procs.pid_alive(self.db_pid, "ovsdb-server"):
+            found.append("ovsdb-server (Open vSwitch database) is not running")
+        if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
+            found.append("ovs-vswitchd is not running")
+        elif bridge_datapath("br-int") != "netdev":
+            found.append("OVS bridge br-int is missing or not on the netdev datapath")
+        return found
+
+    def up(self) -> None:
+        self.layout.ovs_run.mkdir(parents=True, exist_ok=True)
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        if not self.db.exists():
+            procs.run(["ovsdb-tool", "create", str(self.db), str(OVS_SCHEMA)])
+        if not procs.pid_alive(self.db_pid, "ovsdb-server"):
+            procs.run([
+                "ovsdb-server", str(self.db),
+                f"--remote=punix:{self.layout.ovs_db_sock}",
+                "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+                f"--pidfile={self.db_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.layout.log('ovsdb-server')}",
+            ])
+        vsctl("--no-wait", "init")
+        # TSO must be on before ovs-vswitchd starts, or TCP through veths fails
+        # on checksums while ping still works.
+        vsctl("--no-wait", "set", "Open_vSwitch", ".",
+              "other_config:userspace-tso-enable=true")
+        self._configure_chassis()
+        if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
+            procs.run([
+                "ovs-vswitchd", f"unix:{self.layout.ovs_db_sock}",
+                f"--pidfile={self.switch_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.layout.log('ovs-vswitchd')}",
+            ])
+        ensure_netdev_bridge("br-int", "fail-mode=secure",
+                             "other-config:disable-in-band=true")
+        ensure_netdev_bridge("br-ex")
+
+    def _configure_chassis(self) -> None:
+        host = self.layout.host
+        ids = {
+            "system-id": host,
+            "hostname": host,
+            "ovn-remote": f"unix:{self.layout.sb_sock}",
+            "ovn-encap-type": "geneve",
+            "ovn-encap-ip": "127.0.0.1",
+            "ovn-bridge": "br-int",
+            "ovn-bridge-datapath-type": "netdev",
+            "ovn-bridge-mappings": f"{PHYSNET}:br-ex",
+            "ovn-cms-options": "enable-chassis-as-gw",
+        }
+        vsctl("--no-wait", "set", "Open_vSwitch", ".",
+              *(f'external_ids:{key}="{value}"' for key, value in ids.items()))
+
+    def down(self) -> None:
+        procs.stop(self.switch_pid, "ovs-vswitchd")
+        procs.stop(self.db_pid, "ovsdb-server")
+
+
+class OVN:
+    name = "ovn"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        run = layout.ovn_run
+        self.dbs = {
+            "nb": (layout.base / "ovn" / "ovnnb_db.db", NB_SCHEMA, layout.nb_sock,
+                   run / "ovnnb_db.pid", run / "ovnnb_db.ctl"),
+            "sb": (layout.base / "ovn" / "ovnsb_db.db", SB_SCHEMA, layout.sb_sock,
+                   run / "ovnsb_db.pid", run / "ovnsb_db.ctl"),
+        }
+        self.northd_pid = run / "ovn-northd.pid"
+        self.controller_pid = run / "ovn-controller.pid"
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log(n) for n in
+                ("ovsdb-server-nb", "ovsdb-server-sb", "ovn-northd", "ovn-controller")]
+
+    def problems(self) -> list[str]:
+        found = []
+        for kind, (_, _, _, pid, _) in self.dbs.items():
+            if not procs.pid_alive(pid, "ovsdb-server"):
+                found.append(f"OVN {kind.upper()} database server is not running")
+        if not procs.pid_alive(self.northd_pid, "ovn-northd"):
+            found.append("ovn-northd is not running")
+        if not procs.pid_alive(self.controller_pid, "ovn-controller"):
+            found.append("ovn-controller is not running")
+        elif not found and self.layout.host not in self._chassis_names():
+            found.append(f"OVN has no chassis for this host ({self.layout.host})")
+        return found
+
+    def _chassis_names(self) -> str:
+        return procs.run(["ovn-sbctl", "--timeout=5", f"--db=unix:{self.layout.sb_sock}",
+                          "--columns=name,hostname", "list", "Chassis"], timeout=10)
+
+    def up(self) -> None:
+        self.layout.ovn_run.mkdir(parents=True, exist_ok=True)
+        for kind, (db, schema, sock, pid, ctl) in self.dbs.items():
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if not db.exists():
+                procs.run(["ovsdb-tool", "create", str(db), str(schema)])
+            if not procs.pid_alive(pid, "ovsdb-server"):
+                procs.run([
+                    "ovsdb-server", str(db), f"--remote=punix:{sock}",
+                    f"--pidfile={pid}", f"--unixctl={ctl}", "--detach", "--no-chdir",
+                    f"--log-file={self.layout.log('ovsdb-server-' + kind)}",
+                ])
+        if not procs.pid_alive(self.northd_pid, "ovn-northd"):
+            procs.run([
+                "ovn-northd", f"--ovnnb-db=unix:{self.layout.nb_sock}",
+                f"--ovnsb-db=unix:{self.layout.sb_sock}",
+                f"--pidfile={self.northd_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.layout.log('ovn-northd')}",
+            ])
+        if not procs.pid_alive(self.controller_pid, "ovn-controller"):
+            procs.run([
+                "ovn-controller", f"unix:{self.layout.ovs_db_sock}",
+                f"--pidfile={self.controller_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.layout.log('ovn-controller')}",
+            ])
+        if not procs.wait_for(lambda: self.layout.host in self._chassis_names(), 30):
+            raise procs.StackError(
+                f"ovn-controller did not register chassis {self.layout.host} "
+                f"(log: {self.layout.log('ovn-controller')})"
+            )
+
+    def down(self) -> None:
+        procs.stop(self.controller_pid, "ovn-controller")
+        procs.stop(self.northd_pid, "ovn-northd")
+        for _, _, _, pid, _ in self.dbs.values():
+            procs.stop(pid, "ovsdb-server")

@@ -1,0 +1,208 @@
+"""Kuryr's configuration: every option group in one place.
+
+Option names follow kuryr-lib / kuryr-libnetwork so an existing
+``/etc/kuryr/kuryr.conf`` keeps working.  Nothing here reads a file at import
+time: :func:`load` builds a fresh :class:`oslo_config.cfg.ConfigOpts` when the
+program starts, so drivers are chosen from the file that was actually given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Sequence
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+DEFAULT_CONFIG_FILE = "/etc/kuryr/kuryr.conf"
+NEUTRON_GROUP = "neutron"
+
+core_opts = [
+    cfg.StrOpt(
+        "kuryr_uri",
+        default="unix:///run/docker/plugins/kuryr.sock",
+        help="Where the Docker plugin API listens: unix:///path/to.sock, or "
+        "http://HOST:PORT (a spec file is then written to plugin_spec_dir).",
+    ),
+    cfg.StrOpt(
+        "plugin_spec_dir",
+        default="/etc/docker/plugins",
+        help="Directory where a kuryr.spec file is written when kuryr_uri is TCP.",
+    ),
+    cfg.StrOpt(
+        "capability_scope",
+        default="local",
+        choices=["local", "global"],
+        help="Scope Kuryr reports to Docker in GetCapabilities.",
+    ),
+    cfg.StrOpt(
+        "local_default_address_space",
+        default="no_address_space",
+        help="Default local address space returned to Docker's IPAM.",
+    ),
+    cfg.StrOpt(
+        "global_default_address_space",
+        default="no_address_space",
+        help="Default global address space returned to Docker's IPAM.",
+    ),
+    cfg.BoolOpt(
+        "process_external_connectivity",
+        default=True,
+        help="Handle ProgramExternalConnectivity (published and exposed ports).",
+    ),
+    cfg.StrOpt(
+        "subnetpool_name_prefix",
+        default="kuryrPool",
+        help="Prefix of the names of subnetpools Kuryr creates for user subnets.",
+    ),
+    cfg.StrOpt(
+        "host",
+        help="Host name used as binding:host_id of ports; defaults to the machine's "
+        "host name. Must match the name the local OVN chassis / agent reports.",
+    ),
+    cfg.StrOpt(
+        "port_driver",
+        default="veth",
+        choices=["veth", "nested-vlan", "nested-macvlan"],
+        help="How container ports are wired: 'veth' plugs into the host's switch.",
+    ),
+    cfg.StrOpt(
+        "state_dir",
+        default="/var/lib/kuryr",
+        help="Directory for Kuryr's local files (never the source of truth: Neutron is).",
+    ),
+]
+
+neutron_opts = [
+    cfg.StrOpt(
+        "cloud",
+        help="Take credentials from this clouds.yaml entry instead of the options below.",
+    ),
+    cfg.StrOpt(
+        "default_subnetpool_v4",
+        default="kuryr",
+        help="Neutron subnetpool used when a network is created without --subnet.",
+    ),
+    cfg.StrOpt(
+        "default_subnetpool_v6",
+        default="kuryr6",
+        help="Neutron IPv6 subnetpool used when an IPv6 network has no --subnet.",
+    ),
+    cfg.StrOpt(
+        "default_subnetpool_v4_prefix",
+        default="10.10.0.0/16",
+        help="Prefix Kuryr gives the default IPv4 pool when it has to create it.",
+    ),
+    cfg.StrOpt(
+        "default_subnetpool_v6_prefix",
+        default="fd0a:6b75:7279::/48",
+        help="Prefix Kuryr gives the default IPv6 pool when it has to create it.",
+    ),
+    cfg.BoolOpt(
+        "vif_plugging_is_fatal",
+        default=True,
+        help="Fail Join when the port is not wired within vif_plugging_timeout.",
+    ),
+    cfg.IntOpt(
+        "vif_plugging_timeout",
+        default=30,
+        min=0,
+        help="Seconds to wait for a container's port to be wired before Join returns.",
+    ),
+    cfg.BoolOpt(
+        "enable_dhcp",
+        default=False,
+        help="Enable DHCP on subnets Kuryr creates (containers get their address from Docker).",
+    ),
+    cfg.FloatOpt(
+        "request_timeout",
+        default=30.0,
+        help="Seconds before one Neutron request is abandoned, so a hung Neutron never "
+        "hangs dockerd (Docker has no timeout of its own for plugin calls).",
+    ),
+]
+
+binding_opts = [
+    cfg.StrOpt(
+        "default_driver",
+        default="kuryr.lib.binding.drivers.veth",
+        help="Accepted for compatibility with kuryr-lib; the VIF type Neutron reports "
+        "(ovs, bridge) decides how a veth is plugged.",
+    ),
+    cfg.ListOpt(
+        "enabled_drivers",
+        default=["kuryr.lib.binding.drivers.veth"],
+        help="Accepted for compatibility with kuryr-lib.",
+    ),
+    cfg.StrOpt(
+        "veth_dst_prefix",
+        default="eth",
+        help="Interface name prefix inside the container.",
+    ),
+    cfg.StrOpt(
+        "link_iface",
+        default="",
+        help="Parent interface for nested (VM) port drivers.",
+    ),
+    cfg.StrOpt(
+        "ovs_bridge",
+        default="br-int",
+        help="Integration bridge used when Neutron's binding does not name one.",
+    ),
+    cfg.StrOpt(
+        "ovsdb_connection",
+        default="unix:/run/openvswitch/db.sock",
+        help="OVSDB endpoint of the local Open vSwitch.",
+    ),
+]
+
+
+def _neutron_auth_opts() -> list[cfg.Opt]:
+    """Keystoneauth session, adapter and auth-plugin options for [neutron]."""
+    opts: list[cfg.Opt] = []
+    opts += ks_loading.get_session_conf_options()
+    opts += ks_loading.get_auth_common_conf_options()
+    opts += ks_loading.get_adapter_conf_options(include_deprecated=False)
+    # Options of the plugins users actually configure, so they show in the sample.
+    for plugin in ("password", "v3applicationcredential", "none"):
+        opts += ks_loading.get_auth_plugin_conf_options(plugin)
+    return _unique(opts)
+
+
+def _unique(opts: Iterable[cfg.Opt]) -> list[cfg.Opt]:
+    seen: dict[str, cfg.Opt] = {}
+    for opt in opts:
+        seen.setdefault(opt.dest, opt)
+    return list(seen.values())
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(core_opts)
+    conf.register_opts(neutron_opts, group=NEUTRON_GROUP)
+    conf.register_opts(binding_opts, group="binding")
+    ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
+    ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
+    ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
+
+
+def load(args: Sequence[str] = (), config_files: Sequence[str] | None = None) -> cfg.ConfigOpts:
+    """Build a ConfigOpts from the command line and config files.
+
+    ``config_files`` None means: /etc/kuryr/kuryr.conf when it exists.
+    """
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    if config_files is None:
+        config_files = [DEFAULT_CONFIG_FILE] if os.path.exists(DEFAULT_CONFIG_FILE) else []
+    conf(list(args), project="kuryr", default_config_files=list(config_files))
+    return conf
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point for oslo-config-generator."""
+    return [
+        ("DEFAULT", list(core_opts)),
+        (NEUTRON_GROUP, list(itertools.chain(neutron_opts, _neutron_auth_opts()))),
+        ("binding", list(binding_opts)),
+    ]
