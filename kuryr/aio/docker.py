@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kuryr.aio import procs
 from kuryr.aio.layout import Layout
+from kuryr.binding.netlink import delete_link
 
 DOCKER_CLI = "/usr/bin/docker"  # the 20.10 client that matches the packaged dockerd
 BUSYBOX = Path("/bin/busybox")
@@ -107,4 +108,6 @@ class Docker:
     def down(self) -> None:
         # Containers are stopped by dockerd itself on SIGTERM (their endpoints
         # are released through the plugin, which is still running then).
-        procs.stop(self.pidfile, "dockerd", timeout=40)
+        if procs.stop(self.pidfile, "dockerd", timeout=40):
+            # dockerd leaves its default bridge behind when it exits.
+            delete_link("docker0")

@@ -93,14 +93,3 @@ class Outside:
         if OUTSIDE_NETNS in netns.listnetns():
             netns.remove(OUTSIDE_NETNS)
 
-
-def remove_datapath_taps(names: list[str]) -> list[str]:
-    """Delete tap devices the userspace datapath leaves behind when it exits."""
-    removed = []
-    with IPRoute() as ipr:
-        for name in names:
-            for idx in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=idx)
-                removed.append(name)
-    return removed
-

@@ -40,6 +40,9 @@ class Packages:
         missing = missing_packages()
         return [f"Debian packages not installed: {' '.join(missing)}"] if missing else []
 
+    def down(self) -> None:
+        """Installed packages stay: they are software, not state of the stack."""
+
     def up(self) -> None:
         missing = missing_packages()
         if not missing:

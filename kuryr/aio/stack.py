@@ -13,12 +13,10 @@ from kuryr.aio import procs
 from kuryr.aio.docker import Docker
 from kuryr.aio.layout import Layout
 from kuryr.aio.neutron_server import MariaDB, NeutronServer
-from kuryr.aio.outside import Outside, remove_datapath_taps
+from kuryr.aio.outside import Outside
 from kuryr.aio.packages import Packages
-from kuryr.aio.switch import OVN, OpenVSwitch
-
-# Tap devices the OVS userspace datapath creates and leaves behind on exit.
-DATAPATH_TAPS = ["ovs-netdev", "br-int", "br-ex", "genev_sys_6081"]
+from kuryr.aio.switch import DATAPATH_TAPS, OVN, OpenVSwitch
+from kuryr.binding.netlink import delete_link
 
 
 class Component(Protocol):
@@ -92,7 +90,7 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
             component.down()
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
             log(f"{component.name}: stop failed: {exc}")
-    removed = remove_datapath_taps(DATAPATH_TAPS)
+    removed = [name for name in DATAPATH_TAPS if delete_link(name)]
     if removed:
         log(f"removed datapath tap devices: {' '.join(removed)}")
     if purge:

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from kuryr.aio import procs
 from kuryr.aio.layout import PHYSNET, Layout
+from kuryr.binding.netlink import delete_link
 
 OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
 SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
+# Tap devices the OVS userspace datapath creates and leaves behind on exit.
+DATAPATH_TAPS = ("ovs-netdev", "br-int", "br-ex", "genev_sys_6081")
 
 
 def vsctl(*args: str, timeout: int = 10) -> str:
@@ -80,6 +83,10 @@ class OpenVSwitch:
               "other_config:userspace-tso-enable=true")
         self._configure_chassis()
         if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
+            # A killed userspace datapath leaves its tap devices; a new one
+            # cannot create its bridges while they exist.
+            for tap in DATAPATH_TAPS:
+                delete_link(tap)
             procs.run([
                 "ovs-vswitchd", f"unix:{self.layout.ovs_db_sock}",
                 f"--pidfile={self.switch_pid}", "--detach", "--no-chdir",

@@ -1,0 +1,98 @@
+"""veth pairs and namespaces through netlink (pyroute2)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from socket import AF_INET, AF_INET6
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kuryr.binding.vif import VIF
+
+ENOENT = 2
+EEXIST = 17
+
+
+class LinkError(Exception):
+    """A netlink operation failed; the message names the interface."""
+
+
+def create_veth(vif: VIF) -> None:
+    """Create the VIF's veth pair (host end up); an existing pair is kept."""
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=vif.host_ifname):
+            return
+        attrs = {"ifname": vif.host_ifname, "kind": "veth",
+                 "peer": {"ifname": vif.container_ifname, "address": vif.mac}}
+        if vif.mtu:
+            attrs["mtu"] = vif.mtu
+            attrs["peer"]["mtu"] = vif.mtu
+        try:
+            ipr.link("add", **attrs)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise LinkError(f"cannot create veth {vif.host_ifname}: {exc}") from exc
+        idx = ipr.link_lookup(ifname=vif.host_ifname)[0]
+        ipr.link("set", index=idx, state="up")
+
+
+def delete_link(ifname: str) -> bool:
+    """Delete a link (and so its veth peer); False when it did not exist."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        for idx in found:
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != ENOENT:
+                    raise LinkError(f"cannot delete {ifname}: {exc}") from exc
+        return bool(found)
+
+
+def link_exists(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def attach_to_linux_bridge(ifname: str, bridge: str) -> None:
+    with IPRoute() as ipr:
+        br = ipr.link_lookup(ifname=bridge)
+        if not br:
+            raise LinkError(f"Linux bridge {bridge} does not exist")
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=idx, master=br[0], state="up")
+
+
+def move_into_netns(ifname: str, netns_path: str, new_name: str,
+                    addresses: Iterable[str], gateways: Iterable[str] = ()) -> None:
+    """Move ``ifname`` into a namespace, rename it, address it and set default routes.
+
+    Used where Kuryr configures the container side itself (CNI, tests);
+    Docker does this on its own after Join.
+    """
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise LinkError(f"interface {ifname} does not exist")
+        ns_name = netns_path if os.sep not in netns_path else None
+        fd = None if ns_name else os.open(netns_path, os.O_RDONLY)
+        try:
+            ipr.link("set", index=idx[0], net_ns_fd=ns_name or fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    with NetNS(netns_path) as ns:
+        idx = ns.link_lookup(ifname=ifname)[0]
+        ns.link("set", index=idx, ifname=new_name)
+        for address in addresses:
+            iface = ipaddress.ip_interface(address)
+            ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        ns.link("set", index=idx, state="up")
+        lo = ns.link_lookup(ifname="lo")[0]
+        ns.link("set", index=lo, state="up")
+        for gateway in gateways:
+            family = AF_INET6 if ipaddress.ip_address(gateway).version == 6 else AF_INET
+            ns.route("add", dst="default", gateway=gateway, family=family)

@@ -1,0 +1,73 @@
+"""Integration fixtures: the real all-in-one stack, started through `kuryr-aio up`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from kuryr.aio.layout import Layout
+from kuryr.binding.ovs import OVS
+from kuryr.neutron.client import connect_endpoint
+
+from . import helpers
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Layout:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (they start Neutron, OVS and dockerd)")
+    proc = subprocess.run([helpers.aio_command(), "up"], text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"`kuryr-aio up` failed with exit code {proc.returncode}")
+    return Layout.default()
+
+
+@pytest.fixture(scope="session")
+def neutron(stack):
+    client = connect_endpoint(stack.neutron_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def ovs(stack):
+    return OVS()
+
+
+@pytest.fixture
+def unique():
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def cleanup():
+    """Callbacks run at teardown in reverse order, even when the test failed."""
+    callbacks = []
+    yield callbacks.append
+    errors = []
+    for callback in reversed(callbacks):
+        try:
+            callback()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def tenant_net(neutron, cleanup, unique):
+    """A Neutron network with one IPv4 subnet, deleted after the test."""
+    net = neutron.api.create_network(name=f"test-{unique}")
+    cleanup(lambda: helpers.delete_network(neutron, net.id))
+    subnet = neutron.api.create_subnet(network_id=net.id, ip_version=4, cidr="10.99.0.0/24",
+                                       name=f"test-{unique}", is_dhcp_enabled=False)
+    return net, subnet

@@ -1,0 +1,101 @@
+"""Helpers for integration tests: namespaces, plugged ports, sockets in a netns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyroute2 import netns
+from pyroute2.netns import create_socket
+
+from kuryr.binding import netlink
+from kuryr.binding.vif import VIF
+
+
+def aio_command() -> str:
+    """The kuryr-aio installed beside the running interpreter (the project's venv)."""
+    return shutil.which("kuryr-aio") or str(Path(sys.executable).parent / "kuryr-aio")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def delete_network(neutron, network_id: str) -> None:
+    for port in neutron.api.ports(network_id=network_id):
+        neutron.api.delete_port(port.id, ignore_missing=True)
+    neutron.api.delete_network(network_id, ignore_missing=True)
+
+
+def make_netns(name: str, cleanup) -> str:
+    netns.create(name)
+    cleanup(lambda: netns.remove(name) if name in netns.listnetns() else None)
+    return name
+
+
+def plug_port_into_netns(neutron, ovs, port, ns: str, cleanup, mtu: int | None = None) -> VIF:
+    """Wire a Neutron port the way Kuryr does: veth, host end into br-int, other end in ns."""
+    vif = VIF(port_id=port.id, mac=port.mac_address, mtu=mtu)
+    netlink.create_veth(vif)
+    cleanup(lambda: netlink.delete_link(vif.host_ifname))
+    ovs.plug(vif)
+    cleanup(lambda: ovs.unplug(vif.host_ifname))
+    subnet_prefix = {}
+    for fixed in port.fixed_ips:
+        subnet = neutron.api.get_subnet(fixed["subnet_id"])
+        subnet_prefix[fixed["ip_address"]] = subnet.cidr.split("/")[1]
+    addresses = [f"{ip}/{prefix}" for ip, prefix in subnet_prefix.items()]
+    netlink.move_into_netns(vif.container_ifname, ns, "eth0", addresses)
+    return vif
+
+
+def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, "busybox", "ping", "-c", str(count), "-W", str(wait),
+         address], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def tcp_listen(ns: str, port: int) -> socket.socket:
+    sock = create_socket(ns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(8)
+    return sock
+
+
+def tcp_exchange(ns: str, server: socket.socket, address: str, port: int,
+                 timeout: float = 3.0) -> bytes | None:
+    """Connect from ``ns`` to ``address:port`` and send a payload; return what the
+    server received, or None when the connection did not go through."""
+    client = create_socket(ns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    client.settimeout(timeout)
+    server.settimeout(timeout)
+    payload = os.urandom(16).hex().encode()
+    try:
+        client.connect((address, port))
+        client.sendall(payload)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(timeout)
+            data = conn.recv(64)
+            conn.sendall(data[::-1])
+        back = client.recv(64)
+        assert back == payload[::-1]
+        return data
+    except (TimeoutError, ConnectionError, OSError):
+        return None
+    finally:
+        client.close()

@@ -1,0 +1,79 @@
+"""The request counter, exercised over real HTTP against a tiny local server."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kuryr import config
+from kuryr.neutron.client import connect
+
+
+class FakeNeutron(BaseHTTPRequestHandler):
+    """Answers version discovery and network listing like neutron-server."""
+
+    def do_GET(self):  # noqa: N802
+        port = self.server.server_address[1]
+        if self.path in ("/", ""):
+            body = {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
+                {"rel": "self", "href": f"http://127.0.0.1:{port}/v2.0/"}]}]}
+        elif self.path.startswith("/v2.0/networks"):
+            body = {"networks": [{"id": "n1", "name": "one"}]}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_neutron():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeNeutron)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_requests_are_counted_per_operation(tmp_path, fake_neutron):
+    path = tmp_path / "kuryr.conf"
+    path.write_text(f"[neutron]\nauth_type = none\nendpoint = {fake_neutron}\n")
+    neutron = connect(config.load([], [str(path)]))
+    list(neutron.api.networks())  # warms version discovery
+    with neutron.counter.operation() as tally:
+        nets = list(neutron.api.networks())
+        list(neutron.api.networks(name="one"))
+    assert [n.id for n in nets] == ["n1"]
+    assert tally.by_method == {"GET": 2}
+    assert tally.writes == 0
+    assert neutron.counter.total["GET"] >= 3
+
+
+def test_tallies_are_separate_per_thread(tmp_path, fake_neutron):
+    path = tmp_path / "kuryr.conf"
+    path.write_text(f"[neutron]\nauth_type = none\nendpoint = {fake_neutron}\n")
+    neutron = connect(config.load([], [str(path)]))
+    list(neutron.api.networks())
+    results = {}
+
+    def work(name, calls):
+        with neutron.counter.operation() as tally:
+            for _ in range(calls):
+                list(neutron.api.networks())
+        results[name] = tally.total
+
+    threads = [threading.Thread(target=work, args=(i, i + 1)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: 1, 1: 2, 2: 3, 3: 4}
