@@ -22,7 +22,7 @@ def test_stop_kills_only_the_expected_process(tmp_path):
     pidfile = tmp_path / "sleeper.pid"
     pid = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"],
                       pidfile=pidfile, log=tmp_path / "sleeper.log")
-    assert procs.pid_alive(pidfile, "time.sleep")
+    assert procs.wait_for(lambda: procs.pid_alive(pidfile, "time.sleep"), 5)
     # A PID file naming a process that runs something else is not ours to kill.
     assert procs.stop(pidfile, "ovs-vswitchd") is False
     pidfile.write_text(f"{pid}\n")
