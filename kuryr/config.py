@@ -19,6 +19,7 @@ DEFAULT_CONFIG_FILE = "/etc/kuryr/kuryr.conf"
 NEUTRON_GROUP = "neutron"
 
 core_opts = [
+    cfg.BoolOpt("debug", default=False, help="Log at debug level."),
     cfg.StrOpt(
         "kuryr_uri",
         default="unix:///run/docker/plugins/kuryr.sock",

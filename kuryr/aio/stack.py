@@ -15,6 +15,7 @@ from kuryr.aio.layout import Layout
 from kuryr.aio.neutron_server import MariaDB, NeutronServer
 from kuryr.aio.outside import Outside
 from kuryr.aio.packages import Packages
+from kuryr.aio.plugin import KuryrPlugin
 from kuryr.aio.switch import DATAPATH_TAPS, OVN, OpenVSwitch
 from kuryr.binding.netlink import delete_link
 
@@ -34,6 +35,8 @@ class Component(Protocol):
 
 def components(layout: Layout) -> list[Component]:
     """Everything the stack runs, in start order (stopped in reverse)."""
+    # The plugin comes before dockerd: dockerd asks it about its networks at
+    # start, and must still reach it while stopping containers at shutdown.
     return [
         Packages(layout),
         OpenVSwitch(layout),
@@ -41,6 +44,7 @@ def components(layout: Layout) -> list[Component]:
         MariaDB(layout),
         NeutronServer(layout),
         Outside(layout),
+        KuryrPlugin(layout),
         Docker(layout),
     ]
 

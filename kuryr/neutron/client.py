@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 
 import openstack
 import requests
+from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import session as ks_session
 from openstack import connection as os_connection
+from openstack import exceptions as os_exc
+from openstack.network.v2.network import Network
+from openstack.network.v2.port import Port
+from openstack.network.v2.subnet import Subnet
+from openstack.network.v2.subnet_pool import SubnetPool
+from openstack.resource import Resource
 from oslo_config import cfg
 
+from kuryr import errors
 from kuryr.config import NEUTRON_GROUP
 
 
@@ -133,8 +141,48 @@ def connect_endpoint(endpoint: str, counter: RequestCounter | None = None) -> Ne
     return Neutron(conn, counter)
 
 
+def _neutron_message(exc: os_exc.HttpException) -> str:
+    """Neutron's own explanation, without the SDK's URL noise."""
+    details = getattr(exc, "details", None)
+    if details and isinstance(details, str):
+        return details
+    return str(exc.message if hasattr(exc, "message") else exc)
+
+
+@contextlib.contextmanager
+def translated_errors(what: str) -> Iterator[None]:
+    """Turn SDK and transport exceptions into Kuryr's error types.
+
+    ``what`` says what was being done, e.g. "create port on network X".
+    """
+    try:
+        yield
+    except os_exc.NotFoundException as exc:
+        raise errors.NotFound(f"{what}: {_neutron_message(exc)}") from exc
+    except os_exc.ConflictException as exc:
+        raise errors.Conflict(f"{what}: {_neutron_message(exc)}") from exc
+    except os_exc.BadRequestException as exc:
+        raise errors.InvalidInput(f"{what}: {_neutron_message(exc)}") from exc
+    except os_exc.HttpException as exc:
+        status = getattr(exc, "status_code", None) or 500
+        if status in (401, 403):
+            raise errors.BackendUnavailable(
+                f"{what}: Neutron refused Kuryr's credentials ({status}): "
+                f"{_neutron_message(exc)}") from exc
+        if status < 500:
+            raise errors.InvalidInput(f"{what}: {_neutron_message(exc)}") from exc
+        raise errors.BackendUnavailable(f"{what}: {_neutron_message(exc)}") from exc
+    except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RequestTimeout,
+            ks_exc.DiscoveryFailure, os_exc.SDKException) as exc:
+        raise errors.BackendUnavailable(f"{what}: Neutron unreachable: {exc}") from exc
+
+
 class Neutron:
-    """Neutron resources as Kuryr uses them.  Holds no Docker knowledge."""
+    """Neutron resources as Kuryr uses them.  Holds no Docker knowledge.
+
+    Every method costs exactly the requests its docstring says, so callers
+    can keep their budgets (see docs/performance.md).
+    """
 
     def __init__(self, conn: os_connection.Connection, counter: RequestCounter) -> None:
         self.conn = conn
@@ -145,8 +193,122 @@ class Neutron:
         return self.conn.network
 
     def extensions(self) -> set[str]:
-        """Aliases of the API extensions this Neutron offers."""
-        return {ext.alias for ext in self.api.extensions()}
+        """Aliases of the API extensions this Neutron offers (1 GET)."""
+        with translated_errors("list Neutron extensions"):
+            return {ext.alias for ext in self.api.extensions()}
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- networks ----------------------------------------------------------
+    def create_network(self, **attrs: object) -> Network:
+        """1 POST."""
+        with translated_errors(f"create network {attrs.get('name', '')}"):
+            return self.api.create_network(**attrs)
+
+    def set_tags(self, resource: Resource, tags: list[str]) -> None:
+        """1 PUT: replaces all tags of a network, subnet or port."""
+        with translated_errors(f"tag {resource.resource_key} {resource.id}"):
+            self.api.set_tags(resource, tags)
+
+    def get_network(self, network_id: str) -> Network:
+        """1 GET."""
+        with translated_errors(f"find network {network_id}"):
+            return self.api.get_network(network_id)
+
+    def find_network(self, name_or_id: str) -> Network:
+        """1-2 GETs; NotFound when absent, Conflict when the name is ambiguous."""
+        with translated_errors(f"find network {name_or_id!r}"):
+            try:
+                found = self.api.find_network(name_or_id, ignore_missing=True)
+            except os_exc.DuplicateResource as exc:
+                raise errors.Conflict(
+                    f"more than one Neutron network is named {name_or_id!r}: use its id"
+                ) from exc
+        if found is None:
+            raise errors.NotFound(f"Neutron network {name_or_id!r} does not exist")
+        return found
+
+    def networks_tagged(self, tags: list[str]) -> list[Network]:
+        """1 GET: networks carrying all ``tags``."""
+        with translated_errors("find networks by tag"):
+            return list(self.api.networks(tags=",".join(tags)))
+
+    def delete_network(self, network_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete network {network_id}"):
+            self.api.delete_network(network_id, ignore_missing=True)
+
+    # -- subnets and pools -------------------------------------------------
+    def create_subnet(self, **attrs: object) -> Subnet:
+        """1 POST."""
+        with translated_errors(f"create subnet {attrs.get('cidr', '')}"):
+            try:
+                return self.api.create_subnet(**attrs)
+            except os_exc.HttpException as exc:
+                # A subnetpool refusing an overlapping CIDR answers 500 here.
+                if "Cannot allocate requested subnet" in str(exc):
+                    raise errors.Conflict(
+                        f"subnet {attrs.get('cidr')} overlaps a subnet Kuryr already "
+                        "allocated from the same pool") from exc
+                raise
+
+    def get_subnet(self, subnet_id: str) -> Subnet:
+        with translated_errors(f"find subnet {subnet_id}"):
+            return self.api.get_subnet(subnet_id)
+
+    def find_subnet(self, name_or_id: str) -> Subnet:
+        """1-2 GETs; NotFound when absent."""
+        with translated_errors(f"find subnet {name_or_id!r}"):
+            try:
+                found = self.api.find_subnet(name_or_id, ignore_missing=True)
+            except os_exc.DuplicateResource as exc:
+                raise errors.Conflict(
+                    f"more than one Neutron subnet is named {name_or_id!r}: use its id"
+                ) from exc
+        if found is None:
+            raise errors.NotFound(f"Neutron subnet {name_or_id!r} does not exist")
+        return found
+
+    def subnets(self, **filters: object) -> list[Subnet]:
+        """1 GET."""
+        with translated_errors("list subnets"):
+            return list(self.api.subnets(**filters))
+
+    def delete_subnet(self, subnet_id: str) -> None:
+        with translated_errors(f"delete subnet {subnet_id}"):
+            self.api.delete_subnet(subnet_id, ignore_missing=True)
+
+    def find_subnetpool(self, name_or_id: str) -> SubnetPool | None:
+        """1-2 GETs."""
+        with translated_errors(f"find subnetpool {name_or_id!r}"):
+            return self.api.find_subnet_pool(name_or_id, ignore_missing=True)
+
+    def create_subnetpool(self, **attrs: object) -> SubnetPool:
+        with translated_errors(f"create subnetpool {attrs.get('name', '')}"):
+            return self.api.create_subnet_pool(**attrs)
+
+    # -- ports -------------------------------------------------------------
+    def create_port(self, **attrs: object) -> Port:
+        """1 POST."""
+        with translated_errors("create port"):
+            return self.api.create_port(**attrs)
+
+    def update_port(self, port_id: str, **attrs: object) -> Port:
+        """1 PUT."""
+        with translated_errors(f"update port {port_id}"):
+            return self.api.update_port(port_id, **attrs)
+
+    def delete_port(self, port_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete port {port_id}"):
+            self.api.delete_port(port_id, ignore_missing=True)
+
+    def get_port(self, port_id: str) -> Port:
+        with translated_errors(f"find port {port_id}"):
+            return self.api.get_port(port_id)
+
+    def ports(self, **filters: object) -> list[Port]:
+        """1 GET."""
+        with translated_errors("list ports"):
+            return list(self.api.ports(**filters))

@@ -1,0 +1,151 @@
+"""The Docker plugin HTTP API: routes to handlers, errors to {"Err"} in one place.
+
+Docker sends JSON without a JSON content type (and empty bodies for the
+handshake), so bodies are parsed here rather than by content negotiation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from kuryr import errors
+from kuryr.libnetwork import endpoints, ipam, models, networks
+from kuryr.libnetwork.context import Context
+
+LOG = logging.getLogger(__name__)
+MAX_BODY = 1 << 20  # Docker's largest messages are a few KiB
+PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+Handler = Callable[[Context, Any], BaseModel | None]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"Err": message}, status_code=status, media_type=PLUGIN_CONTENT_TYPE)
+
+
+def _ok(payload: BaseModel | None) -> JSONResponse:
+    body = payload.model_dump(mode="json") if payload is not None else {}
+    return JSONResponse(body, media_type=PLUGIN_CONTENT_TYPE)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+async def _parse(request: Request, model: type[BaseModel] | None) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise errors.InvalidInput(f"request body of {len(raw)} bytes is too large")
+    if model is None:
+        return None
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise errors.InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.InvalidInput("request body must be a JSON object")
+    return model.model_validate(data)
+
+
+def _counted(ctx: Context, path: str, handler: Handler, body: Any) -> BaseModel | None:
+    """Run a handler, logging the Neutron requests it made and its duration."""
+    started = time.monotonic()
+    with ctx.neutron.counter.operation() as tally:
+        try:
+            return handler(ctx, body)
+        finally:
+            LOG.info("%s: %d Neutron requests %s in %.0f ms", path, tally.total,
+                     dict(tally.by_method), (time.monotonic() - started) * 1000)
+
+
+def build_app(ctx: Context) -> FastAPI:
+    app = FastAPI(title="Kuryr Docker network and IPAM plugin", version="1",
+                  docs_url=None, redoc_url=None)
+
+    def route(path: str, handler: Handler, request_model: type[BaseModel] | None,
+              response_model: type[BaseModel] | None = None) -> None:
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                body = await _parse(request, request_model)
+                result = await run_in_threadpool(_counted, ctx, path, handler, body)
+            except ValidationError as exc:
+                return _error(400, _describe(exc))
+            except errors.KuryrError as exc:
+                LOG.info("%s failed: %s", path, exc)
+                return _error(exc.status, str(exc))
+            except Exception as exc:  # noqa: BLE001 - Docker must always get an answer
+                LOG.exception("%s failed unexpectedly", path)
+                return _error(500, f"{path}: internal error: {type(exc).__name__}: {exc}")
+            return _ok(result)
+
+        extra = {}
+        if request_model is not None:
+            extra = {"requestBody": {"content": {"application/json": {
+                "schema": request_model.model_json_schema()}}}}
+        app.add_api_route(f"/{path}", endpoint, methods=["POST"], name=path,
+                          response_model=response_model, openapi_extra=extra)
+
+    # Handshake
+    route("Plugin.Activate", lambda c, _: models.ActivateResponse(
+        Implements=["NetworkDriver", "IpamDriver"]), None, models.ActivateResponse)
+    route("NetworkDriver.GetCapabilities", lambda c, _: models.NetworkCapabilities(
+        Scope=c.conf.capability_scope, ConnectivityScope=c.conf.capability_scope),
+        None, models.NetworkCapabilities)
+    route("IpamDriver.GetCapabilities", lambda c, _: ipam.capabilities(), None,
+          models.IpamCapabilities)
+    route("IpamDriver.GetDefaultAddressSpaces", lambda c, _: ipam.default_address_spaces(c),
+          None, models.AddressSpaces)
+    # IPAM
+    route("IpamDriver.RequestPool", ipam.request_pool, models.RequestPoolRequest,
+          models.RequestPoolResponse)
+    route("IpamDriver.ReleasePool", ipam.release_pool, models.ReleasePoolRequest)
+    route("IpamDriver.RequestAddress", ipam.request_address, models.RequestAddressRequest,
+          models.RequestAddressResponse)
+    route("IpamDriver.ReleaseAddress", ipam.release_address, models.ReleaseAddressRequest)
+    # Networks
+    route("NetworkDriver.CreateNetwork", networks.create_network, models.CreateNetworkRequest)
+    route("NetworkDriver.DeleteNetwork", networks.delete_network, models.NetworkRequest)
+    # Endpoints
+    route("NetworkDriver.CreateEndpoint", endpoints.create_endpoint,
+          models.CreateEndpointRequest, models.CreateEndpointResponse)
+    route("NetworkDriver.EndpointOperInfo", endpoints.oper_info, models.EndpointRequest,
+          models.OperInfoResponse)
+    route("NetworkDriver.DeleteEndpoint", endpoints.delete_endpoint, models.EndpointRequest)
+    route("NetworkDriver.Join", endpoints.join, models.JoinRequest, models.JoinResponse)
+    route("NetworkDriver.Leave", endpoints.leave, models.EndpointRequest)
+    route("NetworkDriver.ProgramExternalConnectivity", endpoints.program_external,
+          models.EndpointRequest)
+    route("NetworkDriver.RevokeExternalConnectivity", endpoints.revoke_external,
+          models.EndpointRequest)
+    # Swarm-only calls: accepted and answered, nothing to do in local scope.
+    route("NetworkDriver.DiscoverNew", lambda c, _: None, models.DiscoveryRequest)
+    route("NetworkDriver.DiscoverDelete", lambda c, _: None, models.DiscoveryRequest)
+    route("NetworkDriver.AllocateNetwork", lambda c, _: models.AllocateNetworkResponse(),
+          models.AllocateNetworkRequest, models.AllocateNetworkResponse)
+    route("NetworkDriver.FreeNetwork", lambda c, _: None, models.NetworkRequest)
+
+    @app.exception_handler(404)
+    async def unknown(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, f"unknown plugin method {request.url.path.lstrip('/')!r}")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
+        return _error(405, f"{request.method} not allowed: plugin calls are POST")
+
+    return app

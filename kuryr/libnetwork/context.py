@@ -1,0 +1,117 @@
+"""What the Docker handlers share: clients built at start-up and caches.
+
+Neutron is the source of truth.  The caches only hold what cannot change
+(a subnet's CIDR and gateway, a network's MTU) or what Kuryr itself decided
+during an endpoint's life, so a restarted Kuryr rebuilds them from Neutron on
+first use and loses nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from oslo_config import cfg
+
+from kuryr.binding.ovs import OVS
+from kuryr.neutron.client import Neutron
+
+
+@dataclass(frozen=True)
+class SubnetInfo:
+    id: str
+    network_id: str
+    cidr: str
+    gateway: str | None
+    host_routes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_network(self.cidr).version
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.cidr).prefixlen
+
+
+@dataclass
+class NetworkInfo:
+    """A Docker network and the Neutron network behind it."""
+
+    docker_id: str
+    neutron_id: str
+    mtu: int | None
+    subnets: list[SubnetInfo] = field(default_factory=list)
+    adopted: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PortInfo:
+    """A Neutron port Kuryr handed an address from."""
+
+    id: str
+    network_id: str
+    mac: str
+    addresses: dict[str, str]  # ip -> subnet id
+    vif_type: str = "ovs"
+    bridge: str | None = None
+    adopted: bool = False
+    endpoint_id: str | None = None
+
+
+@dataclass
+class PendingPool:
+    """What RequestPool learned that CreateNetwork needs (Docker passes only the CIDR)."""
+
+    cidr: str
+    sub_pool: str = ""
+    subnetpool_id: str | None = None
+    existing_subnet_id: str | None = None
+
+
+class BoundedSet:
+    """Remembers the last ``size`` keys (addresses already released)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._items: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, key: str) -> None:
+        self._items[key] = None
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+
+class Context:
+    """Built once by the server from config and passed to every handler."""
+
+    def __init__(self, conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str) -> None:
+        self.conf = conf
+        self.neutron = neutron
+        self.ovs = ovs
+        self.host = host
+        self.lock = threading.RLock()
+        self.networks: dict[str, NetworkInfo] = {}  # Docker network id -> info
+        self.subnets_by_cidr: dict[str, SubnetInfo] = {}
+        self.pending_pools: dict[str, PendingPool] = {}  # cidr -> what RequestPool saw
+        self.reserved_cidrs: set[str] = set()  # handed to Docker, subnet not created yet
+        self.ports_by_mac: dict[str, PortInfo] = {}
+        self.endpoints: dict[str, PortInfo] = {}  # Docker endpoint id -> port
+        self.released: BoundedSet = BoundedSet()  # "cidr|address" already freed
+        self.subnetpool_ids: dict[int, str] = {}  # ip version -> Kuryr's default pool
+        self.subnetpool_prefixes: dict[int, list[str]] = {}
+        self.dns_enabled = False  # Neutron has the dns-integration extension
+
+    @staticmethod
+    def release_key(cidr: str, address: str) -> str:
+        return f"{cidr}|{address}"

@@ -1,0 +1,65 @@
+"""How Docker's ids live in Neutron.  These names are kuryr-libnetwork's, so
+resources made by either implementation are recognised by the other."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+NET_TAG_LOW = "kuryr.net.uuid.lh:"
+NET_TAG_HIGH = "kuryr.net.uuid.uh:"
+NET_EXISTING_TAG = "kuryr.net.existing:"
+SUBNETPOOL_EXISTING_TAG = "kuryr.subnetpool.existing"
+PORT_EXISTING_TAG = "kuryr.port.existing"
+
+DEVICE_OWNER = "compute:kuryr"
+UNBOUND_DEVICE_OWNER = "kuryr:unbound"
+NETWORK_NAME_PREFIX = "kuryr-net-"
+SUBNET_NAME_PREFIX = "kuryr-subnet-"
+PORT_NAME_PREFIX = "kuryr-port-"
+
+DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def network_tags(docker_network_id: str) -> list[str]:
+    """The two tags that carry a 64-hex Docker network id (Neutron tags are <= 60 chars)."""
+    return [NET_TAG_LOW + docker_network_id[:32], NET_TAG_HIGH + docker_network_id[32:]]
+
+
+def existing_network_tag(docker_network_id: str) -> str:
+    return NET_EXISTING_TAG + docker_network_id[:32]
+
+
+def network_name(docker_network_id: str) -> str:
+    return NETWORK_NAME_PREFIX + docker_network_id[:8]
+
+
+def subnet_name(cidr: str) -> str:
+    return SUBNET_NAME_PREFIX + cidr
+
+
+def docker_network_id_from_tags(tags: list[str]) -> str | None:
+    low = next((t[len(NET_TAG_LOW):] for t in tags if t.startswith(NET_TAG_LOW)), None)
+    high = next((t[len(NET_TAG_HIGH):] for t in tags if t.startswith(NET_TAG_HIGH)), None)
+    return low + high if low and high else None
+
+
+# A pool id handed to Docker names the subnet Kuryr will create or has adopted:
+#   kuryr:<cidr>[:<allocation range>]  e.g. kuryr:10.1.0.0/16:10.1.5.0/24
+# so RequestAddress and CreateNetwork need no Neutron lookup to know it.
+POOL_ID_PREFIX = "kuryr:"
+
+
+def pool_id(cidr: str, sub_pool: str = "") -> str:
+    return POOL_ID_PREFIX + cidr + (f"|{sub_pool}" if sub_pool else "")
+
+
+def parse_pool_id(value: str) -> tuple[str, str]:
+    """(cidr, sub_pool) of a pool id; ValueError when it is not one of ours."""
+    if not value.startswith(POOL_ID_PREFIX):
+        raise ValueError(f"pool id {value!r} was not issued by Kuryr")
+    cidr, _, sub_pool = value[len(POOL_ID_PREFIX):].partition("|")
+    ipaddress.ip_network(cidr)  # raises ValueError
+    if sub_pool:
+        ipaddress.ip_network(sub_pool)
+    return cidr, sub_pool
