@@ -99,3 +99,47 @@ def tcp_exchange(ns: str, server: socket.socket, address: str, port: int,
         return None
     finally:
         client.close()
+
+
+DOCKER_CLI = "/usr/bin/docker"
+
+
+class Docker:
+    """The docker CLI against the stack's dockerd."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120):
+        proc = subprocess.run([DOCKER_CLI, "-H", self.host, *args], capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def out(self, *args: str) -> str:
+        return self.run(*args).stdout.strip()
+
+    def ip_of(self, container: str, network: str, v6: bool = False) -> str:
+        field = "GlobalIPv6Address" if v6 else "IPAddress"
+        return self.out("inspect", "-f",
+                        f'{{{{(index .NetworkSettings.Networks "{network}").{field}}}}}',
+                        container)
+
+    def network_id(self, name: str) -> str:
+        return self.out("network", "inspect", "-f", "{{.Id}}", name)
+
+
+def kuryr_leftovers(neutron, ovs) -> dict:
+    """Everything Kuryr leaves behind for containers: ports, OVS ports, veths."""
+    from pyroute2 import IPRoute
+
+    from kuryr.neutron import marks
+
+    ports = [p.id for p in neutron.api.ports()
+             if p.device_owner in (marks.DEVICE_OWNER, marks.UNBOUND_DEVICE_OWNER)]
+    with IPRoute() as ipr:
+        links = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    veths = [n for n in links if n.startswith(("tap", "tc")) and len(n) == len("tap") + 11
+             or n.startswith("tc") and len(n) == 13]
+    return {"neutron_ports": ports, "ovs_ports": ovs.managed_ports("br-int"), "veths": veths}

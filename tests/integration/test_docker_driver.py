@@ -1,0 +1,317 @@
+"""Kuryr as Docker's network and IPAM driver, through the real dockerd and
+neutron-server: networks, containers and their packets."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from kuryr.aio.plugin import PLUGIN_SOCKET, plugin_answers
+from kuryr.neutron import marks
+
+from . import helpers
+
+KURYR = ("-d", "kuryr", "--ipam-driver", "kuryr")
+
+
+@pytest.fixture(scope="module")
+def docker(stack):
+    return helpers.Docker(stack.docker_host)
+
+
+@pytest.fixture
+def no_leaks(neutron, ovs):
+    """Fails the test when it leaves a Kuryr port, OVS port or veth behind."""
+    before = helpers.kuryr_leftovers(neutron, ovs)
+    yield
+    after = helpers.wait_until(
+        lambda: (lambda now: now if now == before else None)(
+            helpers.kuryr_leftovers(neutron, ovs)), 10)
+    assert after == before, f"leaked: {helpers.kuryr_leftovers(neutron, ovs)} vs {before}"
+
+
+@pytest.fixture
+def make_network(docker, cleanup, unique):
+    counter = iter(range(100))
+
+    def make(*args: str, name: str | None = None) -> str:
+        name = name or f"kn-{unique}-{next(counter)}"
+        docker.run("network", "create", *KURYR, *args, name)
+        cleanup(lambda: docker.run("network", "rm", name, check=False))
+        return name
+
+    return make
+
+
+@pytest.fixture
+def run_container(docker, cleanup, unique):
+    counter = iter(range(100))
+
+    def run(network: str, *args: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:
+        name = f"kc-{unique}-{next(counter)}"
+        docker.run("run", "-d", "--name", name, "--net", network, *args, "busybox", *cmd)
+        cleanup(lambda: docker.run("rm", "-f", name, check=False))
+        return name
+
+    return run
+
+
+def neutron_network_of(neutron, docker, name):
+    found = neutron.networks_tagged(marks.network_tags(docker.network_id(name)))
+    assert len(found) == 1, f"{len(found)} Neutron networks carry the tags of {name}"
+    return found[0]
+
+
+# -- networks ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["v4", "v6", "dual"])
+@pytest.mark.usefixtures("no_leaks")
+def test_network_create_and_rm_in_neutron(neutron, docker, make_network, unique, kind):
+    args = {"v4": ("--subnet", "10.61.0.0/24", "--gateway", "10.61.0.1"),
+            "v6": ("--ipv6", "--subnet", "fd61:1::/64"),
+            "dual": ("--ipv6", "--subnet", "10.62.0.0/24", "--subnet", "fd62:1::/64")}[kind]
+    name = make_network(*args)
+    docker_id = docker.network_id(name)
+    net = neutron_network_of(neutron, docker, name)
+    assert set(marks.network_tags(docker_id)) <= set(net.tags)
+    assert net.name == marks.network_name(docker_id)
+    cidrs = {s.cidr: s for s in neutron.subnets(network_id=net.id)}
+    expected = {"v4": {"10.61.0.0/24"}, "v6": {"fd61:1::/64"},
+                "dual": {"10.62.0.0/24", "fd62:1::/64"}}[kind]
+    assert expected <= set(cidrs)
+    if kind == "v4":
+        assert cidrs["10.61.0.0/24"].gateway_ip == "10.61.0.1"
+        assert cidrs["10.61.0.0/24"].name == "kuryr-subnet-10.61.0.0/24"
+    docker.run("network", "rm", name)
+    assert neutron.networks_tagged(marks.network_tags(docker_id)) == []
+
+
+def test_network_without_subnet_gets_one_from_the_default_pool(neutron, docker, make_network):
+    name = make_network()
+    net = neutron_network_of(neutron, docker, name)
+    (subnet,) = neutron.subnets(network_id=net.id)
+    pool = neutron.find_subnetpool("kuryr")
+    assert subnet.subnet_pool_id == pool.id
+    assert ipaddress.ip_network(subnet.cidr).subnet_of(ipaddress.ip_network("10.10.0.0/16"))
+
+
+def test_ip_range_becomes_the_allocation_pool(neutron, docker, make_network, run_container):
+    name = make_network("--subnet", "10.63.0.0/16", "--ip-range", "10.63.5.0/24")
+    net = neutron_network_of(neutron, docker, name)
+    (subnet,) = neutron.subnets(network_id=net.id)
+    assert subnet.allocation_pools == [{"start": "10.63.5.1", "end": "10.63.5.254"}]
+    container = run_container(name)
+    assert ipaddress.ip_address(docker.ip_of(container, name)) in \
+        ipaddress.ip_network("10.63.5.0/24")
+
+
+# -- containers -----------------------------------------------------------------------
+@pytest.mark.usefixtures("no_leaks")
+def test_two_containers_ping_and_exchange_tcp(neutron, docker, make_network, run_container):
+    name = make_network("--subnet", "10.64.0.0/24")
+    server = run_container(name, cmd=("sh", "-c", "echo kuryr-ok | nc -l -p 7000"))
+    client = run_container(name)
+    server_ip = docker.ip_of(server, name)
+    assert docker.run("exec", client, "ping", "-c", "2", "-W", "2", server_ip,
+                      check=False).returncode == 0
+    got = docker.run("exec", client, "sh", "-c", f"nc {server_ip} 7000 </dev/null",
+                     check=False)
+    assert "kuryr-ok" in got.stdout, got.stderr
+    # The container's port in Neutron: bound here, owned by Kuryr, ACTIVE.
+    (port,) = neutron.ports(fixed_ips=[f"ip_address={docker.ip_of(client, name)}"])
+    assert port.device_owner == marks.DEVICE_OWNER
+    assert port.binding_host_id and port.binding_vif_type == "ovs"
+    assert port.mac_address == docker.out(
+        "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{name}").MacAddress}}}}', client)
+    assert helpers.wait_until(lambda: neutron.get_port(port.id).status == "ACTIVE", 10)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_dual_stack_containers_ping_over_ipv6(docker, make_network, run_container):
+    name = make_network("--ipv6", "--subnet", "10.65.0.0/24", "--subnet", "fd65:1::/64")
+    a, b = run_container(name), run_container(name)
+    b6 = docker.ip_of(b, name, v6=True)
+    assert b6.startswith("fd65:1::")
+    assert docker.run("exec", a, "ping", "-c", "2", "-W", "2", docker.ip_of(b, name),
+                      check=False).returncode == 0
+    ok = helpers.wait_until(lambda: docker.run("exec", a, "ping6", "-c", "1", "-W", "2", b6,
+                                               check=False).returncode == 0, 10)
+    assert ok, "no IPv6 connectivity between dual-stack containers"
+
+
+def test_fixed_ip(docker, make_network, run_container):
+    name = make_network("--subnet", "10.66.0.0/24")
+    container = run_container(name, "--ip", "10.66.0.50")
+    assert docker.ip_of(container, name) == "10.66.0.50"
+    out = docker.out("exec", container, "ip", "-4", "addr", "show", "eth0")
+    assert "10.66.0.50/24" in out
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_connect_and_disconnect(neutron, docker, make_network, run_container):
+    first = make_network("--subnet", "10.67.0.0/24")
+    second = make_network("--subnet", "10.68.0.0/24")
+    peer = run_container(second)
+    container = run_container(first)
+    docker.run("network", "connect", second, container)
+    peer_ip = docker.ip_of(peer, second)
+    assert docker.run("exec", container, "ping", "-c", "1", "-W", "2", peer_ip,
+                      check=False).returncode == 0
+    ip = docker.ip_of(container, second)
+    assert neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    docker.run("network", "disconnect", second, container)
+    assert helpers.wait_until(lambda: not neutron.ports(
+        network_id=neutron_network_of(neutron, docker, second).id,
+        fixed_ips=[f"ip_address={ip}"]), 10)
+    assert "eth1" not in docker.out("exec", container, "ip", "link")
+
+
+# -- adoption ----------------------------------------------------------------------------
+def test_existing_network_adopted_and_left_intact(neutron, docker, make_network,
+                                                  run_container, cleanup, unique):
+    net = neutron.create_network(name=f"user-net-{unique}")
+    cleanup(lambda: helpers.delete_network(neutron, net.id))
+    subnet = neutron.create_subnet(network_id=net.id, ip_version=4, cidr="10.69.0.0/24",
+                                   is_dhcp_enabled=False, name=f"user-subnet-{unique}")
+    name = make_network("--subnet", "10.69.0.0/24", "-o", f"neutron.net.uuid={net.id}")
+    docker_id = docker.network_id(name)
+    tags = set(neutron.get_network(net.id).tags)
+    assert set(marks.network_tags(docker_id)) | {marks.existing_network_tag(docker_id)} <= tags
+    a, b = run_container(name), run_container(name)
+    assert docker.run("exec", a, "ping", "-c", "1", "-W", "2", docker.ip_of(b, name),
+                      check=False).returncode == 0
+    docker.run("rm", "-f", a, b)
+    docker.run("network", "rm", name)
+    still = neutron.get_network(net.id)
+    assert not [t for t in still.tags if t.startswith("kuryr.")]
+    assert [s.id for s in neutron.subnets(network_id=net.id)] == [subnet.id]
+
+
+def test_precreated_port_adopted_and_kept(neutron, docker, make_network, run_container):
+    name = make_network("--subnet", "10.70.0.0/24")
+    net = neutron_network_of(neutron, docker, name)
+    (subnet,) = neutron.subnets(network_id=net.id)
+    port = neutron.create_port(network_id=net.id, name="user-port",
+                               fixed_ips=[{"subnet_id": subnet.id, "ip_address": "10.70.0.77"}])
+    try:
+        container = run_container(name, "--ip", "10.70.0.77")
+        adopted = neutron.get_port(port.id)
+        assert adopted.device_owner == marks.DEVICE_OWNER
+        assert marks.PORT_EXISTING_TAG in adopted.tags
+        assert docker.ip_of(container, name) == "10.70.0.77"
+        docker.run("rm", "-f", container)
+        kept = helpers.wait_until(lambda: (lambda p: p if not p.device_id else None)(
+            neutron.get_port(port.id)), 10)
+        assert kept is not None, "the adopted port was not unbound"
+        assert kept.device_owner == "" and kept.binding_host_id in ("", None)
+    finally:
+        neutron.delete_port(port.id)
+
+
+# -- errors: clear, and nothing leaked -----------------------------------------------------
+@pytest.mark.usefixtures("no_leaks")
+def test_unknown_neutron_network_is_a_clear_error(neutron, docker, unique):
+    proc = docker.run("network", "create", *KURYR, "-o", "neutron.net.uuid=no-such-net",
+                      f"bad-{unique}", check=False)
+    assert proc.returncode != 0
+    assert "no-such-net" in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_address_outside_subnet_and_in_use(docker, make_network, run_container, unique):
+    name = make_network("--subnet", "10.71.0.0/24", "--ip-range", "10.71.0.0/25")
+    outside = docker.run("run", "--rm", "--net", name, "--ip", "10.71.1.5", "busybox", "true",
+                         check=False)
+    assert outside.returncode != 0
+    run_container(name, "--ip", "10.71.0.20")
+    in_use = docker.run("run", "--rm", "--net", name, "--ip", "10.71.0.20", "busybox", "true",
+                        check=False)
+    assert in_use.returncode != 0 and "already in use" in in_use.stderr, in_use.stderr
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_overlapping_pools_are_refused(neutron, docker, make_network, unique):
+    make_network("--subnet", "10.72.0.0/24")
+    before = len(list(neutron.api.networks()))
+    proc = docker.run("network", "create", *KURYR, "--subnet", "10.72.0.0/16",
+                      f"overlap-{unique}", check=False)
+    assert proc.returncode != 0 and "overlaps" in proc.stderr, proc.stderr
+    assert len(list(neutron.api.networks())) == before, "a half-created network was left"
+
+
+# -- restarts -----------------------------------------------------------------------------
+def restart_kuryr(stack):
+    pidfile = stack.pidfile("kuryr")
+    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    assert helpers.wait_until(lambda: not PLUGIN_SOCKET.exists() or not _answers(), 15)
+    proc = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _answers():
+    try:
+        return plugin_answers()
+    except OSError:
+        return False
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_kuryr_restart_keeps_containers_and_cleans_up_later(stack, docker, make_network,
+                                                            run_container):
+    name = make_network("--subnet", "10.73.0.0/24")
+    a, b = run_container(name), run_container(name)
+    restart_kuryr(stack)
+    assert docker.run("exec", a, "ping", "-c", "1", "-W", "2", docker.ip_of(b, name),
+                      check=False).returncode == 0
+    c = run_container(name)  # new work after the restart
+    assert docker.run("exec", c, "ping", "-c", "1", "-W", "2", docker.ip_of(a, name),
+                      check=False).returncode == 0
+    docker.run("rm", "-f", a, b, c)
+    docker.run("network", "rm", name)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_dockerd_restart_keeps_connectivity(stack, docker, make_network, run_container):
+    name = make_network("--subnet", "10.74.0.0/24")
+    a = run_container(name, "--restart", "always")
+    b = run_container(name, "--restart", "always")
+    pid = int(stack.pidfile("dockerd").read_text())
+    os.kill(pid, signal.SIGTERM)
+    assert helpers.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60)
+    proc = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    running = helpers.wait_until(
+        lambda: docker.out("inspect", "-f", "{{.State.Running}}", a) == "true", 30)
+    assert running
+    b_ip = docker.ip_of(b, name)
+    assert helpers.wait_until(lambda: docker.run("exec", a, "ping", "-c", "1", "-W", "2", b_ip,
+                                                 check=False).returncode == 0, 20)
+    docker.run("rm", "-f", a, b)
+    docker.run("network", "rm", name)
+
+
+def test_start_and_stop_request_budget(stack, docker, make_network):
+    """<= 2 Neutron requests per container start, <= 1 per stop (from Kuryr's own log)."""
+    name = make_network("--subnet", "10.75.0.0/24")
+    log = stack.log("kuryr")
+    offset = log.stat().st_size
+    docker.run("run", "--rm", "--net", name, "busybox", "true")
+    time.sleep(0.5)
+    lines = log.read_text()[offset:].splitlines()
+    counts = {}
+    for line in lines:
+        match = re.search(r"(\S+): (\d+) Neutron requests", line)
+        if match:
+            counts[match[1]] = counts.get(match[1], 0) + int(match[2])
+    assert "IpamDriver.RequestAddress" in counts, lines
+    start = sum(counts.get(c, 0) for c in ("IpamDriver.RequestAddress",
+                                            "NetworkDriver.CreateEndpoint", "NetworkDriver.Join"))
+    stop = sum(counts.get(c, 0) for c in ("NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint",
+                                           "IpamDriver.ReleaseAddress"))
+    assert start <= 2, counts
+    assert stop <= 1, counts
