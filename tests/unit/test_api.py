@@ -1,0 +1,115 @@
+"""The plugin API's protocol layer: models accept every message a real dockerd
+sent, and errors are non-200 {"Err"} replies.  No Neutron is involved: these
+paths never reach it."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kuryr import config, errors
+from kuryr.libnetwork import app as app_module
+from kuryr.libnetwork import models
+from kuryr.libnetwork.context import Context
+
+TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "docker-20.10-plugin-trace.jsonl"
+MODELS = {
+    "/IpamDriver.RequestPool": models.RequestPoolRequest,
+    "/IpamDriver.ReleasePool": models.ReleasePoolRequest,
+    "/IpamDriver.RequestAddress": models.RequestAddressRequest,
+    "/IpamDriver.ReleaseAddress": models.ReleaseAddressRequest,
+    "/NetworkDriver.CreateNetwork": models.CreateNetworkRequest,
+    "/NetworkDriver.DeleteNetwork": models.NetworkRequest,
+    "/NetworkDriver.CreateEndpoint": models.CreateEndpointRequest,
+    "/NetworkDriver.Join": models.JoinRequest,
+    "/NetworkDriver.Leave": models.EndpointRequest,
+    "/NetworkDriver.DeleteEndpoint": models.EndpointRequest,
+    "/NetworkDriver.EndpointOperInfo": models.EndpointRequest,
+    "/NetworkDriver.ProgramExternalConnectivity": models.EndpointRequest,
+    "/NetworkDriver.RevokeExternalConnectivity": models.EndpointRequest,
+}
+
+
+class NoNeutron:
+    """Stands in for Neutron on paths that must not reach it; any use fails the test."""
+
+    class counter:  # noqa: N801
+        @staticmethod
+        def operation():
+            import contextlib
+
+            from kuryr.neutron.client import RequestTally
+            return contextlib.nullcontext(RequestTally())
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Neutron was called ({name}) on a path that needs none")
+
+
+@pytest.fixture
+def client(tmp_path):
+    conf = config.load([], [])
+    ctx = Context(conf, NoNeutron(), ovs=None, host="h1")
+    return TestClient(app_module.build_app(ctx))
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="shared/ trace not present")
+def test_every_traced_docker_request_validates():
+    seen = 0
+    for line in TRACE.read_text().splitlines():
+        entry = json.loads(line)
+        model = MODELS.get(entry.get("path"))
+        if model and isinstance(entry.get("req"), dict):
+            model.model_validate(entry["req"])
+            seen += 1
+    assert seen > 50
+
+
+def test_handshake_without_content_type(client):
+    resp = client.post("/Plugin.Activate", content=b"")
+    assert resp.status_code == 200
+    assert resp.json() == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    caps = client.post("/IpamDriver.GetCapabilities").json()
+    assert caps == {"RequiresMACAddress": True, "RequiresRequestReplay": False}
+    assert client.post("/NetworkDriver.GetCapabilities").json()["Scope"] == "local"
+
+
+def test_gateway_request_needs_no_neutron(client):
+    resp = client.post("/IpamDriver.RequestAddress", json={
+        "PoolID": "kuryr:10.1.0.0/24", "Address": "",
+        "Options": {"RequestAddressType": models.GATEWAY_REQUEST}})
+    assert resp.status_code == 200 and resp.json()["Address"] == "10.1.0.1/24"
+
+
+def test_request_pool_with_subnet_needs_no_neutron(client):
+    resp = client.post("/IpamDriver.RequestPool", json={
+        "AddressSpace": "x", "Pool": "10.9.0.0/16", "SubPool": "10.9.1.0/24", "V6": False})
+    assert resp.status_code == 200
+    assert resp.json()["PoolID"] == "kuryr:10.9.0.0/16|10.9.1.0/24"
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/IpamDriver.RequestPool", b"{not json", 400, "not valid JSON"),
+    ("/IpamDriver.RequestPool", b"[1, 2]", 400, "JSON object"),
+    ("/IpamDriver.RequestAddress", b'{"Address": "1.2.3.4"}', 400, "PoolID"),
+    ("/IpamDriver.RequestPool", b'{"Pool": "10.0.0.0/33"}', 400, "not a valid CIDR"),
+    ("/IpamDriver.RequestPool", b'{"Pool": "10.0.0.0/16", "SubPool": "10.1.0.0/24"}', 400,
+     "not inside"),
+    ("/IpamDriver.RequestAddress", b'{"PoolID": "other:1", "Address": ""}', 400,
+     "not issued by Kuryr"),
+    ("/IpamDriver.RequestAddress",
+     b'{"PoolID": "kuryr:10.1.0.0/24", "Address": "10.2.0.5"}', 400, "outside subnet"),
+    ("/NetworkDriver.CreateNetwork", b'{"NetworkID": "nothex"}', 400, "not a Docker network id"),
+    ("/NetworkDriver.Nope", b"{}", 404, "unknown plugin method"),
+])
+def test_errors_are_non_200_with_err(client, path, body, status, needle):
+    resp = client.post(path, content=body)
+    assert resp.status_code == status
+    assert needle in resp.json()["Err"]
+
+
+def test_error_types_map_to_statuses():
+    assert errors.InvalidInput.status == 400
+    assert errors.NotFound.status == 404
+    assert errors.Conflict.status == 409
+    assert errors.BackendUnavailable.status == 503

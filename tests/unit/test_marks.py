@@ -1,0 +1,26 @@
+import pytest
+
+from kuryr.neutron import marks
+
+DOCKER_ID = "26e45bc58ff26d47cdbc5ee5be1d22413477ae8572d3cdd417929d05f0fdf549"
+
+
+def test_network_tags_split_the_docker_id_like_kuryr_libnetwork():
+    low, high = marks.network_tags(DOCKER_ID)
+    assert low == "kuryr.net.uuid.lh:26e45bc58ff26d47cdbc5ee5be1d2241"
+    assert high == "kuryr.net.uuid.uh:3477ae8572d3cdd417929d05f0fdf549"
+    assert all(len(tag) <= 60 for tag in (low, high))  # Neutron's tag limit
+    assert marks.docker_network_id_from_tags(["other", high, low]) == DOCKER_ID
+    assert marks.docker_network_id_from_tags([low]) is None
+
+
+@pytest.mark.parametrize("cidr,sub", [("10.1.0.0/16", ""), ("10.1.0.0/16", "10.1.5.0/24"),
+                                      ("fd00:1::/64", ""), ("fd00:1::/64", "fd00:1::/80")])
+def test_pool_id_round_trip(cidr, sub):
+    assert marks.parse_pool_id(marks.pool_id(cidr, sub)) == (cidr, sub)
+
+
+@pytest.mark.parametrize("bad", ["", "probe-pool-1", "kuryr:not-a-cidr", "kuryr:10.0.0.0/8|x"])
+def test_foreign_pool_ids_are_rejected(bad):
+    with pytest.raises(ValueError):
+        marks.parse_pool_id(bad)
