@@ -69,6 +69,12 @@ core_opts = [
         help="How container ports are wired: 'veth' plugs into the host's switch.",
     ),
     cfg.StrOpt(
+        "docker_netns_dir",
+        default="/var/run/docker/netns",
+        help="Where dockerd keeps container network namespaces (<exec-root>/netns); "
+        "used to find running containers again after a Kuryr restart.",
+    ),
+    cfg.StrOpt(
         "state_dir",
         default="/var/lib/kuryr",
         help="Directory for Kuryr's local files (never the source of truth: Neutron is).",

@@ -13,9 +13,11 @@ import uvicorn
 from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
+from kuryr.libnetwork import ports
 from kuryr.libnetwork.app import build_app
 from kuryr.libnetwork.context import Context
 from kuryr.neutron.client import Neutron, connect
+from kuryr.publish.forwarder import Forwarder
 
 LOG = logging.getLogger(__name__)
 
@@ -42,9 +44,12 @@ def ensure_subnetpools(ctx: Context) -> None:
 def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Context:
     neutron = neutron or connect(conf)
     ctx = Context(conf, neutron, OVS(conf.binding.ovsdb_connection),
-                  host=conf.host or socket.gethostname())
+                  host=conf.host or socket.gethostname(), forwarder=Forwarder())
     ctx.dns_enabled = "dns-integration" in neutron.extensions()
     ensure_subnetpools(ctx)
+    restored = ports.restore(ctx)
+    if restored:
+        LOG.info("serving the published ports of %d running containers again", restored)
     return ctx
 
 

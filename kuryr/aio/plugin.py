@@ -17,6 +17,7 @@ KURYR_CONF = """\
 [DEFAULT]
 kuryr_uri = unix://{socket}
 state_dir = {state}
+docker_netns_dir = {netns}
 
 [neutron]
 auth_type = none
@@ -72,7 +73,7 @@ class KuryrPlugin:
     def write_config(self) -> None:
         self.layout.kuryr_conf.write_text(KURYR_CONF.format(
             socket=PLUGIN_SOCKET, state=self.layout.base / "kuryr",
-            neutron=self.layout.neutron_url))
+            neutron=self.layout.neutron_url, netns=self.layout.run / "docker" / "netns"))
 
     def up(self) -> None:
         self.write_config()

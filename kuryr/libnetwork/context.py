@@ -17,6 +17,7 @@ from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
 from kuryr.neutron.client import Neutron
+from kuryr.publish.forwarder import Forwarder
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class PortInfo:
     bridge: str | None = None
     adopted: bool = False
     endpoint_id: str | None = None
+    security_groups: list[str] = field(default_factory=list)
+    expose_group: str | None = None  # Kuryr's group for --expose / -p, deleted with the port
+    netns: str | None = None  # Docker's SandboxKey, known from Join
 
 
 @dataclass
@@ -95,11 +99,13 @@ class BoundedSet:
 class Context:
     """Built once by the server from config and passed to every handler."""
 
-    def __init__(self, conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
+                 forwarder: Forwarder | None = None) -> None:
         self.conf = conf
         self.neutron = neutron
         self.ovs = ovs
         self.host = host
+        self.forwarder = forwarder
         self.lock = threading.RLock()
         self.networks: dict[str, NetworkInfo] = {}  # Docker network id -> info
         self.subnets_by_cidr: dict[str, SubnetInfo] = {}

@@ -14,7 +14,7 @@ from kuryr import errors
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVSError
 from kuryr.binding.vif import VIF
-from kuryr.libnetwork import ipam, models, networks
+from kuryr.libnetwork import ipam, models, networks, ports
 from kuryr.libnetwork.context import Context, PortInfo
 from kuryr.neutron import marks
 
@@ -75,9 +75,17 @@ def create_endpoint(ctx: Context,
         port = _create_port_for_foreign_ipam(ctx, req, net.neutron_id)
         if not (req.Interface and req.Interface.MacAddress):
             reply_mac = port.mac
-    updated = ctx.neutron.update_port(
-        port.id, device_id=req.EndpointID, device_owner=marks.DEVICE_OWNER,
-        binding_host_id=ctx.host)
+    extra = ports.endpoint_port_attrs(ctx, port, req.EndpointID, req.Options)
+    try:
+        updated = ctx.neutron.update_port(
+            port.id, device_id=req.EndpointID, device_owner=marks.DEVICE_OWNER,
+            binding_host_id=ctx.host, **extra)
+    except Exception:
+        if port.expose_group:
+            ctx.neutron.delete_security_group(port.expose_group)
+            port.expose_group = None
+        raise
+    port.security_groups = list(updated.security_group_ids or [])
     port.vif_type = updated.binding_vif_type or port.vif_type
     port.bridge = (updated.binding_vif_details or {}).get("bridge_name") or port.bridge
     port.endpoint_id = req.EndpointID
@@ -136,6 +144,7 @@ def join(ctx: Context, req: models.JoinRequest) -> models.JoinResponse:
     net = networks.network_for_docker_id(ctx, req.NetworkID)
     port = _port_for_endpoint(ctx, req.NetworkID, req.EndpointID)
     vif = _vif(ctx, port, net.mtu)
+    port.netns = req.SandboxKey or port.netns
     if not netlink.link_exists(vif.host_ifname):
         _plug(ctx, vif)  # the veth was lost (host reboot, manual cleanup)
     _wait_until_wired(ctx, vif)
@@ -188,6 +197,7 @@ def delete_endpoint(ctx: Context, req: models.EndpointRequest) -> None:
         return  # already deleted: Docker replays
     with ctx.lock:
         net = ctx.networks.get(req.NetworkID)
+    ports.revoke(ctx, req.EndpointID)
     _unplug(ctx, _vif(ctx, port, net.mtu if net else None))
     ipam.forget_port(ctx, port, release=True)
     with ctx.lock:
@@ -208,13 +218,12 @@ def oper_info(ctx: Context, req: models.EndpointRequest) -> models.OperInfoRespo
 
 
 def program_external(ctx: Context, req: models.EndpointRequest) -> None:
-    """Published and exposed ports (-p, --expose) are not handled yet: the
-    endpoint works, its ports are reachable only on the Neutron network."""
-    options = req.Options or {}
-    if options.get(models.PORTMAP_OPTION) or options.get(models.EXPOSED_PORTS_OPTION):
-        LOG.warning("endpoint %s: published/exposed ports are not supported yet",
-                    req.EndpointID[:12])
+    """Serve the container's published ports (-p, -P) on the host."""
+    if not (req.Options or {}).get(models.PORTMAP_OPTION):
+        return
+    port = _port_for_endpoint(ctx, req.NetworkID, req.EndpointID)
+    ports.program(ctx, port, req.EndpointID, req.Options)
 
 
 def revoke_external(ctx: Context, req: models.EndpointRequest) -> None:
-    """Counterpart of program_external."""
+    ports.revoke(ctx, req.EndpointID)

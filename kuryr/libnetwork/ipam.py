@@ -16,6 +16,7 @@ from kuryr import errors
 from kuryr.libnetwork import models, networks
 from kuryr.libnetwork.context import Context, PendingPool, PortInfo, SubnetInfo
 from kuryr.neutron import marks
+from kuryr.publish import spec
 
 LOG = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ def port_info(port: object, adopted: bool = False) -> PortInfo:
         vif_type=port.binding_vif_type or "ovs",
         bridge=(port.binding_vif_details or {}).get("bridge_name"),
         adopted=adopted,
+        security_groups=list(port.security_group_ids or []),
+        expose_group=spec.decode(port.description)[0],
     )
 
 
@@ -299,9 +302,14 @@ def release_address(ctx: Context, req: models.ReleaseAddressRequest) -> None:
 def forget_port(ctx: Context, port: PortInfo, release: bool) -> None:
     """Delete Kuryr's port (or just unbind an adopted one) and mark its addresses free."""
     if port.adopted:
-        ctx.neutron.update_port(port.id, binding_host_id="", device_owner="", device_id="")
+        groups = [g for g in port.security_groups if g != port.expose_group]
+        ctx.neutron.update_port(port.id, binding_host_id="", device_owner="", device_id="",
+                                security_group_ids=groups, description="")
     elif release:
         ctx.neutron.delete_port(port.id)
+    if port.expose_group:
+        ctx.neutron.delete_security_group(port.expose_group)
+        port.expose_group = None
     with ctx.lock:
         ctx.ports_by_mac.pop(port.mac, None)
         for ip, subnet_id in port.addresses.items():

@@ -24,6 +24,7 @@ from openstack import connection as os_connection
 from openstack import exceptions as os_exc
 from openstack.network.v2.network import Network
 from openstack.network.v2.port import Port
+from openstack.network.v2.security_group import SecurityGroup
 from openstack.network.v2.subnet import Subnet
 from openstack.network.v2.subnet_pool import SubnetPool
 from openstack.resource import Resource
@@ -287,6 +288,24 @@ class Neutron:
     def create_subnetpool(self, **attrs: object) -> SubnetPool:
         with translated_errors(f"create subnetpool {attrs.get('name', '')}"):
             return self.api.create_subnet_pool(**attrs)
+
+    # -- security groups ---------------------------------------------------
+    def create_security_group(self, name: str, description: str = "") -> SecurityGroup:
+        """1 POST (Neutron adds the default egress rules)."""
+        with translated_errors(f"create security group {name}"):
+            return self.api.create_security_group(name=name, description=description)
+
+    def create_security_group_rules(self, rules: list[dict]) -> None:
+        """1 POST for all rules (bulk)."""
+        if not rules:
+            return
+        with translated_errors("create security group rules"):
+            self.api.create_security_group_rules(data=rules)
+
+    def delete_security_group(self, group_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete security group {group_id}"):
+            self.api.delete_security_group(group_id, ignore_missing=True)
 
     # -- ports -------------------------------------------------------------
     def create_port(self, **attrs: object) -> Port:

@@ -14,6 +14,8 @@ from kuryr.neutron.client import connect_endpoint
 
 from . import helpers
 
+KURYR = ("-d", "kuryr", "--ipam-driver", "kuryr")
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -29,6 +31,48 @@ def stack() -> Layout:
     if proc.returncode != 0:
         pytest.fail(f"`kuryr-aio up` failed with exit code {proc.returncode}")
     return Layout.default()
+
+
+@pytest.fixture(scope="session")
+def docker(stack):
+    return helpers.Docker(stack.docker_host)
+
+
+@pytest.fixture
+def no_leaks(neutron, ovs):
+    """Fails the test when it leaves a Kuryr port, OVS port or veth behind."""
+    before = helpers.kuryr_leftovers(neutron, ovs)
+    yield
+    after = helpers.wait_until(
+        lambda: (lambda now: now if now == before else None)(
+            helpers.kuryr_leftovers(neutron, ovs)), 10)
+    assert after == before, f"leaked: {helpers.kuryr_leftovers(neutron, ovs)} vs {before}"
+
+
+@pytest.fixture
+def make_network(docker, cleanup, unique):
+    counter = iter(range(100))
+
+    def make(*args: str, name: str | None = None) -> str:
+        name = name or f"kn-{unique}-{next(counter)}"
+        docker.run("network", "create", *KURYR, *args, name)
+        cleanup(lambda: docker.run("network", "rm", name, check=False))
+        return name
+
+    return make
+
+
+@pytest.fixture
+def run_container(docker, cleanup, unique):
+    counter = iter(range(100))
+
+    def run(network: str, *args: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:
+        name = f"kc-{unique}-{next(counter)}"
+        docker.run("run", "-d", "--name", name, "--net", network, *args, "busybox", *cmd)
+        cleanup(lambda: docker.run("rm", "-f", name, check=False))
+        return name
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -143,3 +143,39 @@ def kuryr_leftovers(neutron, ovs) -> dict:
     veths = [n for n in links if n.startswith(("tap", "tc")) and len(n) == len("tap") + 11
              or n.startswith("tc") and len(n) == 13]
     return {"neutron_ports": ports, "ovs_ports": ovs.managed_ports("br-int"), "veths": veths}
+
+
+def tcp_connects(ns: str, address: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection from ``ns`` to ``address:port`` is accepted."""
+    sock = create_socket(ns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def restart_kuryr(stack):
+    import signal
+
+    from kuryr.aio.plugin import PLUGIN_SOCKET
+
+    pidfile = stack.pidfile("kuryr")
+    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    assert wait_until(lambda: not PLUGIN_SOCKET.exists() or not _answers(), 15)
+    proc = subprocess.run([aio_command(), "up"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _answers():
+    from kuryr.aio.plugin import plugin_answers
+
+    try:
+        return plugin_answers()
+    except OSError:
+        return False
+
+

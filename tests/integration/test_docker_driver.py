@@ -12,54 +12,10 @@ import time
 
 import pytest
 
-from kuryr.aio.plugin import PLUGIN_SOCKET, plugin_answers
 from kuryr.neutron import marks
 
 from . import helpers
-
-KURYR = ("-d", "kuryr", "--ipam-driver", "kuryr")
-
-
-@pytest.fixture(scope="module")
-def docker(stack):
-    return helpers.Docker(stack.docker_host)
-
-
-@pytest.fixture
-def no_leaks(neutron, ovs):
-    """Fails the test when it leaves a Kuryr port, OVS port or veth behind."""
-    before = helpers.kuryr_leftovers(neutron, ovs)
-    yield
-    after = helpers.wait_until(
-        lambda: (lambda now: now if now == before else None)(
-            helpers.kuryr_leftovers(neutron, ovs)), 10)
-    assert after == before, f"leaked: {helpers.kuryr_leftovers(neutron, ovs)} vs {before}"
-
-
-@pytest.fixture
-def make_network(docker, cleanup, unique):
-    counter = iter(range(100))
-
-    def make(*args: str, name: str | None = None) -> str:
-        name = name or f"kn-{unique}-{next(counter)}"
-        docker.run("network", "create", *KURYR, *args, name)
-        cleanup(lambda: docker.run("network", "rm", name, check=False))
-        return name
-
-    return make
-
-
-@pytest.fixture
-def run_container(docker, cleanup, unique):
-    counter = iter(range(100))
-
-    def run(network: str, *args: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:
-        name = f"kc-{unique}-{next(counter)}"
-        docker.run("run", "-d", "--name", name, "--net", network, *args, "busybox", *cmd)
-        cleanup(lambda: docker.run("rm", "-f", name, check=False))
-        return name
-
-    return run
+from .conftest import KURYR
 
 
 def neutron_network_of(neutron, docker, name):
@@ -245,27 +201,12 @@ def test_overlapping_pools_are_refused(neutron, docker, make_network, unique):
 
 
 # -- restarts -----------------------------------------------------------------------------
-def restart_kuryr(stack):
-    pidfile = stack.pidfile("kuryr")
-    os.kill(int(pidfile.read_text()), signal.SIGTERM)
-    assert helpers.wait_until(lambda: not PLUGIN_SOCKET.exists() or not _answers(), 15)
-    proc = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
-def _answers():
-    try:
-        return plugin_answers()
-    except OSError:
-        return False
-
-
 @pytest.mark.usefixtures("no_leaks")
 def test_kuryr_restart_keeps_containers_and_cleans_up_later(stack, docker, make_network,
                                                             run_container):
     name = make_network("--subnet", "10.73.0.0/24")
     a, b = run_container(name), run_container(name)
-    restart_kuryr(stack)
+    helpers.restart_kuryr(stack)
     assert docker.run("exec", a, "ping", "-c", "1", "-W", "2", docker.ip_of(b, name),
                       check=False).returncode == 0
     c = run_container(name)  # new work after the restart

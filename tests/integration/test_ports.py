@@ -1,0 +1,147 @@
+"""Published (-p, -P) and exposed (--expose) ports on Neutron, through the real
+dockerd, neutron-server and OVN.  Traffic goes only to loopback and to
+namespaces these tests create."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import urllib.request
+
+import pytest
+
+from kuryr.neutron import marks
+from kuryr.publish import spec
+from kuryr.publish.netns import SocketFactory
+
+from . import helpers
+
+HTTPD = ("sh", "-c", "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && "
+         "for p in $PORTS; do httpd -p $p -h /www; done; exec sleep 600")
+
+
+def fetch(port: int, host: str = "127.0.0.1", timeout: float = 5) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout) as resp:
+            return resp.read().decode().strip()
+    except OSError:
+        return None
+
+
+def web(run_container, network, *args, ports="80"):
+    return run_container(network, "-e", f"PORTS={ports}", *args, cmd=HTTPD)
+
+
+def expose_groups(neutron):
+    return [g.name for g in neutron.api.security_groups()
+            if g.name.startswith("kuryr-expose-")]
+
+
+@pytest.fixture
+def net(make_network):
+    return make_network("--subnet", "10.80.0.0/24")
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_published_tcp_port_reaches_the_container(docker, net, run_container, neutron):
+    container = web(run_container, net, "-p", "127.0.0.1:18180:80")
+    hostname = docker.out("inspect", "-f", "{{.Config.Hostname}}", container)
+    assert helpers.wait_until(lambda: fetch(18180), 10) == f"hello-{hostname}"
+    docker.run("rm", "-f", container)
+    assert fetch(18180, timeout=1) is None, "the host port still answers after the container"
+    assert expose_groups(neutron) == []
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_published_udp_port_echoes(docker, net, run_container):
+    container = run_container(net, "-p", "127.0.0.1:18181:5353/udp")
+    sandbox = docker.out("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
+    # busybox-static has no UDP server: open one inside the container's namespace.
+    factory = SocketFactory()
+    server = factory.create(sandbox, socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 5353))
+    server.settimeout(10)
+
+    def echo():
+        data, addr = server.recvfrom(100)
+        server.sendto(data.upper(), addr)
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    client.sendto(b"kuryr-udp", ("127.0.0.1", 18181))
+    assert client.recvfrom(100)[0] == b"KURYR-UDP"
+    thread.join()
+    server.close()
+    factory.close()
+
+
+def test_port_range(docker, net, run_container):
+    web(run_container, net, "-p", "127.0.0.1:18182-18183:80-81", ports="80 81")
+    assert helpers.wait_until(lambda: fetch(18182), 10)
+    assert fetch(18183)
+
+
+def test_publish_all_picks_host_ports_and_reports_them(stack, docker, net, run_container,
+                                                       neutron):
+    container = web(run_container, net, "--expose", "80", "-P")
+    ip = docker.ip_of(container, net)
+    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    _, published = spec.decode(port.description)
+    assert [(p.proto, p.container_port) for p in published] == [("tcp", 80)]
+    assert published[0].host_port > 0
+    assert helpers.wait_until(lambda: fetch(published[0].host_port), 10)
+    listing = subprocess.run([helpers.aio_command().replace("kuryr-aio", "kuryr"), "ports",
+                              "--config-file", str(stack.kuryr_conf)],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"{ip}" in listing and f":{published[0].host_port}->80/tcp" in listing
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_busy_host_port_is_a_clear_error(docker, net, unique, neutron):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 18184))
+    blocker.listen(1)
+    try:
+        proc = docker.run("run", "--rm", "--name", f"busy-{unique}", "--net", net,
+                          "-p", "127.0.0.1:18184:80", "busybox", "true", check=False)
+    finally:
+        blocker.close()
+    assert proc.returncode != 0
+    assert "18184" in proc.stderr and "already in use" in proc.stderr, proc.stderr
+    assert expose_groups(neutron) == []
+
+
+def test_exposed_port_open_and_others_closed(neutron, ovs, stack, docker, net, run_container,
+                                             cleanup, unique):
+    container = web(run_container, net, "--expose", "9999", ports="9999 8888")
+    ip = docker.ip_of(container, net)
+    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    assert any(g.startswith("kuryr-expose-") for g in expose_groups(neutron))
+    assert len(port.security_group_ids) == 2
+    # A client outside the container's security groups.
+    group = neutron.create_security_group(f"outsider-{unique}")
+    cleanup(lambda: neutron.delete_security_group(group.id))
+    net_id = neutron.networks_tagged(marks.network_tags(docker.network_id(net)))[0].id
+    client = neutron.create_port(network_id=net_id, binding_host_id=stack.host,
+                                 device_owner="compute:kuryr-test",
+                                 security_group_ids=[group.id])
+    cleanup(lambda: neutron.delete_port(client.id))
+    ns = helpers.make_netns(f"out-{unique}", cleanup)
+    vif = helpers.plug_port_into_netns(neutron, ovs, client, ns, cleanup)
+    assert ovs.wait_installed(vif.host_ifname, 15)
+    assert helpers.wait_until(lambda: helpers.tcp_connects(ns, ip, 9999), 10), \
+        "exposed port 9999 refused a client outside the container's groups"
+    assert not helpers.tcp_connects(ns, ip, 8888), "port 8888 was reachable without --expose"
+
+
+def test_published_port_survives_kuryr_restart(stack, docker, net, run_container, neutron):
+    container = web(run_container, net, "-p", "127.0.0.1:18185:80")
+    assert helpers.wait_until(lambda: fetch(18185), 10)
+    helpers.restart_kuryr(stack)
+    assert helpers.wait_until(lambda: fetch(18185), 10), "not served again after a restart"
+    docker.run("rm", "-f", container)
+    assert helpers.wait_until(lambda: fetch(18185, timeout=1) is None, 5)
+    assert helpers.wait_until(lambda: expose_groups(neutron) == [], 5)
