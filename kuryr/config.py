@@ -165,6 +165,23 @@ binding_opts = [
 ]
 
 
+publish_opts = [
+    cfg.StrOpt(
+        "floating_ip_network",
+        default="",
+        help="Also publish -p ports through Neutron: a floating IP on this external "
+        "network (name or id) with one port forwarding per published port, so they are "
+        "reachable from outside the host. Kuryr attaches the container's subnet to a "
+        "router with its gateway on this network. Empty: host-only publishing.",
+    ),
+    cfg.StrOpt(
+        "router_name",
+        default="kuryr-publish",
+        help="Router Kuryr creates (or reuses) for floating-IP publishing.",
+    ),
+]
+
+
 def _neutron_auth_opts() -> list[cfg.Opt]:
     """Keystoneauth session, adapter and auth-plugin options for [neutron]."""
     opts: list[cfg.Opt] = []
@@ -188,6 +205,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(core_opts)
     conf.register_opts(neutron_opts, group=NEUTRON_GROUP)
     conf.register_opts(binding_opts, group="binding")
+    conf.register_opts(publish_opts, group="publish")
     ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
@@ -212,4 +230,5 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("DEFAULT", list(core_opts)),
         (NEUTRON_GROUP, list(itertools.chain(neutron_opts, _neutron_auth_opts()))),
         ("binding", list(binding_opts)),
+        ("publish", list(publish_opts)),
     ]

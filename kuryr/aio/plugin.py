@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from kuryr.aio import procs
-from kuryr.aio.layout import Layout
+from kuryr.aio.layout import PUBLIC_NETWORK, Layout
 
 PLUGIN_SOCKET = Path("/run/docker/plugins/kuryr.sock")
 
@@ -26,6 +26,10 @@ vif_plugging_timeout = 30
 
 [binding]
 ovs_bridge = br-int
+
+[publish]
+# -p ports are also reachable from the external network through a floating IP.
+floating_ip_network = {public}
 """
 
 
@@ -73,7 +77,8 @@ class KuryrPlugin:
     def write_config(self) -> None:
         self.layout.kuryr_conf.write_text(KURYR_CONF.format(
             socket=PLUGIN_SOCKET, state=self.layout.base / "kuryr",
-            neutron=self.layout.neutron_url, netns=self.layout.run / "docker" / "netns"))
+            neutron=self.layout.neutron_url, netns=self.layout.run / "docker" / "netns",
+            public=PUBLIC_NETWORK))
 
     def up(self) -> None:
         self.write_config()

@@ -117,6 +117,11 @@ class Context:
         self.subnetpool_ids: dict[int, str] = {}  # ip version -> Kuryr's default pool
         self.subnetpool_prefixes: dict[int, list[str]] = {}
         self.dns_enabled = False  # Neutron has the dns-integration extension
+        # Floating-IP publishing (kuryr/libnetwork/floating.py), set up on first use.
+        self.publish_router: str | None = None
+        self.publish_fip: str | None = None
+        self.publish_address: str | None = None
+        self.router_subnets: set[str] = set()
 
     @staticmethod
     def release_key(cidr: str, address: str) -> str:

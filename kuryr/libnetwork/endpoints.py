@@ -197,7 +197,7 @@ def delete_endpoint(ctx: Context, req: models.EndpointRequest) -> None:
         return  # already deleted: Docker replays
     with ctx.lock:
         net = ctx.networks.get(req.NetworkID)
-    ports.revoke(ctx, req.EndpointID)
+    ports.revoke(ctx, port, req.EndpointID)
     _unplug(ctx, _vif(ctx, port, net.mtu if net else None))
     ipam.forget_port(ctx, port, release=True)
     with ctx.lock:
@@ -226,4 +226,8 @@ def program_external(ctx: Context, req: models.EndpointRequest) -> None:
 
 
 def revoke_external(ctx: Context, req: models.EndpointRequest) -> None:
-    ports.revoke(ctx, req.EndpointID)
+    try:
+        port = _port_for_endpoint(ctx, req.NetworkID, req.EndpointID)
+    except errors.NotFound:
+        port = None
+    ports.revoke(ctx, port, req.EndpointID)

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 
 from kuryr import errors
-from kuryr.libnetwork import models
+from kuryr.libnetwork import floating, models
 from kuryr.libnetwork.context import Context, NetworkInfo, PendingPool, SubnetInfo
 from kuryr.neutron import marks
 
@@ -202,6 +202,7 @@ def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
         return  # already gone: Docker retries and replays
     if info.adopted:
         ours = {*marks.network_tags(info.docker_id), marks.existing_network_tag(info.docker_id)}
+        floating.detach_subnets(ctx, [s.id for s in info.subnets])
         net = ctx.neutron.get_network(info.neutron_id)
         for subnet in info.subnets:
             # Subnets Kuryr added to an adopted network carry Kuryr's name.
@@ -209,7 +210,15 @@ def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
                 ctx.neutron.delete_subnet(subnet.id)
         ctx.neutron.set_tags(net, [t for t in net.tags if t not in ours])
     else:
-        ctx.neutron.delete_network(info.neutron_id)
+        subnet_ids = [s.id for s in info.subnets]
+        floating.detach_subnets(ctx, subnet_ids)
+        try:
+            ctx.neutron.delete_network(info.neutron_id)
+        except errors.Conflict:
+            if not floating.enabled(ctx):
+                raise
+            floating.detach_subnets(ctx, subnet_ids, known_only=False)
+            ctx.neutron.delete_network(info.neutron_id)
     with ctx.lock:
         ctx.networks.pop(info.docker_id, None)
         for subnet in info.subnets:

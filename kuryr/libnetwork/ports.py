@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from kuryr import errors
+from kuryr.libnetwork import floating
 from kuryr.libnetwork.context import Context, PortInfo
 from kuryr.neutron.client import Neutron
 from kuryr.publish import spec
@@ -82,6 +83,12 @@ def program(ctx: Context, port: PortInfo, endpoint_id: str, options: dict | None
     if not published or not ctx.conf.process_external_connectivity or ctx.forwarder is None:
         return
     bound = ctx.forwarder.publish(endpoint_id, _target(port), published)
+    if floating.enabled(ctx):
+        try:
+            floating.forward(ctx, port, bound)
+        except Exception:
+            ctx.forwarder.unpublish(endpoint_id)
+            raise
     if [(p.proto, p.container_port, p.host_ip, p.host_port) for p in bound] != \
             [(p.proto, p.container_port, p.host_ip, p.host_port) for p in published]:
         # Kuryr picked the host ports (-P or a range): record the real ones.
@@ -92,9 +99,9 @@ def program(ctx: Context, port: PortInfo, endpoint_id: str, options: dict | None
             raise
 
 
-def revoke(ctx: Context, endpoint_id: str) -> None:
-    if ctx.forwarder is not None:
-        ctx.forwarder.unpublish(endpoint_id)
+def revoke(ctx: Context, port: PortInfo | None, endpoint_id: str) -> None:
+    if ctx.forwarder is not None and ctx.forwarder.unpublish(endpoint_id) and port:
+        floating.unforward(ctx, port.id)
 
 
 def restore(ctx: Context) -> int:

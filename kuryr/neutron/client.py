@@ -22,8 +22,10 @@ from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import session as ks_session
 from openstack import connection as os_connection
 from openstack import exceptions as os_exc
+from openstack.network.v2.floating_ip import FloatingIP
 from openstack.network.v2.network import Network
 from openstack.network.v2.port import Port
+from openstack.network.v2.router import Router
 from openstack.network.v2.security_group import SecurityGroup
 from openstack.network.v2.subnet import Subnet
 from openstack.network.v2.subnet_pool import SubnetPool
@@ -306,6 +308,52 @@ class Neutron:
         """1 DELETE; absent is fine."""
         with translated_errors(f"delete security group {group_id}"):
             self.api.delete_security_group(group_id, ignore_missing=True)
+
+    # -- routers and floating IPs (Neutron-native publishing) --------------
+    def find_router(self, name: str) -> Router | None:
+        with translated_errors(f"find router {name}"):
+            return self.api.find_router(name, ignore_missing=True)
+
+    def create_router(self, name: str, external_network_id: str) -> Router:
+        with translated_errors(f"create router {name}"):
+            return self.api.create_router(
+                name=name, external_gateway_info={"network_id": external_network_id})
+
+    def add_router_interface(self, router_id: str, subnet_id: str) -> None:
+        """1 PUT."""
+        with translated_errors(f"attach subnet {subnet_id} to router {router_id}"):
+            self.api.add_interface_to_router(router_id, subnet_id=subnet_id)
+
+    def remove_router_interface(self, router_id: str, subnet_id: str) -> None:
+        """1 PUT; an interface already gone is fine."""
+        with translated_errors(f"detach subnet {subnet_id} from router {router_id}"):
+            try:
+                self.api.remove_interface_from_router(router_id, subnet_id=subnet_id)
+            except os_exc.NotFoundException:
+                pass
+
+    def floating_ips(self, **filters: object) -> list[FloatingIP]:
+        with translated_errors("list floating IPs"):
+            return list(self.api.ips(**filters))
+
+    def create_floating_ip(self, network_id: str, description: str) -> FloatingIP:
+        with translated_errors("create floating IP"):
+            return self.api.create_ip(floating_network_id=network_id, description=description)
+
+    def create_port_forwarding(self, floating_ip_id: str, **attrs: object) -> None:
+        """1 POST."""
+        with translated_errors(f"forward port {attrs.get('external_port')} of floating IP"):
+            self.api.create_port_forwarding(floatingip_id=floating_ip_id, **attrs)
+
+    def port_forwardings(self, floating_ip_id: str, **filters: object) -> list:
+        """1 GET."""
+        with translated_errors("list port forwardings"):
+            return list(self.api.port_forwardings(floating_ip_id, **filters))
+
+    def delete_port_forwarding(self, floating_ip_id: str, forwarding_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete port forwarding {forwarding_id}"):
+            self.api.delete_port_forwarding(forwarding_id, floating_ip_id, ignore_missing=True)
 
     # -- ports -------------------------------------------------------------
     def create_port(self, **attrs: object) -> Port:

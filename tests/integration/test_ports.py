@@ -10,7 +10,9 @@ import threading
 import urllib.request
 
 import pytest
+from pyroute2.netns import create_socket
 
+from kuryr.aio.layout import OUTSIDE_NETNS
 from kuryr.neutron import marks
 from kuryr.publish import spec
 from kuryr.publish.netns import SocketFactory
@@ -145,3 +147,39 @@ def test_published_port_survives_kuryr_restart(stack, docker, net, run_container
     docker.run("rm", "-f", container)
     assert helpers.wait_until(lambda: fetch(18185, timeout=1) is None, 5)
     assert helpers.wait_until(lambda: expose_groups(neutron) == [], 5)
+
+
+def http_get_from_namespace(ns: str, address: str, port: int) -> str | None:
+    sock = create_socket(ns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    sock.settimeout(5)
+    try:
+        sock.connect((address, port))
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_floating_ip_port_forwarding_from_outside(docker, net, run_container, neutron):
+    """kuryr-aio enables [publish] floating_ip_network = public: the outside
+    namespace on br-ex reaches the container through FIP:HostPort."""
+    container = web(run_container, net, "-p", "127.0.0.1:18186:80")
+    ip = docker.ip_of(container, net)
+    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    fips = [f for f in neutron.floating_ips() if (f.description or "").startswith(
+        "kuryr-publish:")]
+    assert len(fips) == 1
+    forwardings = neutron.port_forwardings(fips[0].id, internal_port_id=port.id)
+    assert [(f.external_port, f.internal_port) for f in forwardings] == [(18186, 80)]
+    hostname = docker.out("inspect", "-f", "{{.Config.Hostname}}", container)
+    got = helpers.wait_until(lambda: http_get_from_namespace(
+        OUTSIDE_NETNS, fips[0].floating_ip_address, 18186), 15)
+    assert got == f"hello-{hostname}"
+    docker.run("rm", "-f", container)
+    assert neutron.port_forwardings(fips[0].id, internal_port_id=port.id) == []
