@@ -95,7 +95,8 @@ class NeutronServer:
 
     @property
     def logs(self) -> list[Path]:
-        return [self.layout.log("neutron-api"), self.layout.log("neutron-ovn-maintenance-worker")]
+        return [self.layout.log("neutron-api"), self.layout.log("neutron-access"),
+                self.layout.log("neutron-ovn-maintenance-worker")]
 
     def answers(self) -> bool:
         url = f"{self.layout.neutron_url}/v2.0/networks?limit=1"
@@ -171,6 +172,8 @@ class NeutronServer:
                 [str(self.venv_bin / "gunicorn"), "--chdir", str(self.dir),
                  "--bind", f"127.0.0.1:{NEUTRON_PORT}", "-w", "1", "--threads", "8",
                  "--graceful-timeout", "5", "--timeout", "300",
+                 # One line per request: benchmarks count requests at Neutron's side.
+                 "--access-logfile", str(self.layout.log("neutron-access")),
                  "kuryr_aio_neutron_wsgi:application"],
                 pidfile=self.api_pid, log=self.layout.log("neutron-api"), env=env_api,
             )

@@ -83,6 +83,9 @@ class KuryrPlugin:
     def up(self) -> None:
         self.write_config()
         if not procs.pid_alive(self.pidfile, "kuryr"):
+            # A socket left by a killed plugin would answer "connection refused"
+            # until the new one replaces it.
+            PLUGIN_SOCKET.unlink(missing_ok=True)
             procs.spawn([sys.executable, "-m", "kuryr.cli", "serve",
                          "--config-file", str(self.layout.kuryr_conf)],
                         pidfile=self.pidfile, log=self.layout.log("kuryr"))

@@ -1,0 +1,282 @@
+"""`kuryr-bench`: Kuryr against kuryr-libnetwork and Docker's bridge driver,
+on the all-in-one stack, in one run.  Neutron requests are counted at
+Neutron's side (neutron-server's access log), not by the clients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kuryr.aio import stack
+from kuryr.aio.docker import DOCKER_CLI, IMAGE
+from kuryr.aio.layout import Layout
+from kuryr.aio.procs import StackError, read_pid
+from kuryr.bench.peer import DRIVER as PEER_DRIVER
+from kuryr.bench.peer import KuryrLibnetwork
+
+DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Bench:
+    def __init__(self, layout: Layout, log: Callable[[str], None]) -> None:
+        self.layout = layout
+        self.log = log
+        self.access_log = layout.log("neutron-access")
+        self.tag = uuid.uuid4().hex[:6]
+        self.cleanup: list[list[str]] = []
+
+    # -- plumbing ---------------------------------------------------------------------
+    def docker(self, *args: str, check: bool = True, timeout: float = 300) -> tuple[int, float]:
+        started = time.monotonic()
+        proc = subprocess.run([DOCKER_CLI, "-H", self.layout.docker_host, *args],
+                              capture_output=True, text=True, timeout=timeout)
+        elapsed = time.monotonic() - started
+        if check and proc.returncode != 0:
+            raise StackError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.returncode, elapsed
+
+    def docker_out(self, *args: str) -> str:
+        return subprocess.run([DOCKER_CLI, "-H", self.layout.docker_host, *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def _access_lines(self) -> int:
+        try:
+            with self.access_log.open("rb") as fh:
+                return sum(1 for _ in fh)
+        except OSError:
+            return 0
+
+    def neutron_requests(self, action: Callable[[], object]) -> int:
+        """Requests neutron-server logged while ``action`` ran (and settled)."""
+        before = self._access_lines()
+        action()
+        time.sleep(0.5)  # the access log is written after each response
+        return self._access_lines() - before
+
+    def counted(self, *docker_args: str) -> int:
+        """Neutron requests caused by one docker command."""
+        return self.neutron_requests(lambda: self.docker(*docker_args))
+
+    def network(self, driver: str, subnet: str, gateway: str, *extra: str) -> str:
+        name = f"bench-{driver}-{self.tag}-{subnet.split('/')[0].replace('.', '-')}"
+        self.docker("network", "create", "-d", driver, "--ipam-driver", driver,
+                    "--subnet", subnet, "--gateway", gateway, *extra, name)
+        self.cleanup.append(["network", "rm", name])
+        return name
+
+    def finish(self) -> None:
+        for args in reversed(self.cleanup):
+            self.docker(*args, check=False)
+        self.cleanup.clear()
+
+    # -- measurements -----------------------------------------------------------------
+    def request_counts(self, driver: str, rounds: int, octet: int) -> dict[str, int]:
+        counts: dict[str, list[int]] = {k: [] for k in (
+            "network_create", "network_create_dual_stack", "container_start",
+            "container_stop", "network_rm", "network_rm_dual_stack")}
+        create = ("network", "create", "-d", driver, "--ipam-driver", driver)
+        for i in range(rounds):
+            name = f"bench-{driver}-{self.tag}-c{i}"
+            container, dual = f"{name}-c", f"{name}-6"
+            counts["network_create"].append(self.counted(
+                *create, "--subnet", f"10.{octet}.{i}.0/24", "--gateway", f"10.{octet}.{i}.1",
+                name))
+            self.docker("create", "--name", container, "--net", name, IMAGE, "sleep", "600")
+            counts["container_start"].append(self.counted("start", container))
+            counts["container_stop"].append(self.counted("stop", "-t", "0", container))
+            self.docker("rm", "-f", container)
+            counts["network_rm"].append(self.counted("network", "rm", name))
+            counts["network_create_dual_stack"].append(self.counted(
+                *create, "--ipv6", "--subnet", f"10.{octet}.{i + 100}.0/24",
+                "--gateway", f"10.{octet}.{i + 100}.1", "--subnet", f"fd{octet:02x}:{i}::/64",
+                "--gateway", f"fd{octet:02x}:{i}::1", dual))
+            counts["network_rm_dual_stack"].append(self.counted("network", "rm", dual))
+        return {k: int(statistics.median(v)) for k, v in counts.items() if v}
+
+    def run_latency(self, net_args: list[str], runs: int) -> dict:
+        times, failures = [], 0
+        self.docker("run", "--rm", *net_args, IMAGE, "true", check=False)  # warm-up
+        for _ in range(runs):
+            rc, elapsed = self.docker("run", "--rm", *net_args, IMAGE, "true", check=False)
+            if rc == 0:
+                times.append(elapsed)
+            else:
+                failures += 1
+        if not times:
+            return {"failures": failures}
+        return {"median": round(statistics.median(times) * 1000),
+                "p95": round(percentile(times, 0.95) * 1000), "runs": len(times),
+                "failures": failures}
+
+    def time_to_reach(self, network: str, runs: int) -> dict:
+        """From `docker run` to a first ping answered by another container."""
+        peer = f"bench-target-{self.tag}"
+        self.docker("run", "-d", "--name", peer, "--net", network, IMAGE, "sleep", "600")
+        self.cleanup.append(["rm", "-f", peer])
+        address = self.docker_out("inspect", "-f",
+                                  f'{{{{(index .NetworkSettings.Networks "{network}")'
+                                  '.IPAddress}}', peer)
+        times, first_ping_ok = [], 0
+        for _ in range(runs):
+            rc, elapsed = self.docker("run", "--rm", "--net", network, IMAGE, "ping", "-c",
+                                      "1", "-W", "2", address, check=False)
+            first_ping_ok += rc == 0
+            times.append(elapsed)
+        return {"median": round(statistics.median(times) * 1000),
+                "first_ping_answered": f"{first_ping_ok}/{runs}"}
+
+    def burst(self, network: str, size: int) -> dict:
+        results: list[tuple[int, float]] = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            rc, elapsed = self.docker("run", "--rm", "--net", network, IMAGE, "true",
+                                      check=False, timeout=600)
+            with lock:
+                results.append((rc, elapsed))
+
+        threads = [threading.Thread(target=one) for _ in range(size)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic() - started
+        ok = [e for rc, e in results if rc == 0]
+        return {"size": size, "succeeded": len(ok), "wall_s": round(wall, 1),
+                "p95_ms": round(percentile(ok, 0.95) * 1000) if ok else None}
+
+
+def kuryr_process_stats() -> tuple[float, float]:
+    """(RSS in MB, CPU seconds) of the running Kuryr plugin."""
+    pid = read_pid(Layout.default().pidfile("kuryr"))
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("VmRSS:")))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, cpu
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kuryr-bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced run (under a minute once the stack is up)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--runs", type=int, help="docker run repetitions per driver")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip kuryr-libnetwork (no install, no comparison)")
+    args = parser.parse_args(argv)
+    runs = args.runs or (5 if args.quick else 20)
+    bursts = [5] if args.quick else [20, 50]
+    rounds = 1 if args.quick else 3
+
+    def log(message: str) -> None:
+        print(f"kuryr-bench: {message}", file=sys.stderr, flush=True)
+
+    layout = Layout.default()
+    stack.up(layout, log=log)
+    bench = Bench(layout, log)
+    peer = None if args.no_peer else KuryrLibnetwork(layout)
+    result: dict = {"machine": {"cores": os.cpu_count(), "runs": runs},
+                    "neutron_requests": {}, "docker_run_ms": {}, "burst": {}}
+    try:
+        if peer is not None:
+            log("starting kuryr-libnetwork 18.0.0 (installs on first use) ...")
+            try:
+                peer.start()
+            except StackError as exc:
+                log(f"kuryr-libnetwork unavailable: {exc}")
+                result["kuryr-libnetwork_error"] = str(exc)
+                peer = None
+        drivers = ["kuryr"] + (["kuryr-libnetwork"] if peer else [])
+        for index, name in enumerate(drivers):
+            log(f"{name}: Neutron requests per operation ...")
+            result["neutron_requests"][name] = bench.request_counts(
+                DRIVERS[name], rounds, 140 + index)
+        nets = {name: bench.network(DRIVERS[name], f"10.{150 + i}.0.0/24", f"10.{150 + i}.0.1")
+                for i, name in enumerate(drivers)}
+        rss_before, cpu_before = kuryr_process_stats()
+        log(f"docker run --rm latency, {runs} runs each ...")
+        result["docker_run_ms"]["kuryr"] = bench.run_latency(["--net", nets["kuryr"]], runs)
+        _, cpu_after = kuryr_process_stats()
+        result["kuryr_cpu_s_per_start"] = round((cpu_after - cpu_before) / (runs + 1), 3)
+        if "kuryr-libnetwork" in nets:
+            result["docker_run_ms"]["kuryr-libnetwork"] = bench.run_latency(
+                ["--net", nets["kuryr-libnetwork"]], runs)
+        result["docker_run_ms"]["bridge"] = bench.run_latency([], runs)
+        result["docker_run_ms"]["none"] = bench.run_latency(["--net", "none"], runs)
+        log("time until a new container reaches another ...")
+        result["time_to_reach_ms"] = {"kuryr": bench.time_to_reach(nets["kuryr"], runs)}
+        for name in drivers:
+            result["burst"][name] = []
+            for size in bursts:
+                log(f"{name}: burst of {size} concurrent docker run ...")
+                result["burst"][name].append(bench.burst(nets[name], size))
+        rss_after, _ = kuryr_process_stats()
+        result["kuryr_rss_mb"] = round(max(rss_before, rss_after), 1)
+        result["ratios"] = ratios(result)
+    finally:
+        bench.finish()
+        if peer is not None:
+            peer.stop()
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def ratios(result: dict) -> dict:
+    runs = result["docker_run_ms"]
+    out = {}
+    if runs.get("kuryr", {}).get("median") and runs.get("bridge", {}).get("median"):
+        out["kuryr_over_bridge"] = round(runs["kuryr"]["median"] / runs["bridge"]["median"], 2)
+    if runs.get("kuryr-libnetwork", {}).get("median") and runs.get("kuryr", {}).get("median"):
+        out["kuryr_libnetwork_over_kuryr"] = round(
+            runs["kuryr-libnetwork"]["median"] / runs["kuryr"]["median"], 2)
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["", "Neutron requests per operation (counted at neutron-server)"]
+    requests = result["neutron_requests"]
+    names = list(requests)
+    keys = list(next(iter(requests.values()))) if requests else []
+    lines.append(f"  {'operation':28}" + "".join(f"{n:>18}" for n in names))
+    for key in keys:
+        lines.append(f"  {key:28}" + "".join(f"{requests[n].get(key, '-'):>18}" for n in names))
+    lines += ["", "docker run --rm IMG true (ms)"]
+    for name, stats in result["docker_run_ms"].items():
+        lines.append(f"  {name:28}median {stats.get('median', '-'):>6}   p95 "
+                     f"{stats.get('p95', '-'):>6}   failures {stats.get('failures', 0)}")
+    reach = result.get("time_to_reach_ms", {}).get("kuryr", {})
+    lines += ["", f"new container's first ping answered (kuryr): "
+              f"{reach.get('first_ping_answered')}, median {reach.get('median')} ms", "",
+              "bursts (concurrent docker run --rm)"]
+    for name, rows in result["burst"].items():
+        for row in rows:
+            lines.append(f"  {name:20} {row['size']:>3}: {row['succeeded']:>3} ok, "
+                         f"wall {row['wall_s']} s, p95 {row['p95_ms']} ms")
+    lines += ["", f"kuryr RSS {result.get('kuryr_rss_mb')} MB, CPU "
+              f"{result.get('kuryr_cpu_s_per_start')} s per container start",
+              f"ratios: {json.dumps(result.get('ratios', {}))}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
