@@ -87,7 +87,8 @@ class Docker:
             procs.spawn(
                 ["dockerd", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
                  f"--data-root={self.layout.base / 'docker'}",
-                 f"--exec-root={self.layout.run / 'docker'}",
+                 # Docker's default exec-root (/var/run/docker): its netns paths
+                 # are what kuryr-libnetwork (measured by kuryr-bench) accepts.
                  f"--pidfile={self.layout.run / 'dockerd.docker.pid'}",
                  f"--host={self.layout.docker_host}"],
                 pidfile=self.pidfile, log=self.layout.log("dockerd"),

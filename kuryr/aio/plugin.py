@@ -77,7 +77,7 @@ class KuryrPlugin:
     def write_config(self) -> None:
         self.layout.kuryr_conf.write_text(KURYR_CONF.format(
             socket=PLUGIN_SOCKET, state=self.layout.base / "kuryr",
-            neutron=self.layout.neutron_url, netns=self.layout.run / "docker" / "netns",
+            neutron=self.layout.neutron_url, netns="/var/run/docker/netns",
             public=PUBLIC_NETWORK))
 
     def up(self) -> None:

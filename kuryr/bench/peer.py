@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import sys
+import time
 from pathlib import Path
 
 from kuryr.aio import procs
@@ -80,13 +81,17 @@ class KuryrLibnetwork:
             neutron=self.layout.neutron_url))
         SPEC_DIR.mkdir(parents=True, exist_ok=True)
         self.spec.write_text(f"http://127.0.0.1:{PORT}\n")
-        if not procs.pid_alive(self.pidfile, "kuryr-server"):
-            procs.spawn([str(self.venv / "bin" / "kuryr-server"), "--config-file",
-                         str(self.conf)], pidfile=self.pidfile, log=self.log,
-                        env={"PATH": f"{self.venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"})
-        if not procs.wait_for(lambda: self.answers() or not procs.pid_alive(
-                self.pidfile, "kuryr-server"), 60) or not self.answers():
-            raise procs.StackError(f"kuryr-libnetwork did not start (log: {self.log})")
+        for _attempt in range(3):  # its port may still be held by a previous run
+            if not procs.pid_alive(self.pidfile, "kuryr-server"):
+                procs.spawn([str(self.venv / "bin" / "kuryr-server"), "--config-file",
+                             str(self.conf)], pidfile=self.pidfile, log=self.log,
+                            env={"PATH": f"{self.venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"})
+            procs.wait_for(lambda: self.answers() or not procs.pid_alive(
+                self.pidfile, "kuryr-server"), 180)
+            if self.answers():
+                return
+            time.sleep(2)
+        raise procs.StackError(f"kuryr-libnetwork did not start (log: {self.log})")
 
     def stop(self) -> None:
         procs.stop(self.pidfile, "kuryr-server")
