@@ -13,8 +13,9 @@ import uvicorn
 from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
-from kuryr.libnetwork import ports
+from kuryr.libnetwork import ports, sweep
 from kuryr.libnetwork.app import build_app
+from kuryr.libnetwork.background import Background
 from kuryr.libnetwork.context import Context
 from kuryr.neutron.client import Neutron, connect
 from kuryr.publish.forwarder import Forwarder
@@ -44,9 +45,13 @@ def ensure_subnetpools(ctx: Context) -> None:
 def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Context:
     neutron = neutron or connect(conf)
     ctx = Context(conf, neutron, OVS(conf.binding.ovsdb_connection),
-                  host=conf.host or socket.gethostname(), forwarder=Forwarder())
+                  host=conf.host or socket.gethostname(), forwarder=Forwarder(),
+                  background=Background(neutron.counter.operation))
     ctx.dns_enabled = "dns-integration" in neutron.extensions()
     ensure_subnetpools(ctx)
+    swept = sweep.sweep(ctx)
+    if swept:
+        LOG.info("removed %d ports of containers that are gone", len(swept))
     restored = ports.restore(ctx)
     if restored:
         LOG.info("serving the published ports of %d running containers again", restored)
@@ -77,4 +82,6 @@ def serve(conf: cfg.ConfigOpts) -> int:
     os.umask(0o077)  # the plugin socket is root-only: it creates Neutron ports
     uvicorn.run(build_app(ctx), log_level="warning", timeout_graceful_shutdown=5,
                 **_listen_args(conf))
+    if ctx.background is not None and not ctx.background.wait_idle(30):
+        LOG.warning("stopping with Neutron writes still queued; the next start sweeps")
     return 0

@@ -10,6 +10,8 @@ from ovsdbapp.schema.open_vswitch import impl_idl
 
 from kuryr.binding.vif import VIF
 
+ENDPOINT_KEY = "kuryr-endpoint-id"
+
 
 class OVSError(Exception):
     """Open vSwitch refused or is unreachable."""
@@ -43,7 +45,7 @@ class OVS:
     def bridge_exists(self, bridge: str) -> bool:
         return bool(self.api.br_exists(bridge).execute(check_error=True))
 
-    def plug(self, vif: VIF, ifname: str | None = None) -> None:
+    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "") -> None:
         """Add ``ifname`` (default: the VIF's host end) to the VIF's bridge.
 
         The external_ids are the ones OVN (and the OVS agent) use to bind the
@@ -58,6 +60,10 @@ class OVS:
             "iface-status": "active",
             "kuryr-managed": "true",
         }
+        if endpoint_id:
+            # Durable and local: a restarted Kuryr finds the endpoint's port here
+            # even before Neutron has recorded the endpoint as device_id.
+            external_ids[ENDPOINT_KEY] = endpoint_id
         with self.api.transaction(check_error=True) as txn:
             txn.add(self.api.add_port(vif.bridge, ifname, may_exist=True))
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
@@ -83,6 +89,13 @@ class OVS:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        """The Neutron port id Kuryr plugged for ``endpoint_id`` (local lookup)."""
+        for row in self.api.db_list_rows("Interface").execute(check_error=True):
+            if row.external_ids.get(ENDPOINT_KEY) == endpoint_id:
+                return row.external_ids.get("iface-id")
+        return None
 
     def managed_ports(self, bridge: str) -> list[str]:
         """Names of the interfaces on ``bridge`` that Kuryr plugged."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
+from kuryr.libnetwork.background import Background
 from kuryr.neutron.client import Neutron
 from kuryr.publish.forwarder import Forwarder
 
@@ -100,12 +101,14 @@ class Context:
     """Built once by the server from config and passed to every handler."""
 
     def __init__(self, conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
-                 forwarder: Forwarder | None = None) -> None:
+                 forwarder: Forwarder | None = None,
+                 background: Background | None = None) -> None:
         self.conf = conf
         self.neutron = neutron
         self.ovs = ovs
         self.host = host
         self.forwarder = forwarder
+        self.background = background
         self.lock = threading.RLock()
         self.networks: dict[str, NetworkInfo] = {}  # Docker network id -> info
         self.subnets_by_cidr: dict[str, SubnetInfo] = {}
@@ -122,6 +125,13 @@ class Context:
         self.publish_fip: str | None = None
         self.publish_address: str | None = None
         self.router_subnets: set[str] = set()
+
+    def later(self, key: str, what: str, action: object) -> None:
+        """Run a Neutron write off the critical path (inline when there is no worker)."""
+        if self.background is None:
+            action()
+        else:
+            self.background.submit(key, what, action)
 
     @staticmethod
     def release_key(cidr: str, address: str) -> str:

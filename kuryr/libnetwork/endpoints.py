@@ -35,6 +35,11 @@ def _port_for_endpoint(ctx: Context, network_id: str, endpoint_id: str) -> PortI
     net = networks.network_for_docker_id(ctx, network_id)
     found = ctx.neutron.ports(network_id=net.neutron_id, device_id=endpoint_id)
     if not found:
+        # Kuryr may have stopped before Neutron recorded the endpoint (a
+        # background write); the OVS interface remembers it.
+        port_id = ctx.ovs.port_of_endpoint(endpoint_id)
+        found = [ctx.neutron.get_port(port_id)] if port_id else []
+    if not found:
         raise errors.NotFound(f"endpoint {endpoint_id[:12]} has no Neutron port")
     port = ipam.port_info(found[0], adopted=marks.PORT_EXISTING_TAG in found[0].tags)
     port.endpoint_id = endpoint_id
@@ -76,24 +81,34 @@ def create_endpoint(ctx: Context,
         if not (req.Interface and req.Interface.MacAddress):
             reply_mac = port.mac
     extra = ports.endpoint_port_attrs(ctx, port, req.EndpointID, req.Options)
-    try:
-        updated = ctx.neutron.update_port(
-            port.id, device_id=req.EndpointID, device_owner=marks.DEVICE_OWNER,
-            binding_host_id=ctx.host, **extra)
-    except Exception:
-        if port.expose_group:
-            ctx.neutron.delete_security_group(port.expose_group)
-            port.expose_group = None
-        raise
-    port.security_groups = list(updated.security_group_ids or [])
-    port.vif_type = updated.binding_vif_type or port.vif_type
-    port.bridge = (updated.binding_vif_details or {}).get("bridge_name") or port.bridge
+    if extra:
+        # Security groups must be in place before the container starts.
+        try:
+            updated = ctx.neutron.update_port(
+                port.id, device_id=req.EndpointID, device_owner=marks.DEVICE_OWNER,
+                binding_host_id=ctx.host, **extra)
+        except Exception:
+            if port.expose_group:
+                ctx.neutron.delete_security_group(port.expose_group)
+                port.expose_group = None
+            raise
+        port.security_groups = list(updated.security_group_ids or [])
+        port.vif_type = updated.binding_vif_type or port.vif_type
+        port.bridge = (updated.binding_vif_details or {}).get("bridge_name") or port.bridge
     port.endpoint_id = req.EndpointID
     try:
-        _plug(ctx, _vif(ctx, port, net.mtu))
+        _plug(ctx, _vif(ctx, port, net.mtu), req.EndpointID)
     except Exception:
         _unplug(ctx, _vif(ctx, port, net.mtu))
         raise
+    if not extra:
+        # The port is bound to this host since RequestAddress: recording the
+        # endpoint changes nothing about its packets, so the container does not wait.
+        port_id, endpoint_id, host = port.id, req.EndpointID, ctx.host
+        ctx.later(port_id, f"record endpoint {endpoint_id[:12]} on port {port_id}",
+                  lambda: ctx.neutron.update_port(
+                      port_id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
+                      binding_host_id=host))
     with ctx.lock:
         ctx.endpoints[req.EndpointID] = port
         ctx.ports_by_mac[port.mac] = port
@@ -114,7 +129,7 @@ def _create_port_for_foreign_ipam(ctx: Context, req: models.CreateEndpointReques
     return ipam.port_info(ctx.neutron.create_port(**attrs))
 
 
-def _plug(ctx: Context, vif: VIF) -> None:
+def _plug(ctx: Context, vif: VIF, endpoint_id: str = "") -> None:
     netlink.create_veth(vif)
     if vif.vif_type == "bridge":
         netlink.attach_to_linux_bridge(vif.host_ifname, vif.bridge)
@@ -127,7 +142,7 @@ def _plug(ctx: Context, vif: VIF) -> None:
             f"Neutron could not bind port {vif.port_id} to host {ctx.host}: is this host "
             "an OVN chassis (or running a Neutron agent) under that name? ([DEFAULT] host)")
     try:
-        ctx.ovs.plug(vif)
+        ctx.ovs.plug(vif, endpoint_id=endpoint_id)
     except OVSError as exc:
         raise errors.BackendUnavailable(str(exc)) from exc
 
@@ -146,7 +161,7 @@ def join(ctx: Context, req: models.JoinRequest) -> models.JoinResponse:
     vif = _vif(ctx, port, net.mtu)
     port.netns = req.SandboxKey or port.netns
     if not netlink.link_exists(vif.host_ifname):
-        _plug(ctx, vif)  # the veth was lost (host reboot, manual cleanup)
+        _plug(ctx, vif, req.EndpointID)  # the veth was lost (host reboot, manual cleanup)
     _wait_until_wired(ctx, vif)
     gateways = {s.version: s.gateway for s in net.subnets
                 if s.gateway and s.id in port.addresses.values()}

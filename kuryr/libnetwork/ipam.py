@@ -300,16 +300,23 @@ def release_address(ctx: Context, req: models.ReleaseAddressRequest) -> None:
 
 
 def forget_port(ctx: Context, port: PortInfo, release: bool) -> None:
-    """Delete Kuryr's port (or just unbind an adopted one) and mark its addresses free."""
+    """Delete Kuryr's port (or just unbind an adopted one) and mark its addresses free.
+
+    The container is already unplugged: the Neutron writes run in the background."""
+    group = port.expose_group
+    port.expose_group = None
+    if ctx.background is not None:
+        ctx.background.cancel(port.id)
     if port.adopted:
-        groups = [g for g in port.security_groups if g != port.expose_group]
-        ctx.neutron.update_port(port.id, binding_host_id="", device_owner="", device_id="",
-                                security_group_ids=groups, description="")
+        groups = [g for g in port.security_groups if g != group]
+        ctx.later(port.id, f"unbind adopted port {port.id}", lambda: ctx.neutron.update_port(
+            port.id, binding_host_id="", device_owner="", device_id="",
+            security_group_ids=groups, description=""))
     elif release:
-        ctx.neutron.delete_port(port.id)
-    if port.expose_group:
-        ctx.neutron.delete_security_group(port.expose_group)
-        port.expose_group = None
+        ctx.later(port.id, f"delete port {port.id}", lambda: ctx.neutron.delete_port(port.id))
+    if group:
+        ctx.later(port.id, f"delete security group {group}",
+                  lambda: ctx.neutron.delete_security_group(group))
     with ctx.lock:
         ctx.ports_by_mac.pop(port.mac, None)
         for ip, subnet_id in port.addresses.items():

@@ -196,6 +196,8 @@ def _adopt_network(ctx: Context, docker_id: str, ref: str,
 
 # -- DeleteNetwork -----------------------------------------------------------------
 def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
+    if ctx.background is not None:
+        ctx.background.wait_idle()  # ports being deleted would keep the network in use
     try:
         info = network_for_docker_id(ctx, req.NetworkID)
     except errors.NotFound:

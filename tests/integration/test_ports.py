@@ -52,7 +52,7 @@ def test_published_tcp_port_reaches_the_container(docker, net, run_container, ne
     assert helpers.wait_until(lambda: fetch(18180), 10) == f"hello-{hostname}"
     docker.run("rm", "-f", container)
     assert fetch(18180, timeout=1) is None, "the host port still answers after the container"
-    assert expose_groups(neutron) == []
+    assert helpers.wait_until(lambda: expose_groups(neutron) == [], 10), expose_groups(neutron)
 
 
 @pytest.mark.usefixtures("no_leaks")
@@ -113,7 +113,7 @@ def test_busy_host_port_is_a_clear_error(docker, net, unique, neutron):
         blocker.close()
     assert proc.returncode != 0
     assert "18184" in proc.stderr and "already in use" in proc.stderr, proc.stderr
-    assert expose_groups(neutron) == []
+    assert helpers.wait_until(lambda: expose_groups(neutron) == [], 10), expose_groups(neutron)
 
 
 def test_exposed_port_open_and_others_closed(neutron, ovs, stack, docker, net, run_container,

@@ -1,0 +1,115 @@
+"""Neutron writes taken off the container's critical path.
+
+A container must not wait for bookkeeping that changes nothing about its
+packets: recording device_id/device_owner on a port that is already bound and
+wired, or deleting the port of a container that is already gone.  Such writes
+run here, in order, retried on transient failures.  What makes this crash-safe
+is local: the OVS interface carries the endpoint id (kuryr/binding/ovs.py),
+so a restarted Kuryr still finds an endpoint's port, and Kuryr's start-up
+sweep deletes ports whose container is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kuryr import errors
+
+LOG = logging.getLogger(__name__)
+RETRIES = 5
+
+
+@dataclass
+class _Job:
+    key: str
+    what: str
+    action: Callable[[], object]
+    cancelled: bool = False
+
+
+class Background:
+    def __init__(self, counter_operation: Callable | None = None) -> None:
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._pending: dict[str, list[_Job]] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
+        self._operation = counter_operation
+        self._thread = threading.Thread(target=self._run, name="neutron-background",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, what: str, action: Callable[[], object]) -> None:
+        """Run ``action`` soon; ``key`` groups the jobs of one resource."""
+        job = _Job(key, what, action)
+        with self._lock:
+            self._pending.setdefault(key, []).append(job)
+            self._busy += 1
+        self._queue.put(job)
+
+    def cancel(self, key: str) -> None:
+        """Drop the not-yet-run jobs of ``key`` (e.g. an update of a port being deleted)."""
+        with self._lock:
+            for job in self._pending.get(key, []):
+                job.cancelled = True
+
+    def wait_idle(self, timeout: float = 60) -> bool:
+        """Block until every submitted job has run (before deleting a network)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                if not job.cancelled:
+                    self._attempt(job)
+            finally:
+                with self._idle:
+                    jobs = self._pending.get(job.key, [])
+                    if job in jobs:
+                        jobs.remove(job)
+                    if not jobs:
+                        self._pending.pop(job.key, None)
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def _attempt(self, job: _Job) -> None:
+        delay = 0.5
+        for attempt in range(1, RETRIES + 1):
+            started = time.monotonic()
+            try:
+                if self._operation is not None:
+                    with self._operation() as tally:
+                        job.action()
+                    LOG.info("background %s: %d Neutron requests %s in %.0f ms", job.what,
+                             tally.total, dict(tally.by_method),
+                             (time.monotonic() - started) * 1000)
+                else:
+                    job.action()
+                return
+            except errors.BackendUnavailable as exc:
+                LOG.warning("background %s failed (attempt %d/%d): %s", job.what, attempt,
+                            RETRIES, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+            except Exception as exc:  # noqa: BLE001 - logged; the sweep catches leftovers
+                LOG.error("background %s failed: %s", job.what, exc)
+                return
+        LOG.error("background %s abandoned after %d attempts", job.what, RETRIES)
+
+    def close(self) -> None:
+        self._queue.put(None)
