@@ -182,6 +182,18 @@ publish_opts = [
 ]
 
 
+pool_opts = [
+    cfg.IntOpt(
+        "ports_per_network",
+        default=3,
+        min=0,
+        help="Ports kept ready (created, bound to this host and plugged) for each "
+        "Kuryr network, so a container start makes no Neutron request. 0 disables; "
+        "a network can override it with -o kuryr.pool.size=N.",
+    ),
+]
+
+
 def _neutron_auth_opts() -> list[cfg.Opt]:
     """Keystoneauth session, adapter and auth-plugin options for [neutron]."""
     opts: list[cfg.Opt] = []
@@ -206,6 +218,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(neutron_opts, group=NEUTRON_GROUP)
     conf.register_opts(binding_opts, group="binding")
     conf.register_opts(publish_opts, group="publish")
+    conf.register_opts(pool_opts, group="pool")
     ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
@@ -231,4 +244,5 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         (NEUTRON_GROUP, list(itertools.chain(neutron_opts, _neutron_auth_opts()))),
         ("binding", list(binding_opts)),
         ("publish", list(publish_opts)),
+        ("pool", list(pool_opts)),
     ]

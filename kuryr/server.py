@@ -17,6 +17,7 @@ from kuryr.libnetwork import ports, sweep
 from kuryr.libnetwork.app import build_app
 from kuryr.libnetwork.background import Background
 from kuryr.libnetwork.context import Context
+from kuryr.libnetwork.pool import PortPool
 from kuryr.neutron.client import Neutron, connect
 from kuryr.publish.forwarder import Forwarder
 
@@ -49,6 +50,11 @@ def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Conte
                   background=Background(neutron.counter.operation))
     ctx.dns_enabled = "dns-integration" in neutron.extensions()
     ensure_subnetpools(ctx)
+    if conf.pool.ports_per_network > 0:
+        ctx.pool = PortPool(ctx, conf.pool.ports_per_network)
+        free = ctx.pool.restore()
+        if free:
+            LOG.info("took back %d ready pooled ports", free)
     swept = sweep.sweep(ctx)
     if swept:
         LOG.info("removed %d ports of containers that are gone", len(swept))

@@ -24,6 +24,7 @@ from kuryr.bench.peer import DRIVER as PEER_DRIVER
 from kuryr.bench.peer import KuryrLibnetwork
 
 DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
+NO_POOL = ("-o", "kuryr.pool.size=0")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -85,11 +86,12 @@ class Bench:
         self.cleanup.clear()
 
     # -- measurements -----------------------------------------------------------------
-    def request_counts(self, driver: str, rounds: int, octet: int) -> dict[str, int]:
+    def request_counts(self, driver: str, rounds: int, octet: int,
+                       extra: tuple[str, ...] = ()) -> dict[str, int]:
         counts: dict[str, list[int]] = {k: [] for k in (
             "network_create", "network_create_dual_stack", "container_start",
             "container_stop", "network_rm", "network_rm_dual_stack")}
-        create = ("network", "create", "-d", driver, "--ipam-driver", driver)
+        create = ("network", "create", "-d", driver, "--ipam-driver", driver, *extra)
         for i in range(rounds):
             name = f"bench-{driver}-{self.tag}-c{i}"
             container, dual = f"{name}-c", f"{name}-6"
@@ -220,13 +222,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result[f"{name}_error"] = str(exc)
                 drivers.remove(name)
             bench.finish()
+        log("kuryr without its port pool: Neutron requests per operation ...")
+        result["neutron_requests"]["kuryr (no pool)"] = bench.request_counts(
+            "kuryr", rounds, 146, NO_POOL)
+        bench.finish()
         nets = {name: bench.network(DRIVERS[name], f"10.{150 + i}.0.0/24", f"10.{150 + i}.0.1")
                 for i, name in enumerate(drivers)}
+        nets["kuryr (no pool)"] = bench.network("kuryr", "10.159.0.0/24", "10.159.0.1",
+                                                *NO_POOL)
+        time.sleep(3)  # let the pool fill
         rss_before, cpu_before = kuryr_process_stats()
         log(f"docker run --rm latency, {runs} runs each ...")
         result["docker_run_ms"]["kuryr"] = bench.run_latency(["--net", nets["kuryr"]], runs)
         _, cpu_after = kuryr_process_stats()
         result["kuryr_cpu_s_per_start"] = round((cpu_after - cpu_before) / (runs + 1), 3)
+        result["docker_run_ms"]["kuryr (no pool)"] = bench.run_latency(
+            ["--net", nets["kuryr (no pool)"]], runs)
         if "kuryr-libnetwork" in nets:
             result["docker_run_ms"]["kuryr-libnetwork"] = bench.run_latency(
                 ["--net", nets["kuryr-libnetwork"]], runs)
@@ -234,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["docker_run_ms"]["none"] = bench.run_latency(["--net", "none"], runs)
         log("time until a new container reaches another ...")
         result["time_to_reach_ms"] = {"kuryr": bench.time_to_reach(nets["kuryr"], runs)}
-        for name in drivers:
+        for name in [*drivers, "kuryr (no pool)"]:
             result["burst"][name] = []
             for size in bursts:
                 log(f"{name}: burst of {size} concurrent docker run ...")

@@ -12,13 +12,18 @@ import ipaddress
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
 from kuryr.libnetwork.background import Background
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
 from kuryr.publish.forwarder import Forwarder
+
+if TYPE_CHECKING:
+    from kuryr.libnetwork.pool import PortPool
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,20 @@ class NetworkInfo:
     subnets: list[SubnetInfo] = field(default_factory=list)
     adopted: bool = False
     tags: list[str] = field(default_factory=list)
+
+    @property
+    def ipv6(self) -> bool:
+        """Docker requests an IPv6 address for each endpoint (--ipv6)."""
+        return marks.NET_IPV6_TAG in self.tags
+
+    def pool_size(self, default: int) -> int:
+        for tag in self.tags:
+            if tag.startswith(marks.NET_POOL_TAG):
+                try:
+                    return max(0, int(tag[len(marks.NET_POOL_TAG):]))
+                except ValueError:
+                    break
+        return default
 
 
 @dataclass
@@ -114,7 +133,13 @@ class Context:
         self.subnets_by_cidr: dict[str, SubnetInfo] = {}
         self.pending_pools: dict[str, PendingPool] = {}  # cidr -> what RequestPool saw
         self.reserved_cidrs: set[str] = set()  # handed to Docker, subnet not created yet
-        self.ports_by_mac: dict[str, PortInfo] = {}
+        self.ports_by_address: dict[str, PortInfo] = {}  # ip -> port handed out
+        # Dual-stack: Docker asks for the IPv4 then the IPv6 address of an
+        # endpoint in two calls that carry nothing in common; Kuryr pairs them
+        # by serializing each network's pairs (v4 call takes, v6 call releases).
+        self.awaiting_v6: dict[str, PortInfo] = {}
+        self.pair_locks: dict[str, threading.Semaphore] = {}
+        self.pool: PortPool | None = None
         self.endpoints: dict[str, PortInfo] = {}  # Docker endpoint id -> port
         self.released: BoundedSet = BoundedSet()  # "cidr|address" already freed
         self.subnetpool_ids: dict[int, str] = {}  # ip version -> Kuryr's default pool
@@ -125,6 +150,21 @@ class Context:
         self.publish_fip: str | None = None
         self.publish_address: str | None = None
         self.router_subnets: set[str] = set()
+
+    def remember_port(self, port: PortInfo) -> None:
+        with self.lock:
+            for ip in port.addresses:
+                self.ports_by_address[ip] = port
+
+    def forget_addresses(self, port: PortInfo) -> None:
+        with self.lock:
+            for ip in port.addresses:
+                if self.ports_by_address.get(ip) is port:
+                    del self.ports_by_address[ip]
+
+    def pair_lock(self, network_id: str) -> threading.Semaphore:
+        with self.lock:
+            return self.pair_locks.setdefault(network_id, threading.Semaphore(1))
 
     def later(self, key: str, what: str, action: object) -> None:
         """Run a Neutron write off the critical path (inline when there is no worker)."""

@@ -45,22 +45,24 @@ def _port_for_endpoint(ctx: Context, network_id: str, endpoint_id: str) -> PortI
     port.endpoint_id = endpoint_id
     with ctx.lock:
         ctx.endpoints[endpoint_id] = port
-        ctx.ports_by_mac[port.mac] = port
+    ctx.remember_port(port)
     return port
 
 
 def _port_for_new_endpoint(ctx: Context, req: models.CreateEndpointRequest,
                            net_id: str) -> PortInfo | None:
     iface = req.Interface or models.EndpointInterface()
+    addresses = [a.split("/")[0] for a in (iface.Address, iface.AddressIPv6) if a]
     with ctx.lock:
-        port = ctx.ports_by_mac.get(iface.MacAddress) if iface.MacAddress else None
+        port = next((ctx.ports_by_address[a] for a in addresses
+                     if a in ctx.ports_by_address), None)
     if port is not None:
         return port
     # Not made by this process: Kuryr restarted since RequestAddress, or Docker's
     # own IPAM handed out the address.
-    filters = {"network_id": net_id}
-    if iface.MacAddress:
-        filters["mac_address"] = iface.MacAddress
+    filters: dict = {"network_id": net_id}
+    if addresses:
+        filters["fixed_ips"] = [f"ip_address={addresses[0]}"]
     else:
         filters["device_id"] = req.EndpointID
     found = ctx.neutron.ports(**filters)
@@ -75,12 +77,13 @@ def create_endpoint(ctx: Context,
         if req.EndpointID in ctx.endpoints:
             return models.CreateEndpointResponse(Interface={})  # replayed request
     port = _port_for_new_endpoint(ctx, req, net.neutron_id)
-    reply_mac = ""
     if port is None:
         port = _create_port_for_foreign_ipam(ctx, req, net.neutron_id)
-        if not (req.Interface and req.Interface.MacAddress):
-            reply_mac = port.mac
+    wanted_mac = (req.Interface.MacAddress if req.Interface else "").lower()
     extra = ports.endpoint_port_attrs(ctx, port, req.EndpointID, req.Options)
+    if wanted_mac and wanted_mac != port.mac.lower():
+        # docker run --mac-address: the port takes the user's MAC.
+        extra["mac_address"] = wanted_mac
     if extra:
         # Security groups must be in place before the container starts.
         try:
@@ -95,6 +98,9 @@ def create_endpoint(ctx: Context,
         port.security_groups = list(updated.security_group_ids or [])
         port.vif_type = updated.binding_vif_type or port.vif_type
         port.bridge = (updated.binding_vif_details or {}).get("bridge_name") or port.bridge
+        if port.mac.lower() != updated.mac_address.lower():
+            _unplug(ctx, _vif(ctx, port, net.mtu))  # a pooled veth has the old MAC
+            port.mac = updated.mac_address
     port.endpoint_id = req.EndpointID
     try:
         _plug(ctx, _vif(ctx, port, net.mtu), req.EndpointID)
@@ -111,8 +117,9 @@ def create_endpoint(ctx: Context,
                       binding_host_id=host))
     with ctx.lock:
         ctx.endpoints[req.EndpointID] = port
-        ctx.ports_by_mac[port.mac] = port
-    iface = {"MacAddress": reply_mac} if reply_mac else {}
+    ctx.remember_port(port)
+    # Docker left the MAC to Kuryr (RequiresMACAddress false): the port's.
+    iface = {} if wanted_mac else {"MacAddress": port.mac}
     return models.CreateEndpointResponse(Interface=iface)
 
 

@@ -25,6 +25,7 @@ POOL_V6_OPTIONS = ("neutron.pool.v6.uuid", "neutron.pool.v6.name")
 SUBNET_OPTIONS = ("neutron.subnet.uuid", "neutron.subnet.name")
 SUBNET_V6_OPTIONS = ("neutron.subnet.v6.uuid", "neutron.subnet.v6.name")
 DEFAULT_PREFIXLEN = {4: 24, 6: 64}
+PAIR_TIMEOUT = 10.0
 
 
 def _first_option(options: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -39,9 +40,9 @@ def _network(value: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def capabilities() -> models.IpamCapabilities:
-    # Docker then generates the MAC and passes it to RequestAddress, so the
-    # Neutron port is created with the MAC the container will really use.
-    return models.IpamCapabilities(RequiresMACAddress=True, RequiresRequestReplay=False)
+    # Docker then leaves the MAC to the driver: the container takes the MAC of
+    # its Neutron port, so a port made ahead of time (the pool) is used as is.
+    return models.IpamCapabilities(RequiresMACAddress=False, RequiresRequestReplay=False)
 
 
 def default_address_spaces(ctx: Context) -> models.AddressSpaces:
@@ -166,8 +167,7 @@ def request_address(ctx: Context,
         raise errors.NotFound(
             f"no Neutron subnet for pool {cidr} yet: Kuryr IPAM needs the Kuryr network driver "
             "(docker network create -d kuryr --ipam-driver kuryr)")
-    mac = options.get(models.MAC_OPTION, "")
-    ip = _address_on_port(ctx, subnet, mac, wanted, options.get(models.ENDPOINT_NAME_OPTION))
+    ip = _address_on_port(ctx, subnet, wanted, options)
     ctx.released.discard(Context.release_key(cidr, ip))
     return models.RequestAddressResponse(Address=f"{ip}/{prefixlen}")
 
@@ -182,18 +182,52 @@ def _gateway_for(ctx: Context, cidr: str) -> str:
     return str(next(ipaddress.ip_network(cidr).hosts()))
 
 
-def _address_on_port(ctx: Context, subnet: SubnetInfo, mac: str, wanted: str | None,
-                     endpoint_name: str | None) -> str:
-    """The container's address: a new port, a family added to the port the other
-    family already made (same MAC), or an adopted pre-created port."""
-    with ctx.lock:
-        port = ctx.ports_by_mac.get(mac) if mac else None
-    if port is not None and port.network_id == subnet.network_id:
-        for ip, subnet_id in port.addresses.items():
-            if subnet_id == subnet.id and (wanted is None or wanted == ip):
-                return ip
-        return _add_address(ctx, port, subnet, wanted)
-    return _address_in(_create_port(ctx, subnet, mac, wanted, endpoint_name), subnet.id)
+def _address_on_port(ctx: Context, subnet: SubnetInfo, wanted: str | None,
+                     options: dict[str, str]) -> str:
+    """The container's address: from a ready pooled port, a new port, an adopted
+    pre-created port, or (the IPv6 call of a dual-stack pair) the port the IPv4
+    call just handed out."""
+    net = networks.network_for_neutron_id(ctx, subnet.network_id)
+    paired = net is not None and net.ipv6 and {s.version for s in net.subnets} == {4, 6}
+    if paired and subnet.version == 6:
+        with ctx.lock:
+            port = ctx.awaiting_v6.pop(subnet.network_id, None)
+        if port is not None:
+            ctx.pair_lock(subnet.network_id).release()
+            return _address_for_family(ctx, port, subnet, wanted)
+    if paired and subnet.version == 4:
+        # Held until this endpoint's IPv6 call; a caller that never makes one
+        # (a non-Docker client) only delays the next pair by PAIR_TIMEOUT.
+        ctx.pair_lock(subnet.network_id).acquire(timeout=PAIR_TIMEOUT)
+    try:
+        port = _port_for_request(ctx, subnet, net, wanted, options)
+    except BaseException:
+        if paired and subnet.version == 4:
+            ctx.pair_lock(subnet.network_id).release()
+        raise
+    if paired and subnet.version == 4:
+        with ctx.lock:
+            ctx.awaiting_v6[subnet.network_id] = port
+    return _address_for_family(ctx, port, subnet, wanted)
+
+
+def _port_for_request(ctx: Context, subnet: SubnetInfo, net: object | None,
+                      wanted: str | None, options: dict[str, str]) -> PortInfo:
+    mac = options.get(models.MAC_OPTION, "")
+    if wanted is None and not mac and ctx.pool is not None and net is not None:
+        pooled = ctx.pool.take(net)
+        if pooled is not None:
+            ctx.remember_port(pooled)
+            return pooled
+    return _create_port(ctx, subnet, mac, wanted, options.get(models.ENDPOINT_NAME_OPTION))
+
+
+def _address_for_family(ctx: Context, port: PortInfo, subnet: SubnetInfo,
+                        wanted: str | None) -> str:
+    for ip, subnet_id in port.addresses.items():
+        if subnet_id == subnet.id and (wanted is None or wanted == ip):
+            return ip
+    return _add_address(ctx, port, subnet, wanted)
 
 
 def _address_in(port: PortInfo, subnet_id: str) -> str:
@@ -227,7 +261,7 @@ def _create_port(ctx: Context, subnet: SubnetInfo, mac: str, wanted: str | None,
         "fixed_ips": fixed_ips,
         "device_owner": marks.UNBOUND_DEVICE_OWNER,
         "binding_host_id": ctx.host,
-        "name": marks.PORT_NAME_PREFIX + (endpoint_name or mac.replace(":", "")),
+        "name": marks.PORT_NAME_PREFIX + (endpoint_name or "docker"),
     }
     if mac:
         attrs["mac_address"] = mac
@@ -242,8 +276,7 @@ def _create_port(ctx: Context, subnet: SubnetInfo, mac: str, wanted: str | None,
         info = port_info(port, adopted=True)
     else:
         info = port_info(port)
-    with ctx.lock:
-        ctx.ports_by_mac[info.mac] = info
+    ctx.remember_port(info)
     return info
 
 
@@ -269,8 +302,10 @@ def _add_address(ctx: Context, port: PortInfo, subnet: SubnetInfo, wanted: str |
             if sid != subnet.id]
     new = {"subnet_id": subnet.id, **({"ip_address": wanted} if wanted else {})}
     updated = ctx.neutron.update_port(port.id, fixed_ips=[*keep, new])
+    ctx.forget_addresses(port)
     with ctx.lock:
         port.addresses = {f["ip_address"]: f["subnet_id"] for f in updated.fixed_ips}
+    ctx.remember_port(port)
     return _address_in(port, subnet.id)
 
 
@@ -281,7 +316,7 @@ def release_address(ctx: Context, req: models.ReleaseAddressRequest) -> None:
     if key in ctx.released:
         return
     with ctx.lock:
-        port = next((p for p in ctx.ports_by_mac.values() if address in p.addresses), None)
+        port = ctx.ports_by_address.get(address)
     if port is None:
         subnet = networks.subnet_for_cidr(ctx, cidr)
         if subnet is None or subnet.gateway == address:
@@ -291,7 +326,8 @@ def release_address(ctx: Context, req: models.ReleaseAddressRequest) -> None:
         found = ctx.neutron.ports(network_id=subnet.network_id,
                                   fixed_ips=[f"ip_address={address}"])
         owned = [p for p in found if p.device_owner in (marks.UNBOUND_DEVICE_OWNER,
-                                                        marks.DEVICE_OWNER)]
+                                                        marks.DEVICE_OWNER,
+                                                        marks.POOL_DEVICE_OWNER)]
         if not owned:
             ctx.released.add(key)
             return
@@ -317,8 +353,8 @@ def forget_port(ctx: Context, port: PortInfo, release: bool) -> None:
     if group:
         ctx.later(port.id, f"delete security group {group}",
                   lambda: ctx.neutron.delete_security_group(group))
+    ctx.forget_addresses(port)
     with ctx.lock:
-        ctx.ports_by_mac.pop(port.mac, None)
         for ip, subnet_id in port.addresses.items():
             subnet = next((s for s in ctx.subnets_by_cidr.values() if s.id == subnet_id), None)
             if subnet is not None:

@@ -18,6 +18,7 @@ from kuryr.neutron import marks
 LOG = logging.getLogger(__name__)
 
 NET_ID_OPTIONS = ("neutron.net.uuid", "neutron.net.name")
+POOL_SIZE_OPTION = "kuryr.pool.size"  # -o kuryr.pool.size=N: ports kept ready
 
 
 def _subnet_info(subnet: object) -> SubnetInfo:
@@ -90,16 +91,38 @@ def create_network(ctx: Context, req: models.CreateNetworkRequest) -> None:
     if not isinstance(options, dict):
         raise errors.InvalidInput(f"{models.GENERIC_OPTIONS} must be a map of options")
     pools = [*(req.IPv4Data or []), *(req.IPv6Data or [])]
+    extra_tags = _feature_tags(req, options)
     existing_ref = next((str(options[k]) for k in NET_ID_OPTIONS if options.get(k)), None)
     if existing_ref:
-        _adopt_network(ctx, docker_id, existing_ref, pools)
+        _adopt_network(ctx, docker_id, existing_ref, pools, extra_tags)
     else:
         shared = str(options.get("neutron.net.shared", "")).lower() in ("true", "1", "yes")
-        _create_network(ctx, docker_id, pools, shared)
+        _create_network(ctx, docker_id, pools, shared, extra_tags)
+    if ctx.pool is not None:
+        ctx.pool.refill_soon(network_for_docker_id(ctx, docker_id))
+
+
+def _feature_tags(req: models.CreateNetworkRequest, options: dict) -> list[str]:
+    """Tags recording what Kuryr must know after a restart (set in the same request)."""
+    tags = []
+    if _truthy((req.Options or {}).get(models.ENABLE_IPV6_OPTION)):
+        tags.append(marks.NET_IPV6_TAG)
+    size = options.get(POOL_SIZE_OPTION)
+    if size is not None:
+        try:
+            tags.append(f"{marks.NET_POOL_TAG}{max(0, int(size))}")
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidInput(f"{POOL_SIZE_OPTION} must be a number, not {size!r}") \
+                from exc
+    return tags
+
+
+def _truthy(value: object) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
 
 
 def _create_network(ctx: Context, docker_id: str, pools: list[models.IPAMData],
-                    shared: bool) -> None:
+                    shared: bool, extra_tags: list[str]) -> None:
     already = ctx.neutron.networks_tagged(marks.network_tags(docker_id)) if not pools else []
     if already:  # replay after a restart, without pools to tell us more
         _load(ctx, docker_id, already[0])
@@ -109,7 +132,7 @@ def _create_network(ctx: Context, docker_id: str, pools: list[models.IPAMData],
         attrs["is_shared"] = True
     net = ctx.neutron.create_network(**attrs)
     try:
-        tags = marks.network_tags(docker_id)
+        tags = [*marks.network_tags(docker_id), *extra_tags]
         ctx.neutron.set_tags(net, tags)
         subnets = [_create_subnet(ctx, net.id, pool) for pool in pools]
     except Exception:
@@ -162,7 +185,7 @@ def _range(sub_pool: str, gateway: str | None) -> dict[str, str]:
 
 
 def _adopt_network(ctx: Context, docker_id: str, ref: str,
-                   pools: list[models.IPAMData]) -> None:
+                   pools: list[models.IPAMData], extra_tags: list[str]) -> None:
     net = ctx.neutron.find_network(ref)
     owner = marks.docker_network_id_from_tags(net.tags)
     if owner and owner != docker_id:
@@ -171,7 +194,7 @@ def _adopt_network(ctx: Context, docker_id: str, ref: str,
     existing = {s.cidr: s for s in ctx.neutron.subnets(network_id=net.id)}
     created: list[SubnetInfo] = []
     tags = sorted({*net.tags, *marks.network_tags(docker_id),
-                   marks.existing_network_tag(docker_id)})
+                   marks.existing_network_tag(docker_id), *extra_tags})
     ctx.neutron.set_tags(net, tags)
     try:
         subnets = []
@@ -196,14 +219,18 @@ def _adopt_network(ctx: Context, docker_id: str, ref: str,
 
 # -- DeleteNetwork -----------------------------------------------------------------
 def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
-    if ctx.background is not None:
-        ctx.background.wait_idle()  # ports being deleted would keep the network in use
     try:
         info = network_for_docker_id(ctx, req.NetworkID)
     except errors.NotFound:
         return  # already gone: Docker retries and replays
+    if ctx.pool is not None:
+        ctx.pool.drain(info)
+    if ctx.background is not None:
+        ctx.background.wait_idle()  # ports being deleted would keep the network in use
     if info.adopted:
-        ours = {*marks.network_tags(info.docker_id), marks.existing_network_tag(info.docker_id)}
+        ours = {*marks.network_tags(info.docker_id), marks.existing_network_tag(info.docker_id),
+                *(t for t in info.tags if t == marks.NET_IPV6_TAG
+                  or t.startswith(marks.NET_POOL_TAG))}
         floating.detach_subnets(ctx, [s.id for s in info.subnets])
         net = ctx.neutron.get_network(info.neutron_id)
         for subnet in info.subnets:
@@ -217,14 +244,32 @@ def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
         try:
             ctx.neutron.delete_network(info.neutron_id)
         except errors.Conflict:
-            if not floating.enabled(ctx):
-                raise
+            # Docker forgets the network even when this fails, so clear what
+            # only Kuryr could have left (router interface, unused Kuryr ports)
+            # and try once more.
             floating.detach_subnets(ctx, subnet_ids, known_only=False)
+            _delete_unused_kuryr_ports(ctx, info.neutron_id)
             ctx.neutron.delete_network(info.neutron_id)
     with ctx.lock:
         ctx.networks.pop(info.docker_id, None)
         for subnet in info.subnets:
             ctx.subnets_by_cidr.pop(subnet.cidr, None)
+
+
+def _delete_unused_kuryr_ports(ctx: Context, network_id: str) -> None:
+    from kuryr.binding import netlink
+    from kuryr.binding.vif import VIF
+
+    owners = (marks.POOL_DEVICE_OWNER, marks.UNBOUND_DEVICE_OWNER, marks.DEVICE_OWNER)
+    for port in ctx.neutron.ports(network_id=network_id):
+        vif = VIF(port_id=port.id, mac=port.mac_address)
+        in_use = netlink.link_exists(vif.host_ifname) and not netlink.link_exists(
+            vif.container_ifname)
+        if port.device_owner in owners and not in_use:
+            if netlink.link_exists(vif.host_ifname):
+                ctx.ovs.unplug(vif.host_ifname)
+                netlink.delete_link(vif.host_ifname)
+            ctx.neutron.delete_port(port.id)
 
 
 def _named_by_kuryr(ctx: Context, subnet: SubnetInfo) -> bool:

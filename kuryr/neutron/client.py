@@ -361,6 +361,11 @@ class Neutron:
         with translated_errors("create port"):
             return self.api.create_port(**attrs)
 
+    def create_ports(self, ports: list[dict]) -> list[Port]:
+        """1 POST for all ports (bulk)."""
+        with translated_errors(f"create {len(ports)} ports"):
+            return list(self.api.create_ports(ports))
+
     def update_port(self, port_id: str, **attrs: object) -> Port:
         """1 PUT."""
         with translated_errors(f"update port {port_id}"):

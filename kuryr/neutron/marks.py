@@ -14,6 +14,9 @@ PORT_EXISTING_TAG = "kuryr.port.existing"
 
 DEVICE_OWNER = "compute:kuryr"
 UNBOUND_DEVICE_OWNER = "kuryr:unbound"
+POOL_DEVICE_OWNER = "kuryr:pool"  # created, bound and plugged ahead of any container
+NET_IPV6_TAG = "kuryr.net.ipv6"  # Docker asks for IPv6 addresses on this network
+NET_POOL_TAG = "kuryr.pool.size:"  # ports kept ready for this network
 NETWORK_NAME_PREFIX = "kuryr-net-"
 SUBNET_NAME_PREFIX = "kuryr-subnet-"
 PORT_NAME_PREFIX = "kuryr-port-"

@@ -236,9 +236,9 @@ def test_dockerd_restart_keeps_connectivity(stack, docker, make_network, run_con
 
 
 def test_start_and_stop_request_budget(stack, docker, make_network):
-    """<= 2 Neutron requests per container start, <= 1 per stop, counted at
-    neutron-server (its access log), background writes included."""
-    name = make_network("--subnet", "10.75.0.0/24")
+    """Without the port pool: <= 2 Neutron requests per container start, <= 1 per
+    stop, counted at neutron-server (its access log), background writes included."""
+    name = make_network("--subnet", "10.75.0.0/24", "-o", "kuryr.pool.size=0")
     access = stack.log("neutron-access")
 
     def requests_during(*args: str) -> int:
@@ -253,3 +253,36 @@ def test_start_and_stop_request_budget(stack, docker, make_network):
         assert requests_during("stop", "-t", "0", f"budget-{name}") <= 1
     finally:
         docker.run("rm", "-f", f"budget-{name}", check=False)
+
+
+def test_pooled_start_makes_no_neutron_request_on_the_critical_path(stack, docker,
+                                                                     make_network):
+    """With the pool, RequestAddress, CreateEndpoint and Join make no Neutron
+    request (Kuryr's per-call log); the container still gets a working port."""
+    name = make_network("--subnet", "10.76.0.0/24", "-o", "kuryr.pool.size=2")
+    assert helpers.wait_until(lambda: _pool_ready(stack, docker, name) >= 2, 20)
+    time.sleep(0.5)
+    log = stack.log("kuryr")
+    offset = log.stat().st_size
+    docker.run("run", "--rm", "--net", name, "busybox", "true")
+    counts = {}
+    for line in log.read_text()[offset:].splitlines():
+        for call in ("IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint",
+                     "NetworkDriver.Join"):
+            if f"{call}: " in line and "Neutron requests" in line:
+                counts[call] = int(line.split(f"{call}: ")[1].split()[0])
+    assert counts == {"IpamDriver.RequestAddress": 0, "NetworkDriver.CreateEndpoint": 0,
+                      "NetworkDriver.Join": 0}, counts
+
+
+def _pool_ready(stack, docker, name) -> int:
+    from kuryr.binding import netlink
+    from kuryr.binding.vif import VIF
+    from kuryr.neutron.client import connect_endpoint
+
+    neutron = connect_endpoint(stack.neutron_url)
+    net = neutron.networks_tagged(marks.network_tags(docker.network_id(name)))[0]
+    ports = neutron.ports(network_id=net.id, device_owner=marks.POOL_DEVICE_OWNER)
+    # Ready means plugged: the container end of its veth waits in the host namespace.
+    return sum(netlink.link_exists(VIF(port_id=p.id, mac=p.mac_address).container_ifname)
+               for p in ports)

@@ -70,7 +70,7 @@ def test_handshake_without_content_type(client):
     assert resp.status_code == 200
     assert resp.json() == {"Implements": ["NetworkDriver", "IpamDriver"]}
     caps = client.post("/IpamDriver.GetCapabilities").json()
-    assert caps == {"RequiresMACAddress": True, "RequiresRequestReplay": False}
+    assert caps == {"RequiresMACAddress": False, "RequiresRequestReplay": False}
     assert client.post("/NetworkDriver.GetCapabilities").json()["Scope"] == "local"
 
 
