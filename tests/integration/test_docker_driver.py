@@ -79,7 +79,8 @@ def test_two_containers_ping_and_exchange_tcp(neutron, docker, make_network, run
     assert "kuryr-ok" in got.stdout, got.stderr
     # The container's port in Neutron: bound here, owned by Kuryr, ACTIVE.
     (port,) = neutron.ports(fixed_ips=[f"ip_address={docker.ip_of(client, name)}"])
-    assert port.device_owner == marks.DEVICE_OWNER
+    assert helpers.wait_until(  # recorded in the background
+        lambda: neutron.get_port(port.id).device_owner == marks.DEVICE_OWNER, 10)
     assert port.binding_host_id and port.binding_vif_type == "ovs"
     assert port.mac_address == docker.out(
         "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{name}").MacAddress}}}}', client)
@@ -155,8 +156,10 @@ def test_precreated_port_adopted_and_kept(neutron, docker, make_network, run_con
                                fixed_ips=[{"subnet_id": subnet.id, "ip_address": "10.70.0.77"}])
     try:
         container = run_container(name, "--ip", "10.70.0.77")
-        adopted = neutron.get_port(port.id)
-        assert adopted.device_owner == marks.DEVICE_OWNER
+        # device_id/device_owner are recorded in the background.
+        adopted = helpers.wait_until(lambda: (lambda p: p if p.device_owner == marks.DEVICE_OWNER
+                                              else None)(neutron.get_port(port.id)), 10)
+        assert adopted is not None, neutron.get_port(port.id).device_owner
         assert marks.PORT_EXISTING_TAG in adopted.tags
         assert docker.ip_of(container, name) == "10.70.0.77"
         docker.run("rm", "-f", container)
