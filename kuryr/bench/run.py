@@ -66,7 +66,7 @@ class Bench:
         """Requests neutron-server logged while ``action`` ran (and settled)."""
         before = self._access_lines()
         action()
-        time.sleep(0.5)  # the access log is written after each response
+        time.sleep(2)  # background writes (device_id, deletes) land after the command
         return self._access_lines() - before
 
     def counted(self, *docker_args: str) -> int:

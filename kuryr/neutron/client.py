@@ -219,18 +219,22 @@ class Neutron:
         with translated_errors(f"find network {network_id}"):
             return self.api.get_network(network_id)
 
-    def find_network(self, name_or_id: str) -> Network:
+    def _find(self, kind: str, name_or_id: str) -> Resource:
         """1-2 GETs; NotFound when absent, Conflict when the name is ambiguous."""
-        with translated_errors(f"find network {name_or_id!r}"):
+        finder = getattr(self.api, f"find_{kind}")
+        with translated_errors(f"find {kind} {name_or_id!r}"):
             try:
-                found = self.api.find_network(name_or_id, ignore_missing=True)
+                found = finder(name_or_id, ignore_missing=True)
             except os_exc.DuplicateResource as exc:
                 raise errors.Conflict(
-                    f"more than one Neutron network is named {name_or_id!r}: use its id"
+                    f"more than one Neutron {kind} is named {name_or_id!r}: use its id"
                 ) from exc
         if found is None:
-            raise errors.NotFound(f"Neutron network {name_or_id!r} does not exist")
+            raise errors.NotFound(f"Neutron {kind} {name_or_id!r} does not exist")
         return found
+
+    def find_network(self, name_or_id: str) -> Network:
+        return self._find("network", name_or_id)
 
     def networks_tagged(self, tags: list[str]) -> list[Network]:
         """1 GET: networks carrying all ``tags``."""
@@ -261,17 +265,7 @@ class Neutron:
             return self.api.get_subnet(subnet_id)
 
     def find_subnet(self, name_or_id: str) -> Subnet:
-        """1-2 GETs; NotFound when absent."""
-        with translated_errors(f"find subnet {name_or_id!r}"):
-            try:
-                found = self.api.find_subnet(name_or_id, ignore_missing=True)
-            except os_exc.DuplicateResource as exc:
-                raise errors.Conflict(
-                    f"more than one Neutron subnet is named {name_or_id!r}: use its id"
-                ) from exc
-        if found is None:
-            raise errors.NotFound(f"Neutron subnet {name_or_id!r} does not exist")
-        return found
+        return self._find("subnet", name_or_id)
 
     def subnets(self, **filters: object) -> list[Subnet]:
         """1 GET."""

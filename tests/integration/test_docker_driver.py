@@ -289,3 +289,31 @@ def _pool_ready(stack, docker, name) -> int:
     # Ready means plugged: the container end of its veth waits in the host namespace.
     return sum(netlink.link_exists(VIF(port_id=p.id, mac=p.mac_address).container_ifname)
                for p in ports)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_burst_is_served_by_bulk_port_creation(stack, docker, make_network):
+    """12 concurrent containers on a network whose pool holds 2: all start, and
+    requests that find the pool empty wait for its next bulk refill instead of
+    each making a POST of their own."""
+    import threading
+
+    name = make_network("--subnet", "10.77.0.0/24", "-o", "kuryr.pool.size=2")
+    assert helpers.wait_until(lambda: _pool_ready(stack, docker, name) >= 2, 20)
+    access = stack.log("neutron-access")
+    before = len(access.read_text().splitlines())
+    results = []
+
+    def one():
+        results.append(docker.run("run", "--rm", "--net", name, "busybox", "true",
+                                  check=False).returncode)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [0] * 12
+    posts = [line for line in access.read_text().splitlines()[before:]
+             if '"POST /v2.0/ports ' in line]
+    assert len(posts) <= 9, f"{len(posts)} port POSTs for a burst of 12"
