@@ -79,8 +79,7 @@ class Docker:
     def up(self) -> None:
         if procs.pid_alive(self.pidfile, "dockerd"):
             # It may be shutting down (stopping containers takes up to 10 s).
-            procs.wait_for(lambda: self._answers() or not procs.pid_alive(
-                self.pidfile, "dockerd"), 60)
+            procs.wait_for(lambda: self._answers() or not procs.running(self.pidfile), 60)
         if not procs.pid_alive(self.pidfile, "dockerd"):
             self.layout.docker_sock.unlink(missing_ok=True)
             # No NAT, no forwarding: Docker must not touch the host's firewall here.

@@ -181,7 +181,7 @@ class NeutronServer:
             raise procs.StackError(
                 "neutron-server did not answer within 180 s "
                 f"(log: {self.layout.log('neutron-api')})")
-        if not procs.pid_alive(self.api_pid, "gunicorn"):
+        if not procs.running(self.api_pid):
             raise procs.StackError(
                 f"neutron-server exited at start (log: {self.layout.log('neutron-api')})")
         if not procs.pid_alive(self.worker_pid, "neutron-ovn-maintenance-worker"):
@@ -192,7 +192,7 @@ class NeutronServer:
                         log=self.layout.log("neutron-ovn-maintenance-worker"), env=env_worker)
 
     def _answers_or_died(self) -> bool:
-        if not procs.pid_alive(self.api_pid, "gunicorn"):
+        if not procs.running(self.api_pid):
             return True  # reported by the caller
         try:
             return self.answers()

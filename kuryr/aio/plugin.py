@@ -91,11 +91,11 @@ class KuryrPlugin:
                         pidfile=self.pidfile, log=self.layout.log("kuryr"))
         if not procs.wait_for(self._answers_or_died, 60):
             raise procs.StackError(f"kuryr did not answer (log: {self.layout.log('kuryr')})")
-        if not procs.pid_alive(self.pidfile, "kuryr"):
+        if not procs.running(self.pidfile):
             raise procs.StackError(f"kuryr exited at start (log: {self.layout.log('kuryr')})")
 
     def _answers_or_died(self) -> bool:
-        if not procs.pid_alive(self.pidfile, "kuryr"):
+        if not procs.running(self.pidfile):
             return True
         try:
             return plugin_answers()

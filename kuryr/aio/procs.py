@@ -82,6 +82,12 @@ def pid_alive(pidfile: Path, expect: str | None = None) -> bool:
     return alive(read_pid(pidfile), expect)
 
 
+def running(pidfile: Path) -> bool:
+    """Whether the process we spawned still exists (no command-line check: a
+    daemon rewriting its title, like gunicorn, briefly shows an empty one)."""
+    return alive(read_pid(pidfile))
+
+
 def stop(pidfile: Path, expect: str, timeout: float = 20) -> bool:
     """SIGTERM the process in ``pidfile`` (if it is ours), then SIGKILL after ``timeout``."""
     pid = read_pid(pidfile)

@@ -75,6 +75,8 @@ def up(layout: Layout, log: Callable[[str], None] = say) -> None:
             component.up()
         except procs.StackError as exc:
             raise procs.StackError(f"{component.name}: {exc}") from exc
+        # Some daemons need a moment after answering once (workers forking).
+        procs.wait_for(lambda c=component: not _safe_problems(c), 30, interval=0.5)
         left = _safe_problems(component)
         if left:
             raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")

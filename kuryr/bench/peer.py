@@ -86,8 +86,7 @@ class KuryrLibnetwork:
                 procs.spawn([str(self.venv / "bin" / "kuryr-server"), "--config-file",
                              str(self.conf)], pidfile=self.pidfile, log=self.log,
                             env={"PATH": f"{self.venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"})
-            procs.wait_for(lambda: self.answers() or not procs.pid_alive(
-                self.pidfile, "kuryr-server"), 180)
+            procs.wait_for(lambda: self.answers() or not procs.running(self.pidfile), 180)
             if self.answers():
                 return
             time.sleep(2)
