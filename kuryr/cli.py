@@ -14,10 +14,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kuryr", description="Docker network and IPAM driver on OpenStack Neutron.",
         epilog="Options such as --config-file FILE are read from the rest of the line.")
-    parser.add_argument("command", choices=["serve", "ports"],
+    parser.add_argument("command", choices=["serve", "ports", "gc"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
                         "ports: list the ports published on this host (what `docker port` "
-                        "cannot show for a remote driver)")
+                        "cannot show for a remote driver); "
+                        "gc: remove what this host's Kuryr left behind for containers "
+                        "that are gone")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="gc: only show what would be removed")
+    parser.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                        help="gc: leave alone what changed less than this long ago "
+                        "(default: [gc] grace)")
     args, rest = parser.parse_known_args(argv)
     conf = config.load(rest)
     if args.command == "serve":
@@ -26,7 +33,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(conf)
     if args.command == "ports":
         return list_ports(conf)
+    if args.command == "gc":
+        return collect_garbage(conf, args.dry_run, args.grace)
     return 2
+
+
+def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | None) -> int:
+    import socket
+
+    from kuryr.binding.ovs import OVS
+    from kuryr.libnetwork import gc
+    from kuryr.neutron.client import connect
+
+    scope = gc.Scope(neutron=connect(conf), ovs=OVS(conf.binding.ovsdb_connection),
+                     host=conf.host or socket.gethostname(), bridge=conf.binding.ovs_bridge)
+    garbage = gc.collect(scope, conf.gc.grace if grace is None else grace)
+    failed = [] if dry_run else gc.remove(scope, garbage)
+    verb = "would remove" if dry_run else "removed"
+    for item in garbage:
+        print(f"{'could not remove' if item in failed else verb} {item}")
+    if not garbage:
+        print("nothing to collect")
+    return 1 if failed else 0
 
 
 def list_ports(conf: config.cfg.ConfigOpts) -> int:

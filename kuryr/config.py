@@ -26,6 +26,35 @@ core_opts = [
         help="Where the Docker plugin API listens: unix:///path/to.sock, or "
         "http://HOST:PORT (a spec file is then written to plugin_spec_dir).",
     ),
+    cfg.FloatOpt(
+        "plugin_call_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds after which a Docker plugin call is answered with an error even "
+        "though Neutron has not finished (Docker never times out a plugin call, so a "
+        "hung Neutron would hang dockerd). Work that completes later is undone.",
+    ),
+    cfg.StrOpt(
+        "socket_group",
+        default="",
+        help="Group given read/write access to the unix plugin socket (mode 0660). "
+        "Empty: the socket is root-only (0600). Whoever can write to it can create "
+        "Neutron ports with Kuryr's credentials.",
+    ),
+    cfg.StrOpt(
+        "ssl_cert_file",
+        default="",
+        help="TLS certificate of the TCP plugin listener. A TCP kuryr_uri on an address "
+        "other than loopback is refused unless ssl_cert_file, ssl_key_file and "
+        "ssl_client_ca_file are all set.",
+    ),
+    cfg.StrOpt("ssl_key_file", default="", help="Private key of ssl_cert_file."),
+    cfg.StrOpt(
+        "ssl_client_ca_file",
+        default="",
+        help="CA that signed the client certificates the TCP listener accepts (dockerd's "
+        "TLSConfig CertFile). Clients without such a certificate are refused.",
+    ),
     cfg.StrOpt(
         "plugin_spec_dir",
         default="/etc/docker/plugins",
@@ -191,6 +220,33 @@ pool_opts = [
         "Kuryr network, so a container start makes no Neutron request. 0 disables; "
         "a network can override it with -o kuryr.pool.size=N.",
     ),
+    cfg.FloatOpt(
+        "wait_for_refill",
+        default=0.0,
+        min=0.0,
+        help="Seconds an address request that finds the pool empty waits for the next "
+        "bulk refill before creating a port of its own. 0 (measured fastest for bursts "
+        "on a busy Neutron): create at once.",
+    ),
+]
+
+
+gc_opts = [
+    cfg.IntOpt(
+        "interval",
+        default=300,
+        min=0,
+        help="Seconds between garbage collections of what this host's Kuryr left behind "
+        "(ports, veths, OVS ports, security groups of containers that are gone). "
+        "0: only at start-up and with `kuryr gc`.",
+    ),
+    cfg.IntOpt(
+        "grace",
+        default=120,
+        min=0,
+        help="Leave anything younger than this many seconds alone: it may belong to a "
+        "container that is starting right now.",
+    ),
 ]
 
 
@@ -219,6 +275,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(binding_opts, group="binding")
     conf.register_opts(publish_opts, group="publish")
     conf.register_opts(pool_opts, group="pool")
+    conf.register_opts(gc_opts, group="gc")
     ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
@@ -245,4 +302,5 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("binding", list(binding_opts)),
         ("publish", list(publish_opts)),
         ("pool", list(pool_opts)),
+        ("gc", list(gc_opts)),
     ]

@@ -96,3 +96,9 @@ def move_into_netns(ifname: str, netns_path: str, new_name: str,
         for gateway in gateways:
             family = AF_INET6 if ipaddress.ip_address(gateway).version == 6 else AF_INET
             ns.route("add", dst="default", gateway=gateway, family=family)
+
+
+def link_names() -> set[str]:
+    """Names of the links in the host's namespace."""
+    with IPRoute() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}

@@ -97,6 +97,12 @@ class OVS:
                 return row.external_ids.get("iface-id")
         return None
 
+    def managed_interfaces(self) -> dict[str, str]:
+        """Interfaces Kuryr plugged (any bridge): name -> Neutron port id."""
+        return {row.name: row.external_ids.get("iface-id", "")
+                for row in self.api.db_list_rows("Interface").execute(check_error=True)
+                if row.external_ids.get("kuryr-managed") == "true"}
+
     def managed_ports(self, bridge: str) -> list[str]:
         """Names of the interfaces on ``bridge`` that Kuryr plugged."""
         names = []

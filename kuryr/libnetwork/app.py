@@ -6,6 +6,7 @@ handshake), so bodies are parsed here rather than by content negotiation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,6 +27,8 @@ MAX_BODY = 1 << 20  # Docker's largest messages are a few KiB
 PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
 Handler = Callable[[Context, Any], BaseModel | None]
+# Undoes a call that completed after Docker was told it failed: (ctx, request, result).
+Undo = Callable[[Context, Any, Any], object]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -74,16 +77,76 @@ def _counted(ctx: Context, path: str, handler: Handler, body: Any) -> BaseModel 
                      dict(tally.by_method), (time.monotonic() - started) * 1000)
 
 
+def _undo_create_network(ctx: Context, req: models.CreateNetworkRequest, _: object) -> None:
+    networks.delete_network(ctx, models.NetworkRequest(NetworkID=req.NetworkID))
+
+
+def _undo_create_endpoint(ctx: Context, req: models.CreateEndpointRequest, _: object) -> None:
+    endpoints.delete_endpoint(ctx, models.EndpointRequest(NetworkID=req.NetworkID,
+                                                          EndpointID=req.EndpointID))
+
+
+def _undo_join(ctx: Context, req: models.JoinRequest, _: object) -> None:
+    endpoints.leave(ctx, models.EndpointRequest(NetworkID=req.NetworkID,
+                                                EndpointID=req.EndpointID))
+
+
+def _undo_request_address(ctx: Context, req: models.RequestAddressRequest,
+                          result: models.RequestAddressResponse) -> None:
+    if req.Options and req.Options.get("RequestAddressType") == models.GATEWAY_REQUEST:
+        return  # a gateway address is not a port
+    ipam.release_address(ctx, models.ReleaseAddressRequest(
+        PoolID=req.PoolID, Address=result.Address.split("/")[0]))
+
+
+def _undo_request_pool(ctx: Context, _: object, result: models.RequestPoolResponse) -> None:
+    ipam.release_pool(ctx, models.ReleasePoolRequest(PoolID=result.PoolID))
+
+
+def _undo_late(ctx: Context, path: str, undo: Undo, body: Any,
+               done: asyncio.Future) -> None:
+    """A call Docker was told failed has completed after all: undo it, so nothing
+    is left that Docker does not know about (Docker does not retry with the same
+    ids; it starts over with new ones)."""
+    if done.cancelled() or done.exception() is not None:
+        return  # the handler failed and rolled itself back
+    LOG.warning("%s completed after Docker was told it timed out: undoing it", path)
+    if ctx.background is None:
+        return
+    ctx.background.submit(f"undo:{path}:{id(body)}", f"undo late {path}",
+                          lambda: undo(ctx, body, done.result()))
+
+
+async def _call(ctx: Context, path: str, handler: Handler, body: Any,
+                undo: Undo | None) -> BaseModel | None:
+    """Run the handler in a thread, bounded by plugin_call_timeout.
+
+    Docker has no timeout for plugin calls: a handler stuck on a slow or
+    hung Neutron would hang dockerd.  The thread cannot be interrupted, so on
+    timeout Docker gets an error now and a late success is undone."""
+    timeout = ctx.conf.plugin_call_timeout
+    work = asyncio.ensure_future(run_in_threadpool(_counted, ctx, path, handler, body))
+    try:
+        return await asyncio.wait_for(asyncio.shield(work), timeout)
+    except TimeoutError:
+        if undo is not None:
+            work.add_done_callback(lambda done: _undo_late(ctx, path, undo, body, done))
+        raise errors.BackendUnavailable(
+            f"{path} did not complete within {timeout:.0f} s (plugin_call_timeout): "
+            "Neutron is slow or unreachable; what it still completes is undone, retry "
+            "later") from None
+
+
 def build_app(ctx: Context) -> FastAPI:
     app = FastAPI(title="Kuryr Docker network and IPAM plugin", version="1",
                   docs_url=None, redoc_url=None)
 
     def route(path: str, handler: Handler, request_model: type[BaseModel] | None,
-              response_model: type[BaseModel] | None = None) -> None:
+              response_model: type[BaseModel] | None = None, undo: Undo | None = None) -> None:
         async def endpoint(request: Request) -> JSONResponse:
             try:
                 body = await _parse(request, request_model)
-                result = await run_in_threadpool(_counted, ctx, path, handler, body)
+                result = await _call(ctx, path, handler, body, undo)
             except ValidationError as exc:
                 return _error(400, _describe(exc))
             except errors.KuryrError as exc:
@@ -113,21 +176,24 @@ def build_app(ctx: Context) -> FastAPI:
           None, models.AddressSpaces)
     # IPAM
     route("IpamDriver.RequestPool", ipam.request_pool, models.RequestPoolRequest,
-          models.RequestPoolResponse)
+          models.RequestPoolResponse, undo=_undo_request_pool)
     route("IpamDriver.ReleasePool", ipam.release_pool, models.ReleasePoolRequest)
     route("IpamDriver.RequestAddress", ipam.request_address, models.RequestAddressRequest,
-          models.RequestAddressResponse)
+          models.RequestAddressResponse, undo=_undo_request_address)
     route("IpamDriver.ReleaseAddress", ipam.release_address, models.ReleaseAddressRequest)
     # Networks
-    route("NetworkDriver.CreateNetwork", networks.create_network, models.CreateNetworkRequest)
+    route("NetworkDriver.CreateNetwork", networks.create_network, models.CreateNetworkRequest,
+          undo=_undo_create_network)
     route("NetworkDriver.DeleteNetwork", networks.delete_network, models.NetworkRequest)
     # Endpoints
     route("NetworkDriver.CreateEndpoint", endpoints.create_endpoint,
-          models.CreateEndpointRequest, models.CreateEndpointResponse)
+          models.CreateEndpointRequest, models.CreateEndpointResponse,
+          undo=_undo_create_endpoint)
     route("NetworkDriver.EndpointOperInfo", endpoints.oper_info, models.EndpointRequest,
           models.OperInfoResponse)
     route("NetworkDriver.DeleteEndpoint", endpoints.delete_endpoint, models.EndpointRequest)
-    route("NetworkDriver.Join", endpoints.join, models.JoinRequest, models.JoinResponse)
+    route("NetworkDriver.Join", endpoints.join, models.JoinRequest, models.JoinResponse,
+          undo=_undo_join)
     route("NetworkDriver.Leave", endpoints.leave, models.EndpointRequest)
     route("NetworkDriver.ProgramExternalConnectivity", endpoints.program_external,
           models.EndpointRequest)

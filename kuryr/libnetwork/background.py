@@ -5,8 +5,8 @@ packets: recording device_id/device_owner on a port that is already bound and
 wired, or deleting the port of a container that is already gone.  Such writes
 run here, in order, retried on transient failures.  What makes this crash-safe
 is local: the OVS interface carries the endpoint id (kuryr/binding/ovs.py),
-so a restarted Kuryr still finds an endpoint's port, and Kuryr's start-up
-sweep deletes ports whose container is gone.
+so a restarted Kuryr still finds an endpoint's port, and Kuryr's garbage
+collector (kuryr/libnetwork/gc.py) deletes ports whose container is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from kuryr import errors
 
 LOG = logging.getLogger(__name__)
-RETRIES = 5
+# A Neutron outage of a few minutes (a restart, an upgrade) must not drop a
+# write: keep retrying with backoff for this long before giving up on it.
+RETRY_FOR = 600.0
 
 
 @dataclass
@@ -89,7 +91,10 @@ class Background:
 
     def _attempt(self, job: _Job) -> None:
         delay = 0.5
-        for attempt in range(1, RETRIES + 1):
+        give_up = time.monotonic() + RETRY_FOR
+        attempt = 0
+        while time.monotonic() < give_up and not job.cancelled:
+            attempt += 1
             started = time.monotonic()
             try:
                 if self._operation is not None:
@@ -102,14 +107,16 @@ class Background:
                     job.action()
                 return
             except errors.BackendUnavailable as exc:
-                LOG.warning("background %s failed (attempt %d/%d): %s", job.what, attempt,
-                            RETRIES, exc)
+                LOG.warning("background %s failed (attempt %d, retrying in %.1f s): %s",
+                            job.what, attempt, delay, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
-            except Exception as exc:  # noqa: BLE001 - logged; the sweep catches leftovers
+            except Exception as exc:  # noqa: BLE001 - logged; the gc catches leftovers
                 LOG.error("background %s failed: %s", job.what, exc)
                 return
-        LOG.error("background %s abandoned after %d attempts", job.what, RETRIES)
+        if not job.cancelled:
+            LOG.error("background %s abandoned after %d attempts in %.0f s; the garbage "
+                      "collector takes over", job.what, attempt, RETRY_FOR)
 
     def close(self) -> None:
         self._queue.put(None)

@@ -26,9 +26,6 @@ SUBNET_OPTIONS = ("neutron.subnet.uuid", "neutron.subnet.name")
 SUBNET_V6_OPTIONS = ("neutron.subnet.v6.uuid", "neutron.subnet.v6.name")
 DEFAULT_PREFIXLEN = {4: 24, 6: 64}
 PAIR_TIMEOUT = 10.0
-# An empty pool: wait this long for the next bulk refill before creating a port
-# alone (a burst is then served by a few bulk requests instead of one POST each).
-POOL_WAIT = 20.0
 
 
 def _first_option(options: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -218,7 +215,7 @@ def _port_for_request(ctx: Context, subnet: SubnetInfo, net: object | None,
                       wanted: str | None, options: dict[str, str]) -> PortInfo:
     mac = options.get(models.MAC_OPTION, "")
     if wanted is None and not mac and ctx.pool is not None and net is not None:
-        pooled = ctx.pool.take(net, wait=POOL_WAIT)
+        pooled = ctx.pool.take(net, wait=ctx.conf.pool.wait_for_refill)
         if pooled is not None:
             ctx.remember_port(pooled)
             return pooled

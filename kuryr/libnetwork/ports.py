@@ -23,13 +23,13 @@ from pathlib import Path
 from kuryr import errors
 from kuryr.libnetwork import floating
 from kuryr.libnetwork.context import Context, PortInfo
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
 from kuryr.publish import spec
 from kuryr.publish.forwarder import Target
 from kuryr.publish.netns import netns_has_mac
 
 LOG = logging.getLogger(__name__)
-EXPOSE_GROUP_PREFIX = "kuryr-expose-"
 
 
 def _rules(group_id: str, exposed: list[spec.Exposed], versions: set[int]) -> list[dict]:
@@ -55,8 +55,9 @@ def endpoint_port_attrs(ctx: Context, port: PortInfo, endpoint_id: str,
     group_id = None
     if exposed:
         group = ctx.neutron.create_security_group(
-            EXPOSE_GROUP_PREFIX + endpoint_id[:12],
-            description=", ".join(f"{e.port}/{e.proto}" for e in exposed))
+            marks.EXPOSE_GROUP_PREFIX + endpoint_id[:12],
+            description=marks.host_mark(ctx.host) + " exposed "
+            + ", ".join(f"{e.port}/{e.proto}" for e in exposed))
         group_id = group.id
         try:
             ctx.neutron.create_security_group_rules(_rules(group.id, exposed, _versions(port)))

@@ -298,6 +298,11 @@ class Neutron:
         with translated_errors("create security group rules"):
             self.api.create_security_group_rules(data=rules)
 
+    def security_groups(self, **filters: object) -> list[SecurityGroup]:
+        """1 GET."""
+        with translated_errors("list security groups"):
+            return list(self.api.security_groups(**filters))
+
     def delete_security_group(self, group_id: str) -> None:
         """1 DELETE; absent is fine."""
         with translated_errors(f"delete security group {group_id}"):

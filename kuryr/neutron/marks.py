@@ -17,6 +17,9 @@ UNBOUND_DEVICE_OWNER = "kuryr:unbound"
 POOL_DEVICE_OWNER = "kuryr:pool"  # created, bound and plugged ahead of any container
 NET_IPV6_TAG = "kuryr.net.ipv6"  # Docker asks for IPv6 addresses on this network
 NET_POOL_TAG = "kuryr.pool.size:"  # ports kept ready for this network
+# Every Kuryr device owner: the garbage collector looks at nothing else.
+KURYR_DEVICE_OWNERS = (DEVICE_OWNER, UNBOUND_DEVICE_OWNER, POOL_DEVICE_OWNER)
+EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed ports
 NETWORK_NAME_PREFIX = "kuryr-net-"
 SUBNET_NAME_PREFIX = "kuryr-subnet-"
 PORT_NAME_PREFIX = "kuryr-port-"
@@ -66,3 +69,9 @@ def parse_pool_id(value: str) -> tuple[str, str]:
     if sub_pool:
         ipaddress.ip_network(sub_pool)
     return cidr, sub_pool
+
+
+def host_mark(host: str) -> str:
+    """Starts the description of what Kuryr makes for one host without a port to
+    carry binding:host_id (security groups), so its garbage collector finds them."""
+    return f"kuryr@{host}:"

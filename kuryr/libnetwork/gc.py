@@ -1,0 +1,194 @@
+"""Garbage collection: what this host's Kuryr left behind for containers that
+are gone (Kuryr or dockerd killed mid-operation, a Neutron write abandoned).
+
+Only what this host's Kuryr made is ever looked at:
+  * Neutron ports with a Kuryr device_owner bound to this host (binding:host_id);
+    ports adopted from the user (tag kuryr.port.existing) are only unbound;
+  * veth pairs named by Kuryr (tap<id>/tc<id>, both ends in the host namespace)
+    and OVS interfaces marked external_ids:kuryr-managed=true;
+  * security groups named kuryr-expose-* whose description starts with this
+    host's mark (kuryr@<host>:).
+Anything changed less than ``grace`` seconds ago is left alone: it may belong
+to a container that is starting right now.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import threading
+from dataclasses import dataclass
+
+from kuryr import errors
+from kuryr.binding import netlink
+from kuryr.binding.ovs import OVS
+from kuryr.binding.vif import CONTAINER_PREFIX, HOST_PREFIX, VIF
+from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron
+
+LOG = logging.getLogger(__name__)
+HOST_IFNAME = re.compile(rf"^{HOST_PREFIX}([0-9a-f-]{{11}})$")
+
+
+@dataclass(frozen=True)
+class Garbage:
+    kind: str  # "port", "adopted port", "veth", "ovs port", "security group"
+    name: str  # Neutron id or interface name
+    reason: str
+    port_id: str = ""  # for ports and veths: the Neutron port (id or 11-char prefix)
+    mac: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where to look: this host's Neutron view, switch and links."""
+
+    neutron: Neutron
+    ovs: OVS
+    host: str
+    bridge: str
+
+
+def _age(resource: object) -> datetime.timedelta:
+    """Time since the resource last changed (its newer of created_at/updated_at)."""
+    stamps = []
+    for attr in ("created_at", "updated_at"):
+        value = getattr(resource, attr, None)
+        if not value:
+            continue
+        try:
+            stamps.append(datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+        except ValueError:
+            continue
+    if not stamps:
+        return datetime.timedelta(0)
+    newest = max(s if s.tzinfo else s.replace(tzinfo=datetime.UTC) for s in stamps)
+    return datetime.datetime.now(datetime.UTC) - newest
+
+
+def collect(scope: Scope, grace: float) -> list[Garbage]:
+    """What can go (2-3 GETs; nothing is changed)."""
+    grace_td = datetime.timedelta(seconds=grace)
+    # Local state first: a veth made after this snapshot has a port made before
+    # the port listing below, so it is never mistaken for one without a port.
+    links = netlink.link_names()
+    managed = scope.ovs.managed_interfaces()
+    ports = scope.neutron.ports(binding_host_id=scope.host)
+    found = _ports(ports, links, grace_td)
+    found += _veths(ports, links, managed)
+    found += _security_groups(scope, ports, grace_td)
+    return found
+
+
+def _ports(ports: list, links: set[str], grace: datetime.timedelta) -> list[Garbage]:
+    found = []
+    for port in ports:
+        if port.device_owner not in marks.KURYR_DEVICE_OWNERS or _age(port) < grace:
+            continue
+        vif = VIF(port_id=port.id, mac=port.mac_address)
+        if vif.host_ifname not in links:
+            reason = "its veth is gone (the container or the pool's plug is gone)"
+        elif port.device_owner != marks.POOL_DEVICE_OWNER and vif.container_ifname in links:
+            reason = "no container ever took its interface"
+        else:
+            continue  # in use by a container, or a free pooled port
+        adopted = marks.PORT_EXISTING_TAG in (port.tags or [])
+        found.append(Garbage("adopted port" if adopted else "port", port.id, reason,
+                             port_id=port.id, mac=port.mac_address))
+    return found
+
+
+def _veths(ports: list, links: set[str], managed: dict[str, str]) -> list[Garbage]:
+    known = {p.id[:11] for p in ports}
+    found = []
+    for name in sorted(managed):
+        match = HOST_IFNAME.match(name)
+        if match and name not in links:
+            found.append(Garbage("ovs port", name, "its interface is gone",
+                                 port_id=match.group(1)))
+    for name in sorted(links):
+        match = HOST_IFNAME.match(name)
+        if match is None or match.group(1) in known:
+            continue
+        if name in managed or f"{CONTAINER_PREFIX}{match.group(1)}" in links:
+            found.append(Garbage("veth", name, "no Neutron port of this host has it",
+                                 port_id=match.group(1)))
+    return found
+
+
+def _security_groups(scope: Scope, ports: list,
+                     grace: datetime.timedelta) -> list[Garbage]:
+    in_use = {group for port in ports for group in (port.security_group_ids or [])}
+    mark = marks.host_mark(scope.host)
+    return [Garbage("security group", group.id, "no port of this host uses it")
+            for group in scope.neutron.security_groups(fields=[
+                "id", "name", "description", "created_at", "updated_at"])
+            if (group.name or "").startswith(marks.EXPOSE_GROUP_PREFIX)
+            and (group.description or "").startswith(mark)
+            and group.id not in in_use and _age(group) >= grace]
+
+
+def remove(scope: Scope, garbage: list[Garbage]) -> list[Garbage]:
+    """Remove what :func:`collect` found; returns what could not be removed."""
+    failed = []
+    for item in garbage:
+        try:
+            _remove_one(scope, item)
+            LOG.info("gc: removed %s", item)
+        except (errors.KuryrError, netlink.LinkError, OSError) as exc:
+            LOG.warning("gc: cannot remove %s: %s", item, exc)
+            failed.append(item)
+    return failed
+
+
+def _remove_one(scope: Scope, item: Garbage) -> None:
+    if item.kind == "security group":
+        try:
+            scope.neutron.delete_security_group(item.name)
+        except errors.Conflict:
+            LOG.info("gc: security group %s is in use again; kept", item.name)
+        return
+    host_ifname = f"{HOST_PREFIX}{item.port_id[:11]}"
+    scope.ovs.unplug(host_ifname)
+    netlink.delete_link(host_ifname)
+    if item.kind == "port":
+        scope.neutron.delete_port(item.name)
+    elif item.kind == "adopted port":  # the user's: give it back unbound
+        scope.neutron.update_port(item.name, binding_host_id="", device_owner="",
+                                  device_id="")
+
+
+def run_once(scope: Scope, grace: float, dry_run: bool = False) -> list[Garbage]:
+    garbage = collect(scope, grace)
+    if not dry_run:
+        remove(scope, garbage)
+    return garbage
+
+
+class Collector:
+    """Collects periodically in a daemon thread (every ``interval`` seconds)."""
+
+    def __init__(self, scope: Scope, interval: float, grace: float) -> None:
+        self.scope = scope
+        self.interval = interval
+        self.grace = grace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gc", daemon=True)
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                run_once(self.scope, self.grace)
+            except Exception as exc:  # noqa: BLE001 - try again next interval
+                LOG.warning("gc: collection failed: %s", exc)
