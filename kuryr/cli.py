@@ -14,12 +14,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kuryr", description="Docker network and IPAM driver on OpenStack Neutron.",
         epilog="Options such as --config-file FILE are read from the rest of the line.")
-    parser.add_argument("command", choices=["serve", "ports", "gc"],
+    parser.add_argument("command", choices=["serve", "ports", "gc", "status"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
                         "ports: list the ports published on this host (what `docker port` "
                         "cannot show for a remote driver); "
                         "gc: remove what this host's Kuryr left behind for containers "
-                        "that are gone")
+                        "that are gone; "
+                        "status: check Neutron, Open vSwitch, the plugin socket and dockerd, "
+                        "and say what is wrong (exit 1 when anything is)")
     parser.add_argument("--dry-run", action="store_true",
                         help="gc: only show what would be removed")
     parser.add_argument("--grace", type=float, default=None, metavar="SECONDS",
@@ -33,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(conf)
     if args.command == "ports":
         return list_ports(conf)
+    if args.command == "status":
+        return status(conf)
     if args.command == "gc":
         return collect_garbage(conf, args.dry_run, args.grace)
     return 2
@@ -73,6 +77,17 @@ def list_ports(conf: config.cfg.ConfigOpts) -> int:
         for item in published:
             print(f"{port.device_id[:12]:14} {address:18} {item.label()}")
     return 0
+
+
+def status(conf: config.cfg.ConfigOpts) -> int:
+    import logging
+
+    from kuryr import status as checks
+
+    # Client libraries log the very failures the checks report, as tracebacks
+    # and retries; one line per check is the whole output.
+    logging.disable(logging.CRITICAL)
+    return checks.main(conf)
 
 
 if __name__ == "__main__":

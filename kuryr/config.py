@@ -61,6 +61,13 @@ core_opts = [
         help="Directory where a kuryr.spec file is written when kuryr_uri is TCP.",
     ),
     cfg.StrOpt(
+        "docker_uri",
+        default="unix:///var/run/docker.sock",
+        help="Where the local dockerd's API listens (unix:///path.sock or tcp://HOST:PORT). "
+        "Used only by `kuryr status` and garbage collection, never by the plugin itself: "
+        "dockerd calls the plugin, not the other way round.",
+    ),
+    cfg.StrOpt(
         "capability_scope",
         default="local",
         choices=["local", "global"],

@@ -16,6 +16,7 @@ KURYR_CONF = """\
 # Written by kuryr-aio: Kuryr against the all-in-one stack's no-auth Neutron.
 [DEFAULT]
 kuryr_uri = unix://{socket}
+docker_uri = unix://{docker}
 state_dir = {state}
 docker_netns_dir = {netns}
 
@@ -74,9 +75,22 @@ class KuryrPlugin:
             return [f"the Kuryr plugin does not answer on {PLUGIN_SOCKET}: {exc}"]
         return []
 
+    @property
+    def override_dir(self) -> Path:
+        """Extra *.conf files read after kuryr.conf (tests point Kuryr elsewhere)."""
+        return self.layout.base / "kuryr.conf.d"
+
+    @property
+    def config_args(self) -> list[str]:
+        args = ["--config-file", str(self.layout.kuryr_conf)]
+        if self.override_dir.is_dir():
+            args += ["--config-dir", str(self.override_dir)]
+        return args
+
     def write_config(self) -> None:
         self.layout.kuryr_conf.write_text(KURYR_CONF.format(
-            socket=PLUGIN_SOCKET, state=self.layout.base / "kuryr",
+            socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
+            state=self.layout.base / "kuryr",
             neutron=self.layout.neutron_url, netns="/var/run/docker/netns",
             public=PUBLIC_NETWORK))
 
@@ -86,8 +100,7 @@ class KuryrPlugin:
             # A socket left by a killed plugin would answer "connection refused"
             # until the new one replaces it.
             PLUGIN_SOCKET.unlink(missing_ok=True)
-            procs.spawn([sys.executable, "-m", "kuryr.cli", "serve",
-                         "--config-file", str(self.layout.kuryr_conf)],
+            procs.spawn([sys.executable, "-m", "kuryr.cli", "serve", *self.config_args],
                         pidfile=self.pidfile, log=self.layout.log("kuryr"))
         if not procs.wait_for(self._answers_or_died, 60):
             raise procs.StackError(f"kuryr did not answer (log: {self.layout.log('kuryr')})")
