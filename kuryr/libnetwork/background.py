@@ -24,6 +24,7 @@ LOG = logging.getLogger(__name__)
 # A Neutron outage of a few minutes (a restart, an upgrade) must not drop a
 # write: keep retrying with backoff for this long before giving up on it.
 RETRY_FOR = 600.0
+NOT_FOUND_TRIES = 5
 
 
 @dataclass
@@ -106,6 +107,16 @@ class Background:
                 else:
                     job.action()
                 return
+            except errors.NotFound as exc:
+                # A neutron-server that is starting answers 404 for resources it has
+                # (seen after an outage): believe it only after a few tries.
+                if attempt >= NOT_FOUND_TRIES:
+                    LOG.error("background %s failed: %s", job.what, exc)
+                    return
+                LOG.warning("background %s: %s (attempt %d, retrying in %.1f s)",
+                            job.what, exc, attempt, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
             except errors.BackendUnavailable as exc:
                 LOG.warning("background %s failed (attempt %d, retrying in %.1f s): %s",
                             job.what, attempt, delay, exc)

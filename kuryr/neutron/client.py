@@ -177,7 +177,24 @@ def translated_errors(what: str) -> Iterator[None]:
         raise errors.BackendUnavailable(f"{what}: {_neutron_message(exc)}") from exc
     except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RequestTimeout,
             ks_exc.DiscoveryFailure, os_exc.SDKException) as exc:
-        raise errors.BackendUnavailable(f"{what}: Neutron unreachable: {exc}") from exc
+        raise errors.BackendUnavailable(
+            f"{what}: Neutron unreachable: {_root_cause(exc)}") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason (e.g. "[Errno 111] Connection refused") rather than
+    the layers of wrapping urllib3, requests and keystoneauth add around it."""
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    reason = getattr(seen, "reason", None)  # urllib3's NewConnectionError and friends
+    text = str(reason if isinstance(reason, BaseException) else seen)
+    if isinstance(seen, OSError) and seen.strerror:
+        text = f"[Errno {seen.errno}] {seen.strerror}"
+    return text if text and seen is not exc else str(exc)
 
 
 class Neutron:
