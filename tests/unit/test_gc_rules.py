@@ -1,0 +1,70 @@
+"""The garbage collector's rules (pure logic): what counts as a leftover of this
+host's Kuryr, and what is never touched.  Its reach on the real stack is tested in
+tests/integration/test_reliability.py."""
+
+from __future__ import annotations
+
+import datetime
+from types import SimpleNamespace
+
+from kuryr.libnetwork import gc
+from kuryr.neutron import marks
+
+OLD = "2020-01-01T00:00:00Z"
+GRACE = datetime.timedelta(seconds=120)
+
+
+def port(pid: str, owner: str = marks.DEVICE_OWNER, tags=(), changed: str = OLD):
+    return SimpleNamespace(id=pid, device_owner=owner, mac_address="fa:16:3e:00:00:01",
+                           tags=list(tags), created_at=changed, updated_at=changed,
+                           security_group_ids=[])
+
+
+def names(pid: str, host: bool = True, container: bool = True) -> set[str]:
+    return ({f"tap{pid[:11]}"} if host else set()) | ({f"tc{pid[:11]}"} if container else set())
+
+
+def test_port_whose_veth_is_gone_is_garbage():
+    found = gc._ports([port("aaaaaaaa-1111")], links=set(), grace=GRACE)
+    assert [(g.kind, g.name) for g in found] == [("port", "aaaaaaaa-1111")]
+
+
+def test_port_in_a_container_is_kept():
+    p = port("bbbbbbbb-2222")
+    assert gc._ports([p], links=names(p.id, container=False), grace=GRACE) == []
+
+
+def test_port_no_container_took_is_garbage_but_a_free_pooled_one_is_not():
+    taken_never = port("cccccccc-3333")
+    pooled = port("dddddddd-4444", owner=marks.POOL_DEVICE_OWNER)
+    links = names(taken_never.id) | names(pooled.id)
+    found = gc._ports([taken_never, pooled], links=links, grace=GRACE)
+    assert [g.name for g in found] == [taken_never.id]
+
+
+def test_young_ports_and_other_owners_are_never_touched():
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    young = port("eeeeeeee-5555", changed=now)
+    users = port("ffffffff-6666", owner="compute:nova")
+    assert gc._ports([young, users], links=set(), grace=GRACE) == []
+
+
+def test_adopted_port_is_only_unbound():
+    adopted = port("abababab-7777", tags=[marks.PORT_EXISTING_TAG])
+    assert gc._ports([adopted], links=set(), grace=GRACE)[0].kind == "adopted port"
+
+
+def test_veth_without_port_is_garbage_only_when_it_is_kuryrs():
+    kuryr_pair = names("12345678-aaa")
+    foreign = {"tap87654321-bb", "x87654321-bb"}  # a tap name without Kuryr's peer
+    managed_only = {"tap99999999-cc"}  # container end in a container, OVS says Kuryr's
+    found = gc._veths([], kuryr_pair | foreign | managed_only,
+                      managed={"tap99999999-cc": "99999999-cccc"})
+    assert sorted(g.name for g in found) == ["tap12345678-aa", "tap99999999-cc"]
+
+
+def test_veth_of_a_known_port_is_kept_and_stale_ovs_port_is_garbage():
+    p = port("0f0f0f0f-8888")
+    found = gc._veths([p], names(p.id), managed={"tap0f0f0f0f-88": p.id,
+                                                 "tap01010101-99": "gone"})
+    assert [(g.kind, g.name) for g in found] == [("ovs port", "tap01010101-99")]
