@@ -9,6 +9,10 @@ from pathlib import Path
 
 NEUTRON_VERSION = "29.0.0"
 NEUTRON_PORT = 9696
+# Keystone numbers its releases one ahead of Neutron: 30.0.0 is the same
+# OpenStack release (2026.2) as neutron 29.0.0, built the same day.
+KEYSTONE_VERSION = "30.0.0"
+KEYSTONE_PORT = 5000
 OUTSIDE_NETNS = "kuryr-aio-outside"
 # The "outside world" of the stack is a namespace on br-ex with no uplink;
 # a documentation prefix (RFC 5737) keeps it from ever colliding with a real network.
@@ -73,6 +77,18 @@ class Layout:
     @property
     def neutron_url(self) -> str:
         return f"http://127.0.0.1:{NEUTRON_PORT}"
+
+    @property
+    def keystone_dir(self) -> Path:
+        return self.base / "keystone"
+
+    @property
+    def keystone_venv(self) -> Path:
+        return self.base / "venvs" / f"keystone-{KEYSTONE_VERSION}"
+
+    @property
+    def keystone_url(self) -> str:
+        return f"http://127.0.0.1:{KEYSTONE_PORT}"
 
     @property
     def docker_sock(self) -> Path:

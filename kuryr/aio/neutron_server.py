@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from kuryr.aio import procs
+from kuryr.aio import procs, venvs
 from kuryr.aio.layout import NEUTRON_PORT, NEUTRON_VERSION, PHYSNET, Layout
 
 DB_USER = "neutron"
@@ -118,17 +117,8 @@ class NeutronServer:
 
     # -- install -----------------------------------------------------------
     def install(self) -> None:
-        marker = self.layout.neutron_venv / ".kuryr-aio-installed"
-        if marker.exists():
-            return
-        venv = self.layout.neutron_venv
-        shutil.rmtree(venv, ignore_errors=True)
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        log = self.layout.log("neutron-install")
-        procs.run([sys.executable, "-m", "venv", str(venv)], log=log)
-        procs.run([str(venv / "bin" / "pip"), "install", "-q", *NEUTRON_PACKAGES],
-                  log=log, timeout=1800)
-        marker.write_text(f"{NEUTRON_VERSION}\n")
+        venvs.install(self.layout.neutron_venv, NEUTRON_PACKAGES,
+                      log=self.layout.log("neutron-install"), version=NEUTRON_VERSION)
 
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
