@@ -41,7 +41,6 @@ class PortPool:
         self.ctx = ctx
         self.default_size = default_size
         self._ready: dict[str, collections.deque[PortInfo]] = {}
-        self._filling: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._wanted: dict[str, NetworkInfo] = {}
@@ -116,44 +115,34 @@ class PortPool:
             raise
 
     def _fill_locked(self, net: NetworkInfo) -> None:
+        """Called with the network's lock held, so a drain (same lock) never runs
+        in the middle: what is created here is either handed out or drained later."""
         with self._lock:
             if net.neutron_id in self._drained:
                 return
             have = len(self._ready.get(net.neutron_id, ()))
-            self._filling.add(net.neutron_id)
+            waiting = len(self._waiters.get(net.neutron_id, ()))
             self._known.add(net.neutron_id)
-        try:
-            with self._lock:
-                waiting = len(self._waiters.get(net.neutron_id, ()))
-            missing = self._batch(net, have, waiting)
-            if missing <= 0 or not net.subnets:
-                return
-            fixed_ips = [{"subnet_id": s.id} for s in net.subnets]
-            created = self.ctx.neutron.create_ports([{
-                "network_id": net.neutron_id, "fixed_ips": fixed_ips,
-                "device_owner": marks.POOL_DEVICE_OWNER, "binding_host_id": self.ctx.host,
-                "name": f"{marks.PORT_NAME_PREFIX}pool",
-            } for _ in range(missing)])
-            ready = [self._plug(net, port) for port in created]
-            with self._lock:
-                filling = net.neutron_id in self._filling
-                waiters = self._waiters.get(net.neutron_id, [])
-                while filling and ready and waiters:
-                    waiter = waiters.pop(0)
-                    waiter.port = ready.pop(0)
-                    waiter.event.set()
-                if filling:
-                    self._ready.setdefault(net.neutron_id, collections.deque()).extend(ready)
-                    if waiters:
-                        self._wanted[net.neutron_id] = net
-                        self._wake.set()
-            if filling:
-                return
-            for port in ready:  # the network was drained meanwhile
-                self._discard(port)
-        finally:
-            with self._lock:
-                self._filling.discard(net.neutron_id)
+        missing = self._batch(net, have, waiting)
+        if missing <= 0 or not net.subnets:
+            return
+        fixed_ips = [{"subnet_id": s.id} for s in net.subnets]
+        created = self.ctx.neutron.create_ports([{
+            "network_id": net.neutron_id, "fixed_ips": fixed_ips,
+            "device_owner": marks.POOL_DEVICE_OWNER, "binding_host_id": self.ctx.host,
+            "name": f"{marks.PORT_NAME_PREFIX}pool",
+        } for _ in range(missing)])
+        ready = [self._plug(net, port) for port in created]
+        with self._lock:
+            waiters = self._waiters.get(net.neutron_id, [])
+            while ready and waiters:
+                waiter = waiters.pop(0)
+                waiter.port = ready.pop(0)
+                waiter.event.set()
+            self._ready.setdefault(net.neutron_id, collections.deque()).extend(ready)
+            if waiters:
+                self._wanted[net.neutron_id] = net
+                self._wake.set()
 
     def _batch(self, net: NetworkInfo, have: int, waiting: int) -> int:
         """Enough to top the pool up to its size and serve who waits.
@@ -195,7 +184,6 @@ class PortPool:
     def _drain_locked(self, net: NetworkInfo) -> None:
         with self._lock:
             ports = list(self._ready.pop(net.neutron_id, ()))
-            self._filling.discard(net.neutron_id)
             self._wanted.pop(net.neutron_id, None)
             known = net.neutron_id in self._known
         for port in ports:
