@@ -48,7 +48,8 @@ def ensure_subnetpools(ctx: Context) -> None:
 
 def gc_scope(ctx: Context) -> gc.Scope:
     return gc.Scope(neutron=ctx.neutron, ovs=ctx.ovs, host=ctx.host,
-                    bridge=ctx.conf.binding.ovs_bridge)
+                    bridge=ctx.conf.binding.ovs_bridge,
+                    docker_networks=lambda: gc.docker_network_ids(ctx.conf.docker_uri))
 
 
 def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Context:

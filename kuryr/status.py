@@ -26,6 +26,7 @@ from oslo_config import cfg
 
 from kuryr.config import NEUTRON_GROUP
 from kuryr.errors import KuryrError
+from kuryr.localhttp import connect_unix, http_request
 
 TIMEOUT = 5.0
 PLUGIN_NAME = "kuryr"  # the name users give to `docker network create -d`
@@ -252,7 +253,7 @@ def _ovsdb_unreachable(endpoint: str, timeout: float) -> str | None:
                 if not os.path.exists(rest):
                     problems.append(f"socket {rest} does not exist")
                     continue
-                _connect_unix(rest, timeout).close()
+                connect_unix(rest, timeout).close()
             elif kind in ("tcp", "ssl"):
                 host, _, port = rest.rpartition(":")
                 socket.create_connection((host.strip("[]"), int(port)), timeout).close()
@@ -378,46 +379,6 @@ def check_docker(conf: cfg.ConfigOpts, timeout: float = TIMEOUT) -> Result:
         return Result("docker", False, f"dockerd at {uri} answered {status} to /_ping: "
                       f"{body[:80]!r}")
     return Result("docker", True, f"dockerd answers at {uri}")
-
-
-# -- HTTP over unix sockets or TCP, with the standard library ------------------
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = _connect_unix(self._path, self.timeout)
-
-
-def _connect_unix(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def http_request(uri: str, method: str, path: str, timeout: float) -> tuple[int, str]:
-    """``method path`` on unix:///x.sock, tcp://HOST:PORT or http://HOST:PORT."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "unix":
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(parsed.path, timeout)
-    elif parsed.scheme in ("http", "tcp"):
-        conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
-                                          timeout=timeout)
-    else:
-        raise ValueError(f"{uri} is neither unix:// nor http://")
-    try:
-        conn.request(method, path, body=b"" if method == "POST" else None)
-        response = conn.getresponse()
-        return response.status, response.read(4096).decode(errors="replace")
-    finally:
-        conn.close()
 
 
 # -- all together ----------------------------------------------------------------

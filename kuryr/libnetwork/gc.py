@@ -7,7 +7,9 @@ Only what this host's Kuryr made is ever looked at:
   * veth pairs named by Kuryr (tap<id>/tc<id>, both ends in the host namespace)
     and OVS interfaces marked external_ids:kuryr-managed=true;
   * security groups named kuryr-expose-* whose description starts with this
-    host's mark (kuryr@<host>:).
+    host's mark (kuryr@<host>:);
+  * networks Kuryr created for this host's Docker (tag kuryr.host:<host>) that
+    this host's dockerd no longer has; only when dockerd answers.
 Anything changed less than ``grace`` seconds ago is left alone: it may belong
 to a container that is starting right now.
 """
@@ -15,15 +17,18 @@ to a container that is starting right now.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kuryr import errors
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
 from kuryr.binding.vif import CONTAINER_PREFIX, HOST_PREFIX, VIF
+from kuryr.localhttp import http_request
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
 
@@ -33,7 +38,7 @@ HOST_IFNAME = re.compile(rf"^{HOST_PREFIX}([0-9a-f-]{{11}})$")
 
 @dataclass(frozen=True)
 class Garbage:
-    kind: str  # "port", "adopted port", "veth", "ovs port", "security group"
+    kind: str  # "port", "adopted port", "veth", "ovs port", "security group", "network"
     name: str  # Neutron id or interface name
     reason: str
     port_id: str = ""  # for ports and veths: the Neutron port (id or 11-char prefix)
@@ -51,6 +56,19 @@ class Scope:
     ovs: OVS
     host: str
     bridge: str
+    # Ids of the networks dockerd has; None when it cannot be asked (then no
+    # network is judged: a network is never deleted on a guess).
+    docker_networks: Callable[[], set[str] | None] = lambda: None
+
+
+def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
+    """The ids of dockerd's networks (GET /networks), None when it does not answer."""
+    try:
+        status, body = http_request(docker_uri, "GET", "/networks", timeout, limit=None)
+        return {n["Id"] for n in json.loads(body)} if status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        LOG.info("gc: dockerd at %s not asked about networks: %s", docker_uri, exc)
+        return None
 
 
 def _age(resource: object) -> datetime.timedelta:
@@ -81,6 +99,7 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     found = _ports(ports, links, grace_td)
     found += _veths(ports, links, managed)
     found += _security_groups(scope, ports, grace_td)
+    found += _networks(scope, grace_td)
     return found
 
 
@@ -132,6 +151,31 @@ def _security_groups(scope: Scope, ports: list,
             and group.id not in in_use and _age(group) >= grace]
 
 
+def _networks(scope: Scope, grace: datetime.timedelta) -> list[Garbage]:
+    known = scope.docker_networks()
+    if known is None:
+        return []
+    ours = scope.neutron.networks_tagged([marks.host_tag(scope.host)])
+    docker_ids = {marks.docker_network_id_from_tags(net.tags) for net in ours}
+    if not docker_ids & known:
+        # A docker_uri pointing at another dockerd (one that does not use Kuryr)
+        # would make every network look forgotten: delete nothing on that evidence.
+        if ours:
+            LOG.warning("gc: dockerd knows none of this host's %d Kuryr networks; is "
+                        "[DEFAULT] docker_uri the dockerd that uses Kuryr? Networks "
+                        "are not collected", len(ours))
+        return []
+    found = []
+    for net in ours:
+        docker_id = marks.docker_network_id_from_tags(net.tags)
+        adopted = any(t.startswith(marks.NET_EXISTING_TAG) for t in net.tags)
+        if docker_id is None or docker_id in known or adopted or _age(net) < grace:
+            continue
+        found.append(Garbage("network", net.id,
+                             f"this host's dockerd has no network {docker_id[:12]}"))
+    return found
+
+
 def remove(scope: Scope, garbage: list[Garbage]) -> list[Garbage]:
     """Remove what :func:`collect` found; returns what could not be removed."""
     failed = []
@@ -145,7 +189,22 @@ def remove(scope: Scope, garbage: list[Garbage]) -> list[Garbage]:
     return failed
 
 
+def _remove_network(scope: Scope, network_id: str) -> None:
+    """Kuryr's own ports on it go first; a port of anyone else keeps it (Conflict)."""
+    for port in scope.neutron.ports(network_id=network_id):
+        if port.device_owner in marks.KURYR_DEVICE_OWNERS \
+                and port.binding_host_id == scope.host:
+            host_ifname = f"{HOST_PREFIX}{port.id[:11]}"
+            scope.ovs.unplug(host_ifname)
+            netlink.delete_link(host_ifname)
+            scope.neutron.delete_port(port.id)
+    scope.neutron.delete_network(network_id)
+
+
 def _remove_one(scope: Scope, item: Garbage) -> None:
+    if item.kind == "network":
+        _remove_network(scope, item.name)
+        return
     if item.kind == "security group":
         try:
             scope.neutron.delete_security_group(item.name)

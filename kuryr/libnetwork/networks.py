@@ -132,7 +132,9 @@ def _create_network(ctx: Context, docker_id: str, pools: list[models.IPAMData],
         attrs["is_shared"] = True
     net = ctx.neutron.create_network(**attrs)
     try:
-        tags = [*marks.network_tags(docker_id), *extra_tags]
+        # The host tag lets this host's garbage collector find networks Docker
+        # forgot (a DeleteNetwork that failed, a crash mid-CreateNetwork).
+        tags = [*marks.network_tags(docker_id), marks.host_tag(ctx.host), *extra_tags]
         ctx.neutron.set_tags(net, tags)
         subnets = [_create_subnet(ctx, net.id, pool) for pool in pools]
     except Exception:

@@ -71,6 +71,13 @@ def parse_pool_id(value: str) -> tuple[str, str]:
     return cidr, sub_pool
 
 
+HOST_TAG = "kuryr.host:"  # on networks Kuryr created: which host's Docker owns them
+
+
+def host_tag(host: str) -> str:
+    return (HOST_TAG + host)[:60]  # Neutron tags are at most 60 characters
+
+
 def host_mark(host: str) -> str:
     """Starts the description of what Kuryr makes for one host without a port to
     carry binding:host_id (security groups), so its garbage collector finds them."""

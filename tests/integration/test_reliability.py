@@ -169,6 +169,30 @@ def test_gc_removes_only_this_hosts_kuryr_leftovers(stack, neutron, ovs, tenant_
     assert netlink.link_exists(foreign.host_ifname)
 
 
+def test_gc_removes_networks_this_hosts_docker_forgot(stack, docker, make_network, neutron,
+                                                     cleanup):
+    real = make_network("--subnet", "10.84.0.0/24")  # dockerd knows it: evidence it is ours
+    real_id = docker.network_id(real)
+    forgotten_id = "f0" * 32  # a network Docker dropped although its DeleteNetwork failed
+    host = socket.gethostname()
+    forgotten = neutron.api.create_network(name=marks.network_name(forgotten_id))
+    cleanup(lambda: helpers.delete_network(neutron, forgotten.id))
+    neutron.api.set_tags(forgotten, [*marks.network_tags(forgotten_id), marks.host_tag(host)])
+    elsewhere = neutron.api.create_network(name=marks.network_name("e0" * 32))
+    cleanup(lambda: helpers.delete_network(neutron, elsewhere.id))
+    neutron.api.set_tags(elsewhere, [*marks.network_tags("e0" * 32),
+                                     marks.host_tag("another-host")])
+
+    dry = kuryr(stack, "gc", "--dry-run", "--grace", "0")
+    assert f"would remove network {forgotten.id}" in dry.stdout, dry.stdout + dry.stderr
+    assert elsewhere.id not in dry.stdout and real_id[:12] not in dry.stdout, dry.stdout
+    done = kuryr(stack, "gc", "--grace", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert neutron.api.find_network(forgotten.id) is None
+    assert neutron.api.find_network(elsewhere.id) is not None
+    assert neutron.api.find_network(marks.network_name(real_id)) is not None
+
+
 # -- Neutron faults ----------------------------------------------------------------------
 def neutron_api_pid(stack) -> int:
     return int(stack.pidfile("neutron-api").read_text())

@@ -68,3 +68,30 @@ def test_veth_of_a_known_port_is_kept_and_stale_ovs_port_is_garbage():
     found = gc._veths([p], names(p.id), managed={"tap0f0f0f0f-88": p.id,
                                                  "tap01010101-99": "gone"})
     assert [(g.kind, g.name) for g in found] == [("ovs port", "tap01010101-99")]
+
+
+def network(docker_id: str, host: str = "h1", adopted: bool = False):
+    tags = [*marks.network_tags(docker_id), marks.host_tag(host)]
+    if adopted:
+        tags.append(marks.existing_network_tag(docker_id))
+    return SimpleNamespace(id=f"net-{docker_id[:4]}", tags=tags, created_at=OLD,
+                           updated_at=OLD)
+
+
+def scope_with(networks: list, docker: set[str] | None) -> gc.Scope:
+    neutron = SimpleNamespace(networks_tagged=lambda tags: list(networks))
+    return gc.Scope(neutron=neutron, ovs=None, host="h1", bridge="br-int",
+                    docker_networks=lambda: docker)
+
+
+def test_network_docker_forgot_is_garbage_adopted_one_is_not():
+    live, forgotten, adopted = "a" * 64, "b" * 64, "c" * 64
+    nets = [network(live), network(forgotten), network(adopted, adopted=True)]
+    found = gc._networks(scope_with(nets, {live}), GRACE)
+    assert [g.name for g in found] == ["net-bbbb"]
+
+
+def test_networks_are_never_judged_on_a_dockerd_that_does_not_know_any_of_ours():
+    nets = [network("a" * 64), network("b" * 64)]
+    assert gc._networks(scope_with(nets, {"f" * 64}), GRACE) == []  # another dockerd
+    assert gc._networks(scope_with(nets, None), GRACE) == []  # dockerd unreachable

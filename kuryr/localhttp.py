@@ -1,0 +1,48 @@
+"""Small HTTP requests to local daemons (dockerd, the plugin itself) over a unix
+socket or loopback TCP, with the standard library only."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from urllib.parse import urlparse
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = connect_unix(self._path, self.timeout)
+
+
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def http_request(uri: str, method: str, path: str, timeout: float,
+                 limit: int | None = 4096) -> tuple[int, str]:
+    """``method path`` on unix:///x.sock, tcp://HOST:PORT or http://HOST:PORT; the
+    first ``limit`` bytes of the answer (None: all of it)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "unix":
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(parsed.path, timeout)
+    elif parsed.scheme in ("http", "tcp"):
+        conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
+                                          timeout=timeout)
+    else:
+        raise ValueError(f"{uri} is neither unix:// nor http://")
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None)
+        response = conn.getresponse()
+        return response.status, response.read(limit).decode(errors="replace")
+    finally:
+        conn.close()
