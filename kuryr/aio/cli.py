@@ -19,7 +19,13 @@ def parser() -> argparse.ArgumentParser:
         "stack for Kuryr. Needs root on Debian 12.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="install what is missing and start everything (idempotent)")
+    up = sub.add_parser("up", help="install what is missing and start everything (idempotent)")
+    mode = up.add_mutually_exclusive_group()
+    mode.add_argument("--keystone", dest="mode", action="store_const", const="keystone",
+                      help="switch to Keystone auth: Neutron checks tokens, Kuryr runs as "
+                      "non-admin user kuryr (installs Keystone the first time)")
+    mode.add_argument("--noauth", dest="mode", action="store_const", const="noauth",
+                      help="switch back to a no-auth Neutron (the default mode)")
     sub.add_parser("status", help="exit 0 only when every component answers")
     sub.add_parser("env", help="print shell exports: eval \"$(kuryr-aio env)\"")
     down = sub.add_parser("down", help="stop exactly what `up` started")
@@ -41,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stack.main_status(layout)
     try:
         if args.command == "up":
-            stack.up(layout)
+            stack.up(layout, mode=args.mode)
         elif args.command == "down":
             stack.down(layout, purge=args.purge)
     except StackError as exc:

@@ -20,6 +20,10 @@ PUBLIC_CIDR = "198.51.100.0/24"
 PUBLIC_GATEWAY = "198.51.100.1"
 PUBLIC_NETWORK = "public"
 PHYSNET = "public"
+# How Neutron checks its callers: "noauth" (the default; anyone on loopback is
+# admin) or "keystone" (tokens from the stack's Keystone, Kuryr as a non-admin
+# user).  `kuryr-aio up --keystone` / `--noauth` switch; plain `up` keeps it.
+AUTH_MODES = ("noauth", "keystone")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,32 @@ class Layout:
     @property
     def keystone_url(self) -> str:
         return f"http://127.0.0.1:{KEYSTONE_PORT}"
+
+    @property
+    def auth_mode_file(self) -> Path:
+        return self.base / "auth-mode"
+
+    @property
+    def auth_mode(self) -> str:
+        """The persisted auth mode; "noauth" until `up --keystone` asked for another."""
+        try:
+            mode = self.auth_mode_file.read_text().strip()
+        except FileNotFoundError:
+            return "noauth"
+        if mode not in AUTH_MODES:
+            raise ValueError(f"{self.auth_mode_file}: unknown auth mode {mode!r} "
+                             f"(expected one of {', '.join(AUTH_MODES)})")
+        return mode
+
+    @property
+    def keystone_mode(self) -> bool:
+        return self.auth_mode == "keystone"
+
+    def set_auth_mode(self, mode: str) -> None:
+        if mode not in AUTH_MODES:
+            raise ValueError(f"unknown auth mode {mode!r}")
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.auth_mode_file.write_text(f"{mode}\n")
 
     @property
     def docker_sock(self) -> Path:

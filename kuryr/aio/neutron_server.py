@@ -97,10 +97,40 @@ class NeutronServer:
         return [self.layout.log("neutron-api"), self.layout.log("neutron-access"),
                 self.layout.log("neutron-ovn-maintenance-worker")]
 
+    @property
+    def policy_file(self) -> Path:
+        return self.dir / "policy.yaml"
+
     def answers(self) -> bool:
-        url = f"{self.layout.neutron_url}/v2.0/networks?limit=1"
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        # With Keystone every /v2.0 request needs a token; the version document
+        # at / is served without one (and only once the API app has loaded).
+        path = "/" if self.layout.keystone_mode else "/v2.0/networks?limit=1"
+        with urllib.request.urlopen(f"{self.layout.neutron_url}{path}", timeout=5) as resp:
             return resp.status == 200
+
+    def neutron_conf(self) -> str:
+        """neutron.conf for this layout and the stack's auth mode."""
+        auth_strategy, auth_sections = "noauth", ""
+        if self.layout.keystone_mode:
+            from kuryr.aio import keystone  # keystone.py imports this module
+
+            settings = keystone.neutron_auth_settings()
+            auth_strategy = settings.pop("DEFAULT")["auth_strategy"]
+            settings["oslo_policy"] = {"policy_file": str(self.policy_file)}
+            auth_sections = "\n" + keystone.ini_text(settings)
+        return template("neutron.conf.tmpl").format(
+            dir=str(self.dir), port=str(NEUTRON_PORT),
+            db_url=(f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@localhost/neutron"
+                    f"?unix_socket={self.layout.mysql_sock}&charset=utf8"),
+            auth_strategy=auth_strategy, auth_sections=auth_sections)
+
+    def config_outdated(self) -> bool:
+        """Whether the running server was started from another neutron.conf
+        (e.g. before the stack's auth mode was switched)."""
+        try:
+            return (self.dir / "neutron.conf").read_text() != self.neutron_conf()
+        except FileNotFoundError:
+            return True
 
     def problems(self) -> list[str]:
         found = []
@@ -111,6 +141,9 @@ class NeutronServer:
                 self.answers()
             except OSError as exc:
                 found.append(f"neutron-server does not answer on {self.layout.neutron_url}: {exc}")
+            if self.config_outdated():
+                found.append(f"neutron-server runs with an outdated neutron.conf (auth mode "
+                             f"is now {self.layout.auth_mode}); `kuryr-aio up` restarts it")
         if not procs.pid_alive(self.worker_pid, "neutron-ovn-maintenance-worker"):
             found.append("neutron-ovn-maintenance-worker is not running")
         return found
@@ -124,17 +157,20 @@ class NeutronServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         for sub in ("state", "lock"):
             (self.dir / sub).mkdir(exist_ok=True)
-        values = {
-            "dir": str(self.dir),
-            "port": str(NEUTRON_PORT),
-            "db_url": (f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@localhost/neutron"
-                       f"?unix_socket={self.layout.mysql_sock}&charset=utf8"),
-            "nb": f"unix:{self.layout.nb_sock}",
-            "sb": f"unix:{self.layout.sb_sock}",
-            "physnet": PHYSNET,
-        }
-        for name in ("neutron.conf", "ml2_conf.ini"):
-            (self.dir / name).write_text(template(name + ".tmpl").format(**values))
+        if self.layout.keystone_mode:
+            from kuryr.aio import keystone  # keystone.py imports this module
+
+            self.policy_file.write_text(keystone.neutron_policy_override())
+        else:
+            self.policy_file.unlink(missing_ok=True)
+        conf = self.dir / "neutron.conf"
+        # Holds Neutron's Keystone password in keystone mode: root only.
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        conf.write_text(self.neutron_conf())
+        (self.dir / "ml2_conf.ini").write_text(template("ml2_conf.ini.tmpl").format(
+            nb=f"unix:{self.layout.nb_sock}", sb=f"unix:{self.layout.sb_sock}",
+            physnet=PHYSNET))
         shutil.copy(self.layout.neutron_venv / "etc" / "neutron" / "api-paste.ini",
                     self.dir / "api-paste.ini")
         wsgi = template("neutron_wsgi.py.tmpl").replace(
@@ -152,6 +188,10 @@ class NeutronServer:
     # -- run ---------------------------------------------------------------
     def up(self) -> None:
         self.install()
+        if self.config_outdated():
+            # An auth mode switch: API and maintenance worker (whichever runs)
+            # restart on the new config.
+            self.down()
         self.write_config()
         self.migrate()
         # neutron elects its "first worker" through files in TMPDIR: fresh per start.
@@ -164,6 +204,9 @@ class NeutronServer:
                  "--graceful-timeout", "5", "--timeout", "300",
                  # One line per request: benchmarks count requests at Neutron's side.
                  "--access-logfile", str(self.layout.log("neutron-access")),
+                 # gunicorn's default control socket is one path per user:
+                 # Keystone's gunicorn (keystone mode) would fight over it.
+                 "--no-control-socket",
                  "kuryr_aio_neutron_wsgi:application"],
                 pidfile=self.api_pid, log=self.layout.log("neutron-api"), env=env_api,
             )

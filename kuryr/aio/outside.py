@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from kuryr.aio import switch
+from kuryr.aio import keystone, switch
 from kuryr.aio.layout import (
     OUTSIDE_NETNS,
     PHYSNET,
@@ -18,10 +18,18 @@ from kuryr.aio.layout import (
     PUBLIC_NETWORK,
     Layout,
 )
-from kuryr.neutron.client import connect_endpoint
+from kuryr.neutron.client import Neutron, connect_endpoint
 
 VETH_BRIDGE_END = "aio-out-br"
 VETH_NS_END = "aio-out-ns"
+
+
+def stack_neutron(layout: Layout) -> Neutron:
+    """An admin client of the stack's Neutron: no-auth, or Keystone's admin in
+    keystone mode (creating an external network is admin-only)."""
+    if layout.keystone_mode:
+        return keystone.admin_neutron()
+    return connect_endpoint(layout.neutron_url)
 
 
 class Outside:
@@ -39,9 +47,12 @@ class Outside:
         if OUTSIDE_NETNS not in netns.listnetns():
             found.append(f"network namespace {OUTSIDE_NETNS} is missing")
         try:
-            neutron = connect_endpoint(self.layout.neutron_url)
-            if neutron.api.find_network(PUBLIC_NETWORK) is None:
-                found.append(f"Neutron external network {PUBLIC_NETWORK!r} is missing")
+            neutron = stack_neutron(self.layout)
+            try:
+                if neutron.api.find_network(PUBLIC_NETWORK) is None:
+                    found.append(f"Neutron external network {PUBLIC_NETWORK!r} is missing")
+            finally:
+                neutron.close()
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             found.append(f"cannot check Neutron network {PUBLIC_NETWORK!r}: {exc}")
         return found
@@ -70,8 +81,14 @@ class Outside:
         switch.vsctl("--may-exist", "add-port", "br-ex", VETH_BRIDGE_END)
 
     def _ensure_neutron_network(self) -> None:
-        neutron = connect_endpoint(self.layout.neutron_url)
-        api = neutron.api
+        neutron = stack_neutron(self.layout)
+        try:
+            self._ensure_network_with(neutron.api)
+        finally:
+            neutron.close()
+
+    @staticmethod
+    def _ensure_network_with(api) -> None:  # noqa: ANN001 - openstacksdk's network proxy
         net = api.find_network(PUBLIC_NETWORK)
         if net is None:
             net = api.create_network(

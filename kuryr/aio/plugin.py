@@ -7,24 +7,22 @@ import socket
 import sys
 from pathlib import Path
 
-from kuryr.aio import procs
+from kuryr import config
+from kuryr.aio import keystone, procs
 from kuryr.aio.layout import PUBLIC_NETWORK, Layout
+from kuryr.neutron.client import connect_endpoint
 
 PLUGIN_SOCKET = Path("/run/docker/plugins/kuryr.sock")
 
 KURYR_CONF = """\
-# Written by kuryr-aio: Kuryr against the all-in-one stack's no-auth Neutron.
+# Written by kuryr-aio: Kuryr against the all-in-one stack's {against}.
 [DEFAULT]
 kuryr_uri = unix://{socket}
 docker_uri = unix://{docker}
 state_dir = {state}
 docker_netns_dir = {netns}
 
-[neutron]
-auth_type = none
-endpoint = {neutron}
-vif_plugging_timeout = 30
-
+{neutron_section}
 [binding]
 ovs_bridge = br-int
 
@@ -73,6 +71,9 @@ class KuryrPlugin:
             plugin_answers()
         except OSError as exc:
             return [f"the Kuryr plugin does not answer on {PLUGIN_SOCKET}: {exc}"]
+        if self.config_outdated():
+            return [f"the Kuryr plugin runs with an outdated kuryr.conf (auth mode is now "
+                    f"{self.layout.auth_mode}); `kuryr-aio up` restarts it"]
         return []
 
     @property
@@ -87,15 +88,87 @@ class KuryrPlugin:
             args += ["--config-dir", str(self.override_dir)]
         return args
 
+    def kuryr_conf(self) -> str:
+        """kuryr.conf for this layout and the stack's auth mode."""
+        own = {"vif_plugging_timeout": "30"}
+        if self.layout.keystone_mode:
+            against = "Neutron as Keystone user kuryr (roles member + service, not admin)"
+            # Neutron's URL comes from Keystone's catalog.
+            neutron_section = keystone.kuryr_neutron_section(own)
+        else:
+            against = "no-auth Neutron"
+            neutron_section = keystone.ini_text({"neutron": {
+                "auth_type": "none", "endpoint": self.layout.neutron_url, **own}})
+        return KURYR_CONF.format(
+            against=against, socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
+            state=self.layout.base / "kuryr", neutron_section=neutron_section,
+            netns="/var/run/docker/netns", public=PUBLIC_NETWORK)
+
+    def config_outdated(self) -> bool:
+        """Whether the running plugin was started from another kuryr.conf."""
+        try:
+            return self.layout.kuryr_conf.read_text() != self.kuryr_conf()
+        except FileNotFoundError:
+            return True
+
     def write_config(self) -> None:
-        self.layout.kuryr_conf.write_text(KURYR_CONF.format(
-            socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
-            state=self.layout.base / "kuryr",
-            neutron=self.layout.neutron_url, netns="/var/run/docker/netns",
-            public=PUBLIC_NETWORK))
+        # Holds Kuryr's Keystone password in keystone mode: root only.
+        self.layout.kuryr_conf.touch(mode=0o600)
+        self.layout.kuryr_conf.chmod(0o600)
+        self.layout.kuryr_conf.write_text(self.kuryr_conf())
+
+    def forget_keystone_singletons(self) -> list[str]:
+        """Delete the unused one-per-project resources a keystone-mode Kuryr made in
+        project ``service``: its default subnetpools, publishing floating IP and
+        router.  A no-auth Kuryr sees every project's and would find two of each
+        (and refuse to start on the subnetpools).  Returns what was deleted;
+        raises when some are still in use (networks left from keystone mode)."""
+        try:
+            project = keystone.service_project_file(self.layout).read_text().strip()
+        except FileNotFoundError:
+            return []
+        conf = config.load(self.config_args, config_files=[])
+        api = connect_endpoint(self.layout.neutron_url).api
+        deleted, in_use = [], []
+        for fip in api.ips(project_id=project):
+            if not (fip.description or "").startswith("kuryr-publish:"):
+                continue
+            if list(api.port_forwardings(fip.id)):
+                in_use.append(f"floating IP {fip.floating_ip_address} (port forwardings)")
+            else:
+                api.delete_ip(fip.id, ignore_missing=True)
+                deleted.append(f"floating IP {fip.floating_ip_address}")
+        for router in api.routers(project_id=project, name=conf.publish.router_name):
+            if list(api.ports(device_id=router.id, device_owner="network:router_interface")):
+                in_use.append(f"router {router.name} (subnets attached)")
+            else:
+                api.delete_router(router.id, ignore_missing=True)
+                deleted.append(f"router {router.name}")
+        for name in (conf.neutron.default_subnetpool_v4, conf.neutron.default_subnetpool_v6):
+            for pool in api.subnet_pools(project_id=project, name=name):
+                if list(api.subnets(subnetpool_id=pool.id)):
+                    in_use.append(f"subnetpool {name} (subnets allocated)")
+                else:
+                    api.delete_subnet_pool(pool.id, ignore_missing=True)
+                    deleted.append(f"subnetpool {name}")
+        if in_use:
+            raise procs.StackError(
+                "Kuryr's resources of keystone mode are still in use in project service: "
+                f"{', '.join(in_use)}; remove the Docker networks made in keystone mode "
+                "(`kuryr-aio up --keystone`, `docker network rm ...`) and switch again")
+        return deleted
 
     def up(self) -> None:
+        if self.config_outdated():
+            # An auth mode switch: restart on the new kuryr.conf.
+            self.down()
         self.write_config()
+        if not self.layout.keystone_mode and not procs.pid_alive(self.pidfile, "kuryr"):
+            deleted = self.forget_keystone_singletons()
+            if deleted:
+                with self.layout.log("kuryr").open("a") as log:
+                    log.write(f"kuryr-aio: deleted Kuryr's unused {', '.join(deleted)} "
+                              "of keystone mode (project service)\n")
         if not procs.pid_alive(self.pidfile, "kuryr"):
             # A socket left by a killed plugin would answer "connection refused"
             # until the new one replaces it.

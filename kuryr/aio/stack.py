@@ -11,6 +11,7 @@ from typing import Protocol
 
 from kuryr.aio import procs
 from kuryr.aio.docker import Docker
+from kuryr.aio.keystone import Keystone, admin_env
 from kuryr.aio.layout import Layout
 from kuryr.aio.neutron_server import MariaDB, NeutronServer
 from kuryr.aio.outside import Outside
@@ -33,15 +34,22 @@ class Component(Protocol):
     def down(self) -> None: ...
 
 
-def components(layout: Layout) -> list[Component]:
-    """Everything the stack runs, in start order (stopped in reverse)."""
+def components(layout: Layout, keystone: bool | None = None) -> list[Component]:
+    """Everything the stack runs, in start order (stopped in reverse).
+
+    Keystone is in it in keystone mode (or with ``keystone=True``), before the
+    Neutron that checks its tokens.
+    """
     # The plugin comes before dockerd: dockerd asks it about its networks at
     # start, and must still reach it while stopping containers at shutdown.
+    with_keystone = layout.keystone_mode if keystone is None else keystone
+    auth: list[Component] = [Keystone(layout)] if with_keystone else []
     return [
         Packages(layout),
         OpenVSwitch(layout),
         OVN(layout),
         MariaDB(layout),
+        *auth,
         NeutronServer(layout),
         Outside(layout),
         KuryrPlugin(layout),
@@ -60,11 +68,19 @@ def _safe_problems(component: Component) -> list[str]:
         return [f"{component.name}: check failed: {exc}"]
 
 
-def up(layout: Layout, log: Callable[[str], None] = say) -> None:
-    """Start whatever is not running yet; a no-op when all is up."""
+def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None) -> None:
+    """Start whatever is not running yet; a no-op when all is up.
+
+    ``mode`` ("noauth" or "keystone") switches the stack's auth mode and keeps
+    it for later runs; components whose configuration depends on it (Neutron,
+    Kuryr) then report themselves outdated and are restarted.
+    """
     started = time.monotonic()
     layout.logs.mkdir(parents=True, exist_ok=True)
     layout.run.mkdir(parents=True, exist_ok=True)
+    if mode is not None and mode != layout.auth_mode:
+        log(f"switching the auth mode from {layout.auth_mode} to {mode}")
+        layout.set_auth_mode(mode)
     for component in components(layout):
         if not _safe_problems(component):
             continue
@@ -81,7 +97,11 @@ def up(layout: Layout, log: Callable[[str], None] = say) -> None:
         if left:
             raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
         log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
-    log(f"stack is up ({time.monotonic() - started:.1f} s); "
+    if not layout.keystone_mode:
+        # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
+        if Keystone(layout).down():
+            log("keystone stopped (noauth mode)")
+    log(f"stack is up ({time.monotonic() - started:.1f} s, auth mode {layout.auth_mode}); "
         f"Neutron {layout.neutron_url}, Docker {layout.docker_host}")
     log('use it with: eval "$(kuryr-aio env)"')
 
@@ -91,7 +111,8 @@ def status(layout: Layout) -> list[tuple[str, list[str]]]:
 
 
 def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) -> None:
-    for component in reversed(components(layout)):
+    # Keystone is stopped in either mode: one left by an interrupted switch is ours too.
+    for component in reversed(components(layout, keystone=True)):
         try:
             component.down()
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
@@ -113,13 +134,20 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
 
 
 def env_exports(layout: Layout) -> str:
-    lines = {
-        "DOCKER_HOST": layout.docker_host,
-        "OS_AUTH_TYPE": "none",
-        "OS_ENDPOINT": layout.neutron_url,
-        "KURYR_CONFIG_FILE": str(layout.kuryr_conf),
-    }
-    return "".join(f"export {key}={value}\n" for key, value in lines.items())
+    if layout.keystone_mode:
+        # The admin of the stack's Keystone; Neutron's URL comes from its catalog.
+        lines = {"DOCKER_HOST": layout.docker_host, **admin_env(),
+                 "KURYR_CONFIG_FILE": str(layout.kuryr_conf)}
+        unset = "unset OS_ENDPOINT\n"
+    else:
+        lines = {
+            "DOCKER_HOST": layout.docker_host,
+            "OS_AUTH_TYPE": "none",
+            "OS_ENDPOINT": layout.neutron_url,
+            "KURYR_CONFIG_FILE": str(layout.kuryr_conf),
+        }
+        unset = ""
+    return unset + "".join(f"export {key}={value}\n" for key, value in lines.items())
 
 
 def main_status(layout: Layout) -> int:
@@ -131,5 +159,6 @@ def main_status(layout: Layout) -> int:
                 print(f"DOWN  {name}: {problem}")
         else:
             print(f"OK    {name}")
+    print(f"auth mode: {layout.auth_mode}")
     return 1 if bad else 0
 

@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(items):
 def stack() -> Layout:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (they start Neutron, OVS and dockerd)")
-    proc = subprocess.run([helpers.aio_command(), "up"], text=True)
+    # The tests use a no-auth Neutron: --noauth also ends a keystone mode left
+    # by an interrupted test_zy_keystone.py.
+    proc = subprocess.run([helpers.aio_command(), "up", "--noauth"], text=True)
     if proc.returncode != 0:
         pytest.fail(f"`kuryr-aio up` failed with exit code {proc.returncode}")
     return Layout.default()

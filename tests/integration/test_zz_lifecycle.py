@@ -15,7 +15,7 @@ from . import helpers
 
 OUR_DAEMONS = ("ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller", "mariadbd",
                "neutron-ovn-maintenance-worker", "kuryr_aio_neutron_wsgi", "dockerd",
-               "kuryr serve")
+               "kuryr serve", "kuryr_aio_keystone_wsgi")
 OUR_LINKS = ("ovs-netdev", "br-int", "br-ex", "docker0", "aio-out-br")
 
 
