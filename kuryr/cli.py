@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                         help="gc: leave alone what changed less than this long ago "
                         "(default: [gc] grace)")
+    parser.add_argument("--trust-docker", action="store_true",
+                        help="gc: collect networks dockerd does not have even when it "
+                        "knows none of this host's Kuryr networks (docker_uri is right)")
     args, rest = parser.parse_known_args(argv)
     conf = config.load(rest)
     if args.command == "serve":
@@ -38,11 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return status(conf)
     if args.command == "gc":
-        return collect_garbage(conf, args.dry_run, args.grace)
+        return collect_garbage(conf, args.dry_run, args.grace, args.trust_docker)
     return 2
 
 
-def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | None) -> int:
+def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | None,
+                    trust_docker: bool = False) -> int:
     import socket
 
     from kuryr.binding.ovs import OVS
@@ -51,7 +55,8 @@ def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | N
 
     scope = gc.Scope(neutron=connect(conf), ovs=OVS(conf.binding.ovsdb_connection),
                      host=conf.host or socket.gethostname(), bridge=conf.binding.ovs_bridge,
-                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri))
+                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
+                     trust_docker=trust_docker)
     garbage = gc.collect(scope, conf.gc.grace if grace is None else grace)
     failed = [] if dry_run else gc.remove(scope, garbage)
     verb = "would remove" if dry_run else "removed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,10 +112,18 @@ def _undo_late(ctx: Context, path: str, undo: Undo, body: Any,
     if done.cancelled() or done.exception() is not None:
         return  # the handler failed and rolled itself back
     LOG.warning("%s completed after Docker was told it timed out: undoing it", path)
-    if ctx.background is None:
-        return
-    ctx.background.submit(f"undo:{path}:{id(body)}", f"undo late {path}",
-                          lambda: undo(ctx, body, done.result()))
+    # Its own thread, not the background writer: undoing a network waits for the
+    # background writer to be idle, which would then wait for itself.
+    threading.Thread(target=_run_undo, args=(ctx, path, undo, body, done.result()),
+                     name=f"undo {path}", daemon=True).start()
+
+
+def _run_undo(ctx: Context, path: str, undo: Undo, body: Any, result: Any) -> None:
+    try:
+        undo(ctx, body, result)
+        LOG.info("undid the late %s", path)
+    except Exception as exc:  # noqa: BLE001 - the garbage collector is the backstop
+        LOG.error("could not undo the late %s: %s (the garbage collector will)", path, exc)
 
 
 async def _call(ctx: Context, path: str, handler: Handler, body: Any,

@@ -59,6 +59,9 @@ class Scope:
     # Ids of the networks dockerd has; None when it cannot be asked (then no
     # network is judged: a network is never deleted on a guess).
     docker_networks: Callable[[], set[str] | None] = lambda: None
+    # Believe dockerd even when it knows none of this host's Kuryr networks
+    # (`kuryr gc --trust-docker`: the operator vouches for docker_uri).
+    trust_docker: bool = False
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
@@ -157,13 +160,13 @@ def _networks(scope: Scope, grace: datetime.timedelta) -> list[Garbage]:
         return []
     ours = scope.neutron.networks_tagged([marks.host_tag(scope.host)])
     docker_ids = {marks.docker_network_id_from_tags(net.tags) for net in ours}
-    if not docker_ids & known:
+    if not docker_ids & known and not scope.trust_docker:
         # A docker_uri pointing at another dockerd (one that does not use Kuryr)
         # would make every network look forgotten: delete nothing on that evidence.
         if ours:
-            LOG.warning("gc: dockerd knows none of this host's %d Kuryr networks; is "
-                        "[DEFAULT] docker_uri the dockerd that uses Kuryr? Networks "
-                        "are not collected", len(ours))
+            LOG.warning("gc: dockerd knows none of this host's %d Kuryr networks, so "
+                        "none is collected (a wrong [DEFAULT] docker_uri would look the "
+                        "same); if docker_uri is right: kuryr gc --trust-docker", len(ours))
         return []
     found = []
     for net in ours:

@@ -78,10 +78,10 @@ def network(docker_id: str, host: str = "h1", adopted: bool = False):
                            updated_at=OLD)
 
 
-def scope_with(networks: list, docker: set[str] | None) -> gc.Scope:
+def scope_with(networks: list, docker: set[str] | None, trust: bool = False) -> gc.Scope:
     neutron = SimpleNamespace(networks_tagged=lambda tags: list(networks))
     return gc.Scope(neutron=neutron, ovs=None, host="h1", bridge="br-int",
-                    docker_networks=lambda: docker)
+                    docker_networks=lambda: docker, trust_docker=trust)
 
 
 def test_network_docker_forgot_is_garbage_adopted_one_is_not():
@@ -95,3 +95,5 @@ def test_networks_are_never_judged_on_a_dockerd_that_does_not_know_any_of_ours()
     nets = [network("a" * 64), network("b" * 64)]
     assert gc._networks(scope_with(nets, {"f" * 64}), GRACE) == []  # another dockerd
     assert gc._networks(scope_with(nets, None), GRACE) == []  # dockerd unreachable
+    # ... unless the operator vouches for docker_uri (kuryr gc --trust-docker)
+    assert len(gc._networks(scope_with(nets, {"f" * 64}, trust=True), GRACE)) == 2
