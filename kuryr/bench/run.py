@@ -242,6 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["docker_run_ms"]["kuryr-libnetwork"] = bench.run_latency(
                 ["--net", nets["kuryr-libnetwork"]], runs)
         result["docker_run_ms"]["bridge"] = bench.run_latency([], runs)
+        # A user-defined network, like every Kuryr network, gets Docker's embedded
+        # DNS server (set up inside each container's namespace); the default bridge
+        # does not.  This is the like-for-like baseline.
+        user_bridge = f"bench-bridge-{bench.tag}"
+        bench.docker("network", "create", "-d", "bridge", "--subnet", "10.158.0.0/24",
+                     user_bridge)
+        bench.cleanup.append(["network", "rm", user_bridge])
+        result["docker_run_ms"]["bridge (user-defined)"] = bench.run_latency(
+            ["--net", user_bridge], runs)
         result["docker_run_ms"]["none"] = bench.run_latency(["--net", "none"], runs)
         log("time until a new container reaches another ...")
         result["time_to_reach_ms"] = {"kuryr": bench.time_to_reach(nets["kuryr"], runs)}
@@ -268,6 +277,10 @@ def ratios(result: dict) -> dict:
     out = {}
     if runs.get("kuryr", {}).get("median") and runs.get("bridge", {}).get("median"):
         out["kuryr_over_bridge"] = round(runs["kuryr"]["median"] / runs["bridge"]["median"], 2)
+    if runs.get("kuryr", {}).get("median") and runs.get("bridge (user-defined)", {}).get(
+            "median"):
+        out["kuryr_over_user_defined_bridge"] = round(
+            runs["kuryr"]["median"] / runs["bridge (user-defined)"]["median"], 2)
     if runs.get("kuryr-libnetwork", {}).get("median") and runs.get("kuryr", {}).get("median"):
         out["kuryr_libnetwork_over_kuryr"] = round(
             runs["kuryr-libnetwork"]["median"] / runs["kuryr"]["median"], 2)

@@ -8,6 +8,7 @@ first use and loses nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import threading
 from collections import OrderedDict
@@ -150,6 +151,9 @@ class Context:
         self.publish_fip: str | None = None
         self.publish_address: str | None = None
         self.router_subnets: set[str] = set()
+        # Host-side cleanup of containers that are gone (OVS + veth removal): one
+        # thread of its own, so it never waits behind Neutron writes.
+        self.cleaner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unplug")
 
     def remember_port(self, port: PortInfo) -> None:
         with self.lock:

@@ -159,7 +159,10 @@ def _unplug(ctx: Context, vif: VIF) -> None:
         ctx.ovs.unplug(vif.host_ifname)
     except Exception as exc:  # noqa: BLE001 - the veth must go regardless
         LOG.warning("could not remove %s from OVS: %s", vif.host_ifname, exc)
-    netlink.delete_link(vif.host_ifname)
+    try:
+        netlink.delete_link(vif.host_ifname)
+    except netlink.LinkError as exc:  # logged: the garbage collector retries
+        LOG.warning("could not delete %s: %s", vif.host_ifname, exc)
 
 
 def join(ctx: Context, req: models.JoinRequest) -> models.JoinResponse:
@@ -220,7 +223,10 @@ def delete_endpoint(ctx: Context, req: models.EndpointRequest) -> None:
     with ctx.lock:
         net = ctx.networks.get(req.NetworkID)
     ports.revoke(ctx, port, req.EndpointID)
-    _unplug(ctx, _vif(ctx, port, net.mtu if net else None))
+    # The container has left: removing its veth and OVS port (~40 ms of OVSDB and
+    # netlink) is cleanup Docker need not wait for.  A crash in between leaves a
+    # veth without a port, which the garbage collector removes.
+    ctx.cleaner.submit(_unplug, ctx, _vif(ctx, port, net.mtu if net else None))
     ipam.forget_port(ctx, port, release=True)
     with ctx.lock:
         ctx.endpoints.pop(req.EndpointID, None)
