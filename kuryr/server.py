@@ -49,7 +49,8 @@ def ensure_subnetpools(ctx: Context) -> None:
 def gc_scope(ctx: Context) -> gc.Scope:
     return gc.Scope(neutron=ctx.neutron, ovs=ctx.ovs, host=ctx.host,
                     bridge=ctx.conf.binding.ovs_bridge,
-                    docker_networks=lambda: gc.docker_network_ids(ctx.conf.docker_uri))
+                    docker_networks=lambda: gc.docker_network_ids(ctx.conf.docker_uri),
+                    held=ctx.pool.held if ctx.pool is not None else lambda: set())
 
 
 def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Context:

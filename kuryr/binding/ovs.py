@@ -68,6 +68,11 @@ class OVS:
             txn.add(self.api.add_port(vif.bridge, ifname, may_exist=True))
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
 
+    def forget_endpoint(self, ifname: str) -> None:
+        """The interface no longer serves an endpoint (its port went back to the pool)."""
+        self.api.db_remove("Interface", ifname, "external_ids", ENDPOINT_KEY,
+                           if_exists=True).execute(check_error=True)
+
     def unplug(self, ifname: str, bridge: str | None = None) -> None:
         self.api.del_port(ifname, bridge=bridge, if_exists=True).execute(check_error=True)
 

@@ -85,6 +85,9 @@ class PortInfo:
     security_groups: list[str] = field(default_factory=list)
     expose_group: str | None = None  # Kuryr's group for --expose / -p, deleted with the port
     netns: str | None = None  # Docker's SandboxKey, known from Join
+    # Nothing of the endpoint's own was set on the port (security groups, published
+    # ports, MAC): when the container leaves, the port can serve the next one.
+    plain: bool = False
 
 
 @dataclass

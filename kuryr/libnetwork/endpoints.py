@@ -107,6 +107,7 @@ def create_endpoint(ctx: Context,
     except Exception:
         _unplug(ctx, _vif(ctx, port, net.mtu))
         raise
+    port.plain = not extra and not port.adopted
     if not extra:
         # The port is bound to this host since RequestAddress: recording the
         # endpoint changes nothing about its packets, so the container does not wait.
@@ -223,11 +224,20 @@ def delete_endpoint(ctx: Context, req: models.EndpointRequest) -> None:
     with ctx.lock:
         net = ctx.networks.get(req.NetworkID)
     ports.revoke(ctx, port, req.EndpointID)
-    # The container has left: removing its veth and OVS port (~40 ms of OVSDB and
-    # netlink) is cleanup Docker need not wait for.  A crash in between leaves a
-    # veth without a port, which the garbage collector removes.
-    ctx.cleaner.submit(_unplug, ctx, _vif(ctx, port, net.mtu if net else None))
-    ipam.forget_port(ctx, port, release=True)
+    if net is not None and ctx.pool is not None and ctx.pool.recycle(net, port):
+        # Back in the pool, still bound and plugged: the next container takes it
+        # with no Neutron request, and no port is deleted and created again.
+        ipam.forget_port(ctx, port, release=False)
+        port_id = port.id
+        ctx.later(port_id, f"return port {port_id} to the pool",
+                  lambda: ctx.neutron.update_port(port_id, device_id="",
+                                                  device_owner=marks.POOL_DEVICE_OWNER))
+    else:
+        # The container has left: removing its veth and OVS port (~40 ms of OVSDB
+        # and netlink) is cleanup Docker need not wait for.  A crash in between
+        # leaves a veth without a port, which the garbage collector removes.
+        ctx.cleaner.submit(_unplug, ctx, _vif(ctx, port, net.mtu if net else None))
+        ipam.forget_port(ctx, port, release=True)
     with ctx.lock:
         ctx.endpoints.pop(req.EndpointID, None)
 

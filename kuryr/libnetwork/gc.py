@@ -62,6 +62,9 @@ class Scope:
     # Believe dockerd even when it knows none of this host's Kuryr networks
     # (`kuryr gc --trust-docker`: the operator vouches for docker_uri).
     trust_docker: bool = False
+    # Ports the running daemon's pool holds (a recycled one may still carry its
+    # last container's device_owner until the update lands).
+    held: Callable[[], set[str]] = lambda: set()
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
@@ -99,7 +102,8 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     links = netlink.link_names()
     managed = scope.ovs.managed_interfaces()
     ports = scope.neutron.ports(binding_host_id=scope.host)
-    found = _ports(ports, links, grace_td)
+    held = scope.held()
+    found = _ports([p for p in ports if p.id not in held], links, grace_td)
     found += _veths(ports, links, managed)
     found += _security_groups(scope, ports, grace_td)
     found += _networks(scope, grace_td)

@@ -76,6 +76,42 @@ class PortPool:
                     waiters.remove(waiter)
             return waiter.port
 
+    def recycle(self, net: NetworkInfo, port: PortInfo) -> bool:
+        """Take back the port of a container that left, if it can serve the next one
+        as it is: plain (no endpoint-specific security groups, published ports or
+        MAC), its veth back in the host namespace (Docker moves it out of the
+        container's), and the pool not already holding twice its size."""
+        vif = VIF(port_id=port.id, mac=port.mac)
+        if not port.plain or self.size_of(net) <= 0 \
+                or not netlink.link_exists(vif.container_ifname):
+            return False
+        with self._lock:
+            ready = self._ready.setdefault(net.neutron_id, collections.deque())
+            if net.neutron_id in self._drained or len(ready) >= 2 * self.size_of(net):
+                return False
+        try:
+            self.ctx.ovs.forget_endpoint(vif.host_ifname)
+        except Exception as exc:  # noqa: BLE001 - then it is simply not recycled
+            LOG.warning("pool port %s: cannot clear its endpoint in OVS: %s", port.id, exc)
+            return False
+        fresh = PortInfo(id=port.id, network_id=port.network_id, mac=port.mac,
+                         addresses=dict(port.addresses), vif_type=port.vif_type,
+                         bridge=port.bridge, security_groups=list(port.security_groups))
+        with self._lock:
+            waiters = self._waiters.get(net.neutron_id, [])
+            if waiters:
+                waiter = waiters.pop(0)
+                waiter.port = fresh
+                waiter.event.set()
+            else:
+                self._ready.setdefault(net.neutron_id, collections.deque()).append(fresh)
+        return True
+
+    def held(self) -> set[str]:
+        """Ids of the ports ready in the pool."""
+        with self._lock:
+            return {port.id for ready in self._ready.values() for port in ready}
+
     def size_of(self, net: NetworkInfo) -> int:
         return net.pool_size(self.default_size)
 

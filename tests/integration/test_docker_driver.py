@@ -269,13 +269,51 @@ def test_pooled_start_makes_no_neutron_request_on_the_critical_path(stack, docke
     offset = log.stat().st_size
     docker.run("run", "--rm", "--net", name, "busybox", "true")
     counts = {}
-    for line in log.read_text()[offset:].splitlines():
+    for line in log.read_bytes()[offset:].decode(errors="replace").splitlines():
         for call in ("IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint",
                      "NetworkDriver.Join"):
             if f"{call}: " in line and "Neutron requests" in line:
                 counts[call] = int(line.split(f"{call}: ")[1].split()[0])
     assert counts == {"IpamDriver.RequestAddress": 0, "NetworkDriver.CreateEndpoint": 0,
                       "NetworkDriver.Join": 0}, counts
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_stopped_containers_port_serves_the_next_one(stack, docker, make_network,
+                                                       run_container, neutron):
+    """Ports go back to the pool when their container leaves: a stream of short-lived
+    containers creates and deletes no Neutron port, and each one has connectivity."""
+    name = make_network("--subnet", "10.78.0.0/24", "-o", "kuryr.pool.size=2")
+    assert helpers.wait_until(lambda: _pool_ready(stack, docker, name) >= 2, 20)
+    server = run_container(name)
+    server_ip = docker.ip_of(server, name)
+    assert helpers.wait_until(lambda: _pool_ready(stack, docker, name) >= 2, 20)
+    time.sleep(1)
+    access = stack.log("neutron-access")
+    before = len(access.read_text().splitlines())
+    for _ in range(5):
+        docker.run("run", "--rm", "--net", name, "busybox", "ping", "-c", "1", "-W", "2",
+                   server_ip)
+    time.sleep(2)
+    lines = access.read_text().splitlines()[before:]
+    created = [line for line in lines if '"POST /v2.0/ports' in line]
+    deleted = [line for line in lines if '"DELETE /v2.0/ports' in line]
+    # At most one top-up (the first container leaves the pool below its size
+    # until its port comes back), never a port per container.
+    assert len(created) <= 1 and not deleted, (created, deleted)
+    network_id = neutron.networks_tagged(marks.network_tags(docker.network_id(name)))[0].id
+    # Back in the pool, Neutron says so: no container's device_id left behind.
+    assert helpers.wait_until(lambda: all(
+        p.device_owner == marks.POOL_DEVICE_OWNER and not p.device_id
+        for p in neutron.api.ports(network_id=network_id)
+        if p.device_owner != marks.DEVICE_OWNER or p.device_id != _endpoint_of(docker, server,
+                                                                                 name)), 20)
+
+
+def _endpoint_of(docker, container: str, network: str) -> str:
+    return docker.out("inspect", "-f",
+                      f'{{{{(index .NetworkSettings.Networks "{network}").EndpointID}}}}',
+                      container)
 
 
 def _pool_ready(stack, docker, name) -> int:
