@@ -24,7 +24,7 @@ LOG = logging.getLogger(__name__)
 # A Neutron outage of a few minutes (a restart, an upgrade) must not drop a
 # write: keep retrying with backoff for this long before giving up on it.
 RETRY_FOR = 600.0
-NOT_FOUND_TRIES = 5
+NOT_FOUND_TRIES = 8  # ~35 s of backoff: a neutron-server start on a loaded host
 
 
 @dataclass
