@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kuryr import errors
 
@@ -32,7 +32,8 @@ class _Job:
     key: str
     what: str
     action: Callable[[], object]
-    cancelled: bool = False
+    # An Event, so that cancelling also cuts short a retry's backoff sleep.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class Background:
@@ -56,10 +57,12 @@ class Background:
         self._queue.put(job)
 
     def cancel(self, key: str) -> None:
-        """Drop the not-yet-run jobs of ``key`` (e.g. an update of a port being deleted)."""
+        """Drop the jobs of ``key`` that have not succeeded yet, the running one
+        included (e.g. an update of a port Kuryr is deleting: its 404s must not
+        be retried while the writes queued behind it wait)."""
         with self._lock:
             for job in self._pending.get(key, []):
-                job.cancelled = True
+                job.cancelled.set()
 
     def wait_idle(self, timeout: float = 60) -> bool:
         """Block until every submitted job has run (before deleting a network)."""
@@ -78,7 +81,7 @@ class Background:
             if job is None:
                 return
             try:
-                if not job.cancelled:
+                if not job.cancelled.is_set():
                     self._attempt(job)
             finally:
                 with self._idle:
@@ -94,7 +97,7 @@ class Background:
         delay = 0.5
         give_up = time.monotonic() + RETRY_FOR
         attempt = 0
-        while time.monotonic() < give_up and not job.cancelled:
+        while time.monotonic() < give_up and not job.cancelled.is_set():
             attempt += 1
             started = time.monotonic()
             try:
@@ -115,17 +118,19 @@ class Background:
                     return
                 LOG.warning("background %s: %s (attempt %d, retrying in %.1f s)",
                             job.what, exc, attempt, delay)
-                time.sleep(delay)
+                job.cancelled.wait(delay)
                 delay = min(delay * 2, 10)
             except errors.BackendUnavailable as exc:
                 LOG.warning("background %s failed (attempt %d, retrying in %.1f s): %s",
                             job.what, attempt, delay, exc)
-                time.sleep(delay)
+                job.cancelled.wait(delay)
                 delay = min(delay * 2, 10)
             except Exception as exc:  # noqa: BLE001 - logged; the gc catches leftovers
                 LOG.error("background %s failed: %s", job.what, exc)
                 return
-        if not job.cancelled:
+        if job.cancelled.is_set():
+            LOG.info("background %s: cancelled (attempt %d)", job.what, attempt)
+        else:
             LOG.error("background %s abandoned after %d attempts in %.0f s; the garbage "
                       "collector takes over", job.what, attempt, RETRY_FOR)
 

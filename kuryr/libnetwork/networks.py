@@ -228,7 +228,10 @@ def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
     if ctx.pool is not None:
         ctx.pool.drain(info)
     if ctx.background is not None:
-        ctx.background.wait_idle()  # ports being deleted would keep the network in use
+        # Ports being deleted would keep the network in use.  Bounded well below
+        # plugin_call_timeout: if the queue is long, the Conflict path below
+        # deletes the unused Kuryr ports itself.
+        ctx.background.wait_idle(timeout=20)
     if info.adopted:
         ours = {*marks.network_tags(info.docker_id), marks.existing_network_tag(info.docker_id),
                 *(t for t in info.tags if t == marks.NET_IPV6_TAG

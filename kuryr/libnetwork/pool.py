@@ -201,6 +201,9 @@ class PortPool:
         return info
 
     def _discard(self, port: PortInfo) -> None:
+        if self.ctx.background is not None:
+            # A recycled port may still have its return-to-pool PUT queued.
+            self.ctx.background.cancel(port.id)
         vif = VIF(port_id=port.id, mac=port.mac)
         try:
             self.ctx.ovs.unplug(vif.host_ifname)

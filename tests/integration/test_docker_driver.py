@@ -315,6 +315,30 @@ def test_a_stopped_containers_port_serves_the_next_one(stack, docker, make_netwo
                                                                                  name)), 20)
 
 
+@pytest.mark.usefixtures("no_leaks")
+def test_removing_a_network_right_after_its_containers_left_is_prompt(stack, docker,
+                                                                       make_network):
+    """Containers leave (their ports go back to the pool with a queued PUT), then
+    the network is removed at once: draining the pool deletes those ports, so their
+    queued writes are dropped, not retried against 404s while DeleteNetwork (and
+    every background write after it) waits; seen as a 60 s DeleteNetwork in CI."""
+    name = make_network("--subnet", "10.79.0.0/24", "-o", "kuryr.pool.size=1")
+    assert helpers.wait_until(lambda: _pool_ready(stack, docker, name) >= 1, 20)
+    log = stack.log("kuryr")
+    before = len(log.read_text().splitlines())
+    # Together, so that their ports' return writes queue up behind each other.
+    runs = [subprocess.Popen([helpers.DOCKER_CLI, "-H", docker.host, "run", "--rm", "--net",
+                              name, "busybox", "true"]) for _ in range(4)]
+    assert [run.wait(timeout=120) for run in runs] == [0] * 4
+    started = time.monotonic()
+    docker.run("network", "rm", name)
+    took = time.monotonic() - started
+    lines = log.read_text().splitlines()[before:]
+    retried = [line for line in lines if "could not be found" in line]
+    assert not retried, retried
+    assert took < 20, f"docker network rm took {took:.1f} s"
+
+
 def _endpoint_of(docker, container: str, network: str) -> str:
     return docker.out("inspect", "-f",
                       f'{{{{(index .NetworkSettings.Networks "{network}").EndpointID}}}}',
