@@ -294,9 +294,28 @@ class Neutron:
             self.api.delete_subnet(subnet_id, ignore_missing=True)
 
     def find_subnetpool(self, name_or_id: str) -> SubnetPool | None:
-        """1-2 GETs."""
+        """1-2 GETs.  A user with the service or admin role sees other projects'
+        pools too: of several with this name, the one of Kuryr's own project."""
         with translated_errors(f"find subnetpool {name_or_id!r}"):
-            return self.api.find_subnet_pool(name_or_id, ignore_missing=True)
+            with contextlib.suppress(os_exc.ResourceNotFound):
+                return self.api.get_subnet_pool(name_or_id)
+            found = list(self.api.subnet_pools(name=name_or_id))
+        if len(found) <= 1:
+            return found[0] if found else None
+        project = self._project_id()
+        own = [pool for pool in found if project and pool.project_id == project]
+        if len(own) == 1:
+            return own[0]
+        raise errors.Conflict(
+            f"{len(found)} subnetpools are named {name_or_id!r} "
+            f"({', '.join(p.id for p in found)}) and none is the only one of this "
+            "project: set [neutron] default_subnetpool_v4/_v6 to an id")
+
+    def _project_id(self) -> str | None:
+        try:
+            return self.api.session.get_project_id()
+        except Exception:  # noqa: BLE001 - no-auth sessions have no project
+            return None
 
     def create_subnetpool(self, **attrs: object) -> SubnetPool:
         with translated_errors(f"create subnetpool {attrs.get('name', '')}"):

@@ -77,3 +77,50 @@ def test_tallies_are_separate_per_thread(tmp_path, fake_neutron):
     for t in threads:
         t.join()
     assert results == {0: 1, 1: 2, 2: 3, 3: 4}
+
+
+class _Pools:
+    """The two calls find_subnetpool makes, over a fixed list of pools."""
+
+    def __init__(self, pools, project):
+        self.pools, self.project = pools, project
+        self.session = self
+
+    def get_subnet_pool(self, ref):
+        from openstack import exceptions
+        for pool in self.pools:
+            if pool.id == ref:
+                return pool
+        raise exceptions.ResourceNotFound(f"no subnetpool {ref}")
+
+    def subnet_pools(self, name):
+        return [p for p in self.pools if p.name == name]
+
+    def get_project_id(self):
+        return self.project
+
+
+def _neutron_over(pools, project):
+    from types import SimpleNamespace
+
+    from kuryr.neutron.client import Neutron, RequestCounter
+    return Neutron(SimpleNamespace(network=_Pools(pools, project)), RequestCounter())
+
+
+def _pool(pool_id, project):
+    from types import SimpleNamespace
+    return SimpleNamespace(id=pool_id, name="kuryr", project_id=project)
+
+
+def test_of_several_subnetpools_with_the_name_kuryr_uses_its_own_projects():
+    neutron = _neutron_over([_pool("theirs", "p1"), _pool("ours", "p2")], project="p2")
+    assert neutron.find_subnetpool("kuryr").id == "ours"
+    assert neutron.find_subnetpool("theirs").id == "theirs"  # an id is taken as it is
+    assert _neutron_over([], "p2").find_subnetpool("kuryr") is None
+
+
+def test_an_ambiguous_subnetpool_name_is_a_clear_error():
+    from kuryr import errors
+    neutron = _neutron_over([_pool("a", "p1"), _pool("b", "p3")], project=None)
+    with pytest.raises(errors.Conflict, match="2 subnetpools are named 'kuryr'"):
+        neutron.find_subnetpool("kuryr")
