@@ -52,13 +52,13 @@ def no_leaks(neutron, ovs):
 
 
 @pytest.fixture
-def make_network(docker, cleanup, unique):
+def make_network(stack, docker, cleanup, unique):
     counter = iter(range(100))
 
     def make(*args: str, name: str | None = None) -> str:
         name = name or f"kn-{unique}-{next(counter)}"
         docker.run("network", "create", *KURYR, *args, name)
-        cleanup(lambda: docker.run("network", "rm", name, check=False))
+        cleanup(lambda: helpers.remove_network(docker, stack, name))
         return name
 
     return make

@@ -4,8 +4,6 @@ neutron-server: networks, containers and their packets."""
 from __future__ import annotations
 
 import ipaddress
-import os
-import signal
 import subprocess
 import time
 
@@ -228,11 +226,7 @@ def test_dockerd_restart_keeps_connectivity(stack, docker, make_network, run_con
     name = make_network("--subnet", "10.74.0.0/24")
     a = run_container(name, "--restart", "always")
     b = run_container(name, "--restart", "always")
-    pid = int(stack.pidfile("dockerd").read_text())
-    os.kill(pid, signal.SIGTERM)
-    assert helpers.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60)
-    proc = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    helpers.restart_dockerd(stack)
     running = helpers.wait_until(
         lambda: docker.out("inspect", "-f", "{{.State.Running}}", a) == "true", 30)
     assert running
