@@ -15,7 +15,6 @@ neutron.conf gets :func:`neutron_auth_settings` and the policy file
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -389,7 +388,7 @@ class Keystone:
                 env={"OS_KEYSTONE_CONFIG_FILES": str(self.config_file),
                      "PATH": f"{self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"},
             )
-        if not procs.wait_for(self._answers_or_died, 120):
+        if not procs.wait_for(procs.answers_or_died(self.pidfile, self.answers), 120):
             raise procs.StackError(
                 f"keystone did not answer within 120 s (log: {self.layout.log('keystone')})")
         if not procs.running(self.pidfile):
@@ -401,15 +400,6 @@ class Keystone:
             raise procs.StackError(
                 f"keystone: creating Kuryr's accounts failed: {exc} "
                 f"(log: {self.layout.log('keystone')})") from exc
-
-    def _answers_or_died(self) -> bool:
-        if not procs.running(self.pidfile):
-            return True  # reported by the caller
-        try:
-            return self.answers()
-        except OSError:
-            time.sleep(0.5)
-            return False
 
     def down(self) -> bool:
         """Stop Keystone; whether it was running."""

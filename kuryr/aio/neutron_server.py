@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import urllib.request
 from importlib import resources
 from pathlib import Path
@@ -210,7 +209,7 @@ class NeutronServer:
                  "kuryr_aio_neutron_wsgi:application"],
                 pidfile=self.api_pid, log=self.layout.log("neutron-api"), env=env_api,
             )
-        if not procs.wait_for(self._answers_or_died, 180):
+        if not procs.wait_for(procs.answers_or_died(self.api_pid, self.answers), 180):
             raise procs.StackError(
                 "neutron-server did not answer within 180 s "
                 f"(log: {self.layout.log('neutron-api')})")
@@ -223,15 +222,6 @@ class NeutronServer:
                          *self.config_args],
                         pidfile=self.worker_pid,
                         log=self.layout.log("neutron-ovn-maintenance-worker"), env=env_worker)
-
-    def _answers_or_died(self) -> bool:
-        if not procs.running(self.api_pid):
-            return True  # reported by the caller
-        try:
-            return self.answers()
-        except OSError:
-            time.sleep(0.5)
-            return False
 
     def down(self) -> None:
         procs.stop(self.worker_pid, "neutron-ovn-maintenance-worker")

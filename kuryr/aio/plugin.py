@@ -175,18 +175,10 @@ class KuryrPlugin:
             PLUGIN_SOCKET.unlink(missing_ok=True)
             procs.spawn([sys.executable, "-m", "kuryr.cli", "serve", *self.config_args],
                         pidfile=self.pidfile, log=self.layout.log("kuryr"))
-        if not procs.wait_for(self._answers_or_died, 60):
+        if not procs.wait_for(procs.answers_or_died(self.pidfile, plugin_answers), 60):
             raise procs.StackError(f"kuryr did not answer (log: {self.layout.log('kuryr')})")
         if not procs.running(self.pidfile):
             raise procs.StackError(f"kuryr exited at start (log: {self.layout.log('kuryr')})")
-
-    def _answers_or_died(self) -> bool:
-        if not procs.running(self.pidfile):
-            return True
-        try:
-            return plugin_answers()
-        except OSError:
-            return False
 
     def down(self) -> None:
         procs.stop(self.pidfile, "kuryr", timeout=15)

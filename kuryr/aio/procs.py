@@ -103,6 +103,22 @@ def stop(pidfile: Path, expect: str, timeout: float = 20) -> bool:
     return True
 
 
+def answers_or_died(pidfile: Path, answers: Callable[[], bool]) -> Callable[[], bool]:
+    """A wait_for probe for a server we spawned: true once it answers, or once it
+    has exited (the caller then reports the exit with its log)."""
+
+    def probe() -> bool:
+        if not running(pidfile):
+            return True
+        try:
+            return answers()
+        except OSError:
+            time.sleep(0.5)
+            return False
+
+    return probe
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while True:
