@@ -206,4 +206,3 @@ def remove_network(docker, stack, name: str) -> None:
         restart_dockerd(stack)
         proc = docker.run("network", "rm", name, check=False)
     assert proc.returncode == 0, f"docker network rm {name}: {proc.stderr.strip()}"
-
