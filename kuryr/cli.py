@@ -79,7 +79,7 @@ def list_ports(conf: config.cfg.ConfigOpts) -> int:
     print(f"{'ENDPOINT':14} {'CONTAINER ADDRESS':18} PUBLISHED")
     for port in published_ports_on_host(neutron, host):
         _, published = spec.decode(port.description)
-        address = port.fixed_ips[0]["ip_address"] if port.fixed_ips else "-"
+        address = port.fixed_ips[0].ip_address if port.fixed_ips else "-"
         for item in published:
             print(f"{port.device_id[:12]:14} {address:18} {item.label()}")
     return 0

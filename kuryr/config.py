@@ -9,8 +9,8 @@ program starts, so drivers are chosen from the file that was actually given.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
@@ -296,7 +296,7 @@ def load(args: Sequence[str] = (), config_files: Sequence[str] | None = None) ->
     conf = cfg.ConfigOpts()
     register_opts(conf)
     if config_files is None:
-        config_files = [DEFAULT_CONFIG_FILE] if os.path.exists(DEFAULT_CONFIG_FILE) else []
+        config_files = [DEFAULT_CONFIG_FILE] if Path(DEFAULT_CONFIG_FILE).exists() else []
     conf(list(args), project="kuryr", default_config_files=list(config_files))
     return conf
 

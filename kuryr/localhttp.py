@@ -17,7 +17,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = connect_unix(self._path, self.timeout)
 
 
-def connect_unix(path: str, timeout: float) -> socket.socket:
+def connect_unix(path: str, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

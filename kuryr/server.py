@@ -9,6 +9,8 @@ import os
 import socket
 import ssl
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,12 +18,21 @@ import uvicorn
 from oslo_config import cfg
 
 from kuryr.binding.ovs import OVS
-from kuryr.libnetwork import gc, ports
-from kuryr.libnetwork.app import build_app
-from kuryr.libnetwork.background import Background
-from kuryr.libnetwork.context import Context
-from kuryr.libnetwork.pool import PortPool
+from kuryr.binding.plugging import UnsupportedDriver, build_binder
+from kuryr.core.background import Background
+from kuryr.core.daemon import Daemon
+from kuryr.core.pool import PortPool
+from kuryr.core.ports import PortLifecycle, Settings
+from kuryr.core.state import State
+from kuryr.libnetwork import gc, models
+from kuryr.libnetwork.app import Plugin, build_app
+from kuryr.libnetwork.endpoints import Endpoints
+from kuryr.libnetwork.floating import FloatingPublisher
+from kuryr.libnetwork.ipam import DefaultPools, Ipam
+from kuryr.libnetwork.networks import Networks, NetworkSettings
+from kuryr.libnetwork.ports import Publishing
 from kuryr.neutron.client import Neutron, connect
+from kuryr.neutron.types import SubnetPool
 from kuryr.publish.forwarder import Forwarder
 
 LOG = logging.getLogger(__name__)
@@ -29,51 +40,103 @@ LOG = logging.getLogger(__name__)
 # Kuryr's default pools cover every address of their family, so every subnet
 # Kuryr creates comes from one pool and Neutron itself refuses overlaps.
 COVER_ALL = {4: ("0.0.0.0/0", 24), 6: ("::/0", 64)}
+MIN_PREFIXLEN = {4: 8, 6: 48}
+STOP_WRITES_TIMEOUT = 30.0
 
 
-def ensure_subnetpools(ctx: Context) -> None:
-    names = {4: ctx.conf.neutron.default_subnetpool_v4, 6: ctx.conf.neutron.default_subnetpool_v6}
+def ensure_subnetpools(neutron: Neutron, conf: cfg.ConfigOpts) -> DefaultPools:
+    names = {4: conf.neutron.default_subnetpool_v4, 6: conf.neutron.default_subnetpool_v6}
+    pools: dict[int, SubnetPool] = {}
     for version, name in names.items():
-        pool = ctx.neutron.find_subnetpool(name)
+        pool = neutron.find_subnetpool(name)
         if pool is None:
             prefix, length = COVER_ALL[version]
-            pool = ctx.neutron.create_subnetpool(
+            pool = neutron.create_subnetpool(
                 name=name, prefixes=[prefix], default_prefix_length=length,
-                minimum_prefix_length=8 if version == 4 else 48,
+                minimum_prefix_length=MIN_PREFIXLEN[version],
                 description="Kuryr: subnets of Docker networks")
             LOG.info("created subnetpool %s (%s)", name, pool.id)
-        ctx.subnetpool_ids[version] = pool.id
-        ctx.subnetpool_prefixes[version] = list(pool.prefixes)
+        pools[version] = pool
+    return DefaultPools(pools=pools, fallback_prefixes={
+        4: conf.neutron.default_subnetpool_v4_prefix,
+        6: conf.neutron.default_subnetpool_v6_prefix})
 
 
-def gc_scope(ctx: Context) -> gc.Scope:
-    return gc.Scope(neutron=ctx.neutron, ovs=ctx.ovs, host=ctx.host,
-                    bridge=ctx.conf.binding.ovs_bridge,
-                    docker_networks=lambda: gc.docker_network_ids(ctx.conf.docker_uri),
-                    held=ctx.pool.held if ctx.pool is not None else lambda: set())
+def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
+             in_use: Callable[[], set[str]] = set) -> gc.Scope:
+    return gc.Scope(neutron=neutron, ovs=ovs, host=host, bridge=conf.binding.ovs_bridge,
+                    docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
+                    held=in_use)
 
 
-def build_context(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Context:
+@dataclass
+class Service:
+    """A running Kuryr: the plugin Docker talks to and the daemon owning its threads."""
+
+    plugin: Plugin
+    daemon: Daemon
+    host: str
+
+
+def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
+    """Every collaborator, built once from config, and the threads started in order."""
+    host = conf.host or socket.gethostname()
+    ovs = OVS(conf.binding.ovsdb_connection)
+    try:
+        binder = build_binder(conf.port_driver, ovs, host)
+    except UnsupportedDriver as exc:
+        raise SystemExit(f"kuryr: {exc}") from None
     neutron = neutron or connect(conf)
-    ctx = Context(conf, neutron, OVS(conf.binding.ovsdb_connection),
-                  host=conf.host or socket.gethostname(), forwarder=Forwarder(),
-                  background=Background(neutron.counter.operation))
-    ctx.dns_enabled = "dns-integration" in neutron.extensions()
-    ensure_subnetpools(ctx)
-    if conf.pool.ports_per_network > 0:
-        ctx.pool = PortPool(ctx, conf.pool.ports_per_network)
-        free = ctx.pool.restore()
+    extensions = neutron.extensions()
+    defaults = ensure_subnetpools(neutron, conf)
+    state = State()
+    background = Background(neutron.counter.operation)
+    bridge = conf.binding.ovs_bridge
+    pool = PortPool(neutron, binder, background, host, conf.pool.ports_per_network, bridge) \
+        if conf.pool.ports_per_network > 0 else None
+    lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
+        host=host, default_bridge=bridge, dns_enabled="dns-integration" in extensions,
+        wait_for_refill=conf.pool.wait_for_refill,
+        plug_timeout=conf.neutron.vif_plugging_timeout,
+        plug_is_fatal=conf.neutron.vif_plugging_is_fatal))
+    floating = FloatingPublisher(neutron, host, conf.publish.floating_ip_network,
+                                 conf.publish.router_name)
+    publishing = Publishing(neutron, Forwarder(), floating, host,
+                            conf.process_external_connectivity, conf.docker_netns_dir)
+    networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
+        host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
+        tags_on_create="tag-creation" in extensions))
+    ipam = Ipam(neutron, state, networks, lifecycle, defaults, models.AddressSpaces(
+        LocalDefaultAddressSpace=conf.local_default_address_space,
+        GlobalDefaultAddressSpace=conf.global_default_address_space))
+    plugin = Plugin(ipam=ipam, networks=networks,
+                    endpoints=Endpoints(networks, lifecycle, publishing,
+                                        conf.binding.veth_dst_prefix),
+                    counter=neutron.counter, call_timeout=conf.plugin_call_timeout,
+                    scope=conf.capability_scope)
+
+    def in_use() -> set[str]:
+        return state.live_port_ids() | (pool.held() if pool else set())
+
+    daemon = Daemon()
+    daemon.start("background writer", background.start,
+                 lambda: background.stop(STOP_WRITES_TIMEOUT))
+    daemon.start("port cleanup", lambda: None, lifecycle.stop)
+    if pool is not None:
+        daemon.start("port pool", pool.start, pool.stop)
+        free = pool.restore()
         if free:
             LOG.info("took back %d ready pooled ports", free)
-    # Nothing of this process is in flight yet (Docker's calls wait for the
-    # socket), so leftovers of a crash need no grace period here.
-    removed = gc.run_once(gc_scope(ctx), grace=0)
+    scope = gc_scope(conf, neutron, ovs, host, in_use)
+    removed = gc.run_once(scope, conf.gc.grace)
     if removed:
         LOG.info("removed %d leftovers of containers that are gone", len(removed))
-    restored = ports.restore(ctx)
+    restored = publishing.restore()
     if restored:
         LOG.info("serving the published ports of %d running containers again", restored)
-    return ctx
+    collector = gc.Collector(scope, conf.gc.interval, conf.gc.grace)
+    daemon.start("garbage collector", collector.start, collector.stop)
+    return Service(plugin=plugin, daemon=daemon, host=host)
 
 
 def _unix_socket(path: Path, group: str) -> socket.socket:
@@ -95,7 +158,7 @@ def _unix_socket(path: Path, group: str) -> socket.socket:
             sock.close()
             raise SystemExit(f"kuryr: socket_group {group!r} does not exist") from None
         os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
+        path.chmod(0o660)
     sock.listen(128)
     return sock
 
@@ -157,10 +220,12 @@ def serve(conf: cfg.ConfigOpts) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)
     listen = listen_args(conf)  # first: an insecure listener is refused before any work
-    ctx = build_context(conf)
-    gc.Collector(gc_scope(ctx), conf.gc.interval, conf.gc.grace).start()
-    LOG.info("kuryr serving %s for host %s", conf.kuryr_uri, ctx.host)
-    uvicorn.run(build_app(ctx), log_level="warning", timeout_graceful_shutdown=5, **listen)
-    if ctx.background is not None and not ctx.background.wait_idle(30):
-        LOG.warning("stopping with Neutron writes still queued; the next start collects leftovers")
+    service = build(conf)
+    LOG.info("kuryr serving %s for host %s", conf.kuryr_uri, service.host)
+    try:
+        # uvicorn returns on SIGTERM/SIGINT once in-flight calls are answered.
+        uvicorn.run(build_app(service.plugin), log_level="warning",
+                    timeout_graceful_shutdown=5, **listen)
+    finally:
+        service.daemon.stop()
     return 0

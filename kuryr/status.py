@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -138,7 +139,7 @@ def _neutron_problem(conf: cfg.ConfigOpts, exc: BaseException, timeout: float) -
         who, option = _who(conf)
         return (f"Neutron refused the credentials of {who} ({status}): check [neutron] "
                 f"{option} and the user's role in [neutron] project_name")
-    if status == 404:
+    if status == HTTPStatus.NOT_FOUND:
         return (f"Neutron at {where} has no /v2.0/extensions (404): is [neutron] endpoint "
                 f"the Neutron API, e.g. http://HOST:9696?")
     if any(isinstance(link, ks_exc.CatalogException) for link in _chain(exc)):
@@ -250,7 +251,7 @@ def _ovsdb_unreachable(endpoint: str, timeout: float) -> str | None:
         kind, _, rest = target.strip().partition(":")
         try:
             if kind == "unix":
-                if not os.path.exists(rest):
+                if not (rest and Path(rest).exists()):
                     problems.append(f"socket {rest} does not exist")
                     continue
                 connect_unix(rest, timeout).close()
@@ -359,7 +360,7 @@ def check_plugin_answers(conf: cfg.ConfigOpts, timeout: float = TIMEOUT) -> Resu
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return Result("plugin", False, f"the plugin does not answer on {uri}: "
                       f"{_reason(exc, timeout)} (is `kuryr serve` running?)")
-    if status != 200 or "NetworkDriver" not in body:
+    if status != HTTPStatus.OK or "NetworkDriver" not in body:
         return Result("plugin", False, f"something other than Kuryr answers on {uri}: "
                       f"POST /Plugin.Activate gave {status} {body[:80]!r}")
     return Result("plugin", True, f"the plugin answers on {uri}")
@@ -375,7 +376,7 @@ def check_docker(conf: cfg.ConfigOpts, timeout: float = TIMEOUT) -> Result:
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return Result("docker", False, f"dockerd is not reachable at {uri}: "
                       f"{_reason(exc, timeout)} (check [DEFAULT] docker_uri)")
-    if status != 200:
+    if status != HTTPStatus.OK:
         return Result("docker", False, f"dockerd at {uri} answered {status} to /_ping: "
                       f"{body[:80]!r}")
     return Result("docker", True, f"dockerd answers at {uri}")

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
@@ -30,6 +32,9 @@ from kuryr.aio.layout import KEYSTONE_PORT, KEYSTONE_VERSION, Layout
 from kuryr.aio.neutron_server import MariaDB, template
 from kuryr.neutron.client import Neutron, RequestCounter
 
+if TYPE_CHECKING:
+    from openstack.identity.v3._proxy import Proxy as IdentityV3
+
 AUTH_URL = f"http://127.0.0.1:{KEYSTONE_PORT}/v3"
 REGION = "RegionOne"
 DOMAIN = "Default"  # bootstrap's domain: id "default", name "Default"
@@ -37,12 +42,12 @@ DOMAIN = "Default"  # bootstrap's domain: id "default", name "Default"
 # Passwords are fixed and in the clear on purpose: Keystone listens on
 # 127.0.0.1 only and exists for tests on a throwaway host.
 ADMIN_USER = "admin"
-ADMIN_PASSWORD = "kuryr-aio-admin"
+ADMIN_PASSWORD = "kuryr-aio-admin"  # noqa: S105
 ADMIN_PROJECT = "admin"
 
 SERVICE_PROJECT = "service"
 KURYR_USER = "kuryr"
-KURYR_PASSWORD = "kuryr-aio-kuryr"
+KURYR_PASSWORD = "kuryr-aio-kuryr"  # noqa: S105
 KURYR_PROJECT = SERVICE_PROJECT
 # "member" owns Kuryr's networks, subnets, subnetpools, security groups,
 # routers, floating IPs and tags; "service" is what Neutron's defaults ask for
@@ -52,7 +57,7 @@ KURYR_PROJECT = SERVICE_PROJECT
 KURYR_ROLES = ("member", "service")
 
 NEUTRON_USER = "neutron"
-NEUTRON_PASSWORD = "kuryr-aio-neutron"
+NEUTRON_PASSWORD = "kuryr-aio-neutron"  # noqa: S105
 # keystonemiddleware validates users' tokens: Keystone's identity:validate_token
 # lets "role:service" do that, so Neutron's user needs no admin either.
 NEUTRON_ROLES = ("service",)
@@ -62,7 +67,7 @@ ENDPOINT_INTERFACES = ("public", "internal", "admin")
 
 DB_NAME = "keystone"
 DB_USER = "keystone"
-DB_PASSWORD = "keystone"  # reachable only through a root-owned unix socket
+DB_PASSWORD = "keystone"  # noqa: S105 - reachable only through a root-owned unix socket
 KEYSTONE_PACKAGES = (f"keystone=={KEYSTONE_VERSION}", "gunicorn", "pymysql")
 WSGI_MODULE = "kuryr_aio_keystone_wsgi"
 
@@ -241,7 +246,7 @@ class Keystone:
 
     def answers(self) -> bool:
         with urllib.request.urlopen(AUTH_URL, timeout=5) as resp:
-            return resp.status == 200
+            return resp.status == HTTPStatus.OK
 
     def problems(self) -> list[str]:
         if not procs.pid_alive(self.pidfile, WSGI_MODULE):
@@ -316,7 +321,8 @@ class Keystone:
         and neutron users with their roles; creates only what is missing."""
         conn = os_connection.Connection(session=admin_session(), region_name=REGION)
         try:
-            ident = conn.identity
+            # The stack's Keystone speaks v3 only; the SDK's type is v2 | v3.
+            ident = cast("IdentityV3", conn.identity)
             service = ident.find_service(NETWORK_SERVICE, ignore_missing=True) or \
                 ident.create_service(name=NETWORK_SERVICE, type="network",
                                      description="OpenStack Networking (kuryr-aio)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import urllib.request
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from kuryr.aio import procs, venvs
 from kuryr.aio.layout import NEUTRON_PORT, NEUTRON_VERSION, PHYSNET, Layout
 
 DB_USER = "neutron"
-DB_PASSWORD = "neutron"  # reachable only through a root-owned unix socket
+DB_PASSWORD = "neutron"  # noqa: S105 - reachable only through a root-owned unix socket
 NEUTRON_PACKAGES = [f"neutron=={NEUTRON_VERSION}", "gunicorn", "pymysql"]
 
 
@@ -104,8 +105,9 @@ class NeutronServer:
         # With Keystone every /v2.0 request needs a token; the version document
         # at / is served without one (and only once the API app has loaded).
         path = "/" if self.layout.keystone_mode else "/v2.0/networks?limit=1"
-        with urllib.request.urlopen(f"{self.layout.neutron_url}{path}", timeout=5) as resp:
-            return resp.status == 200
+        url = f"{self.layout.neutron_url}{path}"  # always http://127.0.0.1:PORT
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
+            return resp.status == HTTPStatus.OK
 
     def neutron_conf(self) -> str:
         """neutron.conf for this layout and the stack's auth mode."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -19,6 +20,9 @@ from kuryr.aio.layout import (
     Layout,
 )
 from kuryr.neutron.client import Neutron, connect_endpoint
+
+if TYPE_CHECKING:
+    from openstack.network.v2._proxy import Proxy as NetworkProxy
 
 VETH_BRIDGE_END = "aio-out-br"
 VETH_NS_END = "aio-out-ns"
@@ -88,7 +92,7 @@ class Outside:
             neutron.close()
 
     @staticmethod
-    def _ensure_network_with(api) -> None:  # noqa: ANN001 - openstacksdk's network proxy
+    def _ensure_network_with(api: NetworkProxy) -> None:
         net = api.find_network(PUBLIC_NETWORK)
         if net is None:
             net = api.create_network(

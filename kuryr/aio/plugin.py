@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import sys
+from http import HTTPStatus
 from pathlib import Path
 
 from kuryr import config
@@ -48,7 +49,7 @@ def plugin_answers(path: Path = PLUGIN_SOCKET) -> bool:
     conn = _UnixHTTPConnection(str(path))
     try:
         conn.request("POST", "/Plugin.Activate", body=b"")
-        return conn.getresponse().status == 200
+        return conn.getresponse().status == HTTPStatus.OK
     finally:
         conn.close()
 
@@ -72,8 +73,8 @@ class KuryrPlugin:
         except OSError as exc:
             return [f"the Kuryr plugin does not answer on {PLUGIN_SOCKET}: {exc}"]
         if self.config_outdated():
-            return [f"the Kuryr plugin runs with an outdated kuryr.conf (auth mode is now "
-                    f"{self.layout.auth_mode}); `kuryr-aio up` restarts it"]
+            return [(f"the Kuryr plugin runs with an outdated kuryr.conf (auth mode is now "
+                     f"{self.layout.auth_mode}); `kuryr-aio up` restarts it")]
         return []
 
     @property

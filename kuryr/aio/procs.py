@@ -22,6 +22,7 @@ def run(argv: Sequence[str], *, log: Path | None = None, env: Mapping[str, str] 
         proc = subprocess.run(
             list(argv), env=full_env, capture_output=True, text=True, timeout=timeout,
             input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL,
+            check=False,  # the exit status is judged below, with the log
         )
     except FileNotFoundError as exc:
         raise StackError(f"{argv[0]} is not installed") from exc
@@ -91,10 +92,9 @@ def running(pidfile: Path) -> bool:
 def stop(pidfile: Path, expect: str, timeout: float = 20) -> bool:
     """SIGTERM the process in ``pidfile`` (if it is ours), then SIGKILL after ``timeout``."""
     pid = read_pid(pidfile)
-    if not alive(pid, expect):
+    if pid is None or not alive(pid, expect):
         pidfile.unlink(missing_ok=True)
         return False
-    assert pid is not None
     os.kill(pid, signal.SIGTERM)
     if not wait_for(lambda: not alive(pid), timeout):
         os.kill(pid, signal.SIGKILL)
@@ -125,7 +125,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         try:
             if predicate():
                 return True
-        except Exception:  # noqa: BLE001 - a probe failing just means "not yet"
+        except Exception:  # noqa: BLE001, S110 - a probe failing just means "not yet"
             pass
         if time.monotonic() >= deadline:
             return False

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ class Component(Protocol):
 
     def up(self) -> None: ...
 
-    def down(self) -> None: ...
+    def down(self) -> object: ...  # what it returns is not used
 
 
 def components(layout: Layout, keystone: bool | None = None) -> list[Component]:
@@ -68,6 +69,10 @@ def _safe_problems(component: Component) -> list[str]:
         return [f"{component.name}: check failed: {exc}"]
 
 
+def _healthy(component: Component) -> bool:
+    return not _safe_problems(component)
+
+
 def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None) -> None:
     """Start whatever is not running yet; a no-op when all is up.
 
@@ -92,15 +97,14 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
         except procs.StackError as exc:
             raise procs.StackError(f"{component.name}: {exc}") from exc
         # Some daemons need a moment after answering once (workers forking).
-        procs.wait_for(lambda c=component: not _safe_problems(c), 30, interval=0.5)
+        procs.wait_for(functools.partial(_healthy, component), 30, interval=0.5)
         left = _safe_problems(component)
         if left:
             raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
         log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
-    if not layout.keystone_mode:
-        # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
-        if Keystone(layout).down():
-            log("keystone stopped (noauth mode)")
+    # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
+    if not layout.keystone_mode and Keystone(layout).down():
+        log("keystone stopped (noauth mode)")
     log(f"stack is up ({time.monotonic() - started:.1f} s, auth mode {layout.auth_mode}); "
         f"Neutron {layout.neutron_url}, Docker {layout.docker_host}")
     log('use it with: eval "$(kuryr-aio env)"')

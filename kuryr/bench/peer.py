@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 from kuryr.aio import procs
@@ -68,7 +69,7 @@ class KuryrLibnetwork:
         conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
         try:
             conn.request("POST", "/Plugin.Activate", body=b"")
-            return conn.getresponse().status == 200
+            return conn.getresponse().status == HTTPStatus.OK
         except OSError:
             return False
         finally:

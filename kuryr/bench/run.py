@@ -25,6 +25,8 @@ from kuryr.bench.peer import KuryrLibnetwork
 
 DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
 NO_POOL = ("-o", "kuryr.pool.size=0")
+# A count ends once neutron-server has logged nothing new for this long.
+QUIET_SECONDS = 2
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -45,7 +47,7 @@ class Bench:
     def docker(self, *args: str, check: bool = True, timeout: float = 300) -> tuple[int, float]:
         started = time.monotonic()
         proc = subprocess.run([DOCKER_CLI, "-H", self.layout.docker_host, *args],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
         elapsed = time.monotonic() - started
         if check and proc.returncode != 0:
             raise StackError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
@@ -67,14 +69,14 @@ class Bench:
         before = self._access_lines()
         action()
         # Background writes (device_id, deletes, a pool's bulk fill) land after the
-        # command returns: count until neutron-server has been quiet for 2 s.
+        # command returns: count until neutron-server has been quiet for QUIET_SECONDS.
         seen, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 60
         while time.monotonic() < deadline:
             time.sleep(0.5)
             now = self._access_lines()
             if now != seen:
                 seen, quiet_since = now, time.monotonic()
-            elif time.monotonic() - quiet_since >= 2:
+            elif time.monotonic() - quiet_since >= QUIET_SECONDS:
                 break
         return seen - before
 
@@ -83,7 +85,7 @@ class Bench:
         return self.neutron_requests(lambda: self.docker(*docker_args))
 
     def network(self, driver: str, subnet: str, gateway: str, *extra: str) -> str:
-        name = f"bench-{driver}-{self.tag}-{subnet.split('/')[0].replace('.', '-')}"
+        name = f"bench-{driver}-{self.tag}-{subnet.split('/', 1)[0].replace('.', '-')}"
         self.docker("network", "create", "-d", driver, "--ipam-driver", driver,
                     "--subnet", subnet, "--gateway", gateway, *extra, name)
         self.cleanup.append(["network", "rm", name])
@@ -343,22 +345,22 @@ def table(result: dict) -> str:
     names = list(requests)
     keys = list(next(iter(requests.values()))) if requests else []
     lines.append(f"  {'operation':28}" + "".join(f"{n:>18}" for n in names))
-    for key in keys:
-        lines.append(f"  {key:28}" + "".join(f"{requests[n].get(key, '-'):>18}" for n in names))
+    lines.extend(f"  {key:28}" + "".join(f"{requests[n].get(key, '-'):>18}" for n in names)
+                 for key in keys)
     lines += ["", "docker run --rm IMG true (ms)"]
     for name, stats in result["docker_run_ms"].items():
         lines.append(f"  {name:28}median {stats.get('median', '-'):>6}   p95 "
                      f"{stats.get('p95', '-'):>6}   failures {stats.get('failures', 0)}")
     reach = result.get("time_to_reach_ms", {}).get("kuryr", {})
-    lines += ["", f"new container's first ping answered (kuryr): "
-              f"{reach.get('first_ping_answered')}, median {reach.get('median')} ms", "",
+    lines += ["", (f"new container's first ping answered (kuryr): "
+                   f"{reach.get('first_ping_answered')}, median {reach.get('median')} ms"), "",
               "bursts (concurrent docker run --rm)"]
     for name, rows in result["burst"].items():
         for row in rows:
             lines.append(f"  {name:20} {row['size']:>3}: {row['succeeded']:>3} ok, "
                          f"wall {row['wall_s']} s, p95 {row['p95_ms']} ms")
-    lines += ["", f"kuryr RSS {result.get('kuryr_rss_mb')} MB, CPU "
-              f"{result.get('kuryr_cpu_s_per_start')} s per container start",
+    lines += ["", (f"kuryr RSS {result.get('kuryr_rss_mb')} MB, CPU "
+                   f"{result.get('kuryr_cpu_s_per_start')} s per container start"),
               f"ratios: {json.dumps(result.get('ratios', {}))}", ""]
     return "\n".join(lines)
 

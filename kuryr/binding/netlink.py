@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Iterable
 from socket import AF_INET, AF_INET6
+from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
@@ -20,23 +22,35 @@ class LinkError(Exception):
     """A netlink operation failed; the message names the interface."""
 
 
-def create_veth(vif: VIF) -> None:
-    """Create the VIF's veth pair (host end up); an existing pair is kept."""
+def create_veth(vif: VIF) -> bool:
+    """Create the VIF's veth pair (host end up); an existing pair is kept.
+
+    True when this call made the pair, False when it was already there.
+    """
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=vif.host_ifname):
-            return
-        attrs = {"ifname": vif.host_ifname, "kind": "veth",
-                 "peer": {"ifname": vif.container_ifname, "address": vif.mac}}
+            return False
+        peer: dict[str, Any] = {"ifname": vif.container_ifname, "address": vif.mac}
+        attrs: dict[str, Any] = {"ifname": vif.host_ifname, "kind": "veth", "peer": peer}
         if vif.mtu:
             attrs["mtu"] = vif.mtu
-            attrs["peer"]["mtu"] = vif.mtu
+            peer["mtu"] = vif.mtu
+        made = True
         try:
             ipr.link("add", **attrs)
         except NetlinkError as exc:
             if exc.code != EEXIST:
                 raise LinkError(f"cannot create veth {vif.host_ifname}: {exc}") from exc
-        idx = ipr.link_lookup(ifname=vif.host_ifname)[0]
-        ipr.link("set", index=idx, state="up")
+            made = False  # made by a concurrent call
+        try:
+            idx = ipr.link_lookup(ifname=vif.host_ifname)[0]
+            ipr.link("set", index=idx, state="up")
+        except (NetlinkError, IndexError) as exc:
+            if made:  # not left half made
+                with contextlib.suppress(NetlinkError, IndexError):
+                    ipr.link("del", index=ipr.link_lookup(ifname=vif.host_ifname)[0])
+            raise LinkError(f"cannot set veth {vif.host_ifname} up: {exc}") from exc
+        return made
 
 
 def delete_link(ifname: str) -> bool:
@@ -62,8 +76,13 @@ def attach_to_linux_bridge(ifname: str, bridge: str) -> None:
         br = ipr.link_lookup(ifname=bridge)
         if not br:
             raise LinkError(f"Linux bridge {bridge} does not exist")
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        ipr.link("set", index=idx, master=br[0], state="up")
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise LinkError(f"interface {ifname} does not exist")
+        try:
+            ipr.link("set", index=idx[0], master=br[0], state="up")
+        except NetlinkError as exc:
+            raise LinkError(f"cannot attach {ifname} to Linux bridge {bridge}: {exc}") from exc
 
 
 def move_into_netns(ifname: str, netns_path: str, new_name: str,
@@ -94,11 +113,12 @@ def move_into_netns(ifname: str, netns_path: str, new_name: str,
         lo = ns.link_lookup(ifname="lo")[0]
         ns.link("set", index=lo, state="up")
         for gateway in gateways:
-            family = AF_INET6 if ipaddress.ip_address(gateway).version == 6 else AF_INET
+            ipv6 = isinstance(ipaddress.ip_address(gateway), ipaddress.IPv6Address)
+            family = AF_INET6 if ipv6 else AF_INET
             ns.route("add", dst="default", gateway=gateway, family=family)
 
 
 def link_names() -> set[str]:
     """Names of the links in the host's namespace."""
     with IPRoute() as ipr:
-        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        return {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}

@@ -3,18 +3,86 @@
 from __future__ import annotations
 
 import threading
-import time
+from typing import TYPE_CHECKING
 
 from ovsdbapp.backend.ovs_idl import connection, idlutils
+from ovsdbapp.backend.ovs_idl import event as row_events
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from kuryr.binding.vif import VIF
 
+if TYPE_CHECKING:
+    from ovs.db import idl as ovs_idl  # type: ignore[import-untyped]
+
 ENDPOINT_KEY = "kuryr-endpoint-id"
+# Set on the Interface by ovn-controller once the port's flows are installed.
+INSTALLED_KEY = "ovn-installed"
 
 
 class OVSError(Exception):
     """Open vSwitch refused or is unreachable."""
+
+
+class _NotifyingIdl(connection.OvsdbIdl):  # type: ignore[misc]
+    """An IDL that hands every row change to a RowEventHandler.
+
+    python-ovs calls ``Idl.notify`` for each change it applies to its local
+    replica (on the connection thread, under the connection's lock); the plain
+    ovsdbapp IDL ignores it.  This is how neutron and ovn-octavia-provider hook
+    row events in.
+    """
+
+    def __init__(self, remote: str, schema_helper: ovs_idl.SchemaHelper,
+                 handler: row_events.RowEventHandler) -> None:
+        super().__init__(remote, schema_helper)
+        self.notify_handler = handler
+
+    def notify(self, event: str, row: ovs_idl.Row, updates: ovs_idl.Row | None = None) -> None:
+        self.notify_handler.notify(event, row, updates)
+
+
+class VswitchAPI(impl_idl.OvsdbIdl):  # type: ignore[misc]
+    """The Open_vSwitch API with its connection kept per instance.
+
+    ovsdbapp's Backend keeps its connection on the class: the first
+    instance's connection (endpoint, timeout, IDL) silently serves every later
+    instance of the process, and stopping it stops them all.
+    """
+
+    def __init__(self, conn: connection.Connection) -> None:
+        self._own_connection = conn
+        super().__init__(conn)
+
+    @property
+    def ovsdb_connection(self) -> connection.Connection:
+        return self._own_connection
+
+    @ovsdb_connection.setter
+    def ovsdb_connection(self, conn: connection.Connection) -> None:
+        self._own_connection = conn
+
+
+class _InterfaceInstalled(row_events.WaitEvent):  # type: ignore[misc]
+    """One waiter: the Interface ``ifname`` carries external_ids:ovn-installed=true."""
+
+    def __init__(self, ifname: str, timeout: float) -> None:
+        super().__init__((self.ROW_CREATE, self.ROW_UPDATE), "Interface",
+                         (("name", "=", ifname),
+                          ("external_ids", "=", {INSTALLED_KEY: "true"})),
+                         timeout=timeout)
+        self.event_name = f"ovn-installed:{ifname}"
+
+    # ovsdbapp's RowEvent compares by (class, table, events, conditions) and the
+    # handler keeps a set: two concurrent waits on one interface would be a
+    # single entry, and the first to finish would unregister the other.  Each
+    # wait is its own event.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def wait(self) -> bool:
+        return bool(self.event.wait(self.timeout))
 
 
 class OVS:
@@ -24,23 +92,43 @@ class OVS:
                  timeout: float = 10) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._api: impl_idl.OvsdbIdl | None = None
+        self._api: VswitchAPI | None = None
+        self._events: row_events.RowEventHandler | None = None
         self._lock = threading.Lock()
 
     @property
-    def api(self) -> impl_idl.OvsdbIdl:
+    def api(self) -> VswitchAPI:
+        """The ovsdbapp Open_vSwitch API (connected on first use)."""
+        return self._connected()[0]
+
+    def _connected(self) -> tuple[VswitchAPI, row_events.RowEventHandler]:
         with self._lock:
-            if self._api is None:
+            if self._api is None or self._events is None:
                 try:
                     helper = idlutils.get_schema_helper(self.endpoint, "Open_vSwitch")
                 except Exception as exc:
                     raise OVSError(f"cannot reach OVSDB at {self.endpoint}: {exc}") from exc
                 for table in ("Open_vSwitch", "Bridge", "Port", "Interface"):
                     helper.register_table(table)
-                idl = connection.OvsdbIdl(self.endpoint, helper)
-                self._api = impl_idl.OvsdbIdl(
-                    connection.Connection(idl=idl, timeout=self.timeout))
-            return self._api
+                handler = row_events.RowEventHandler()
+                idl = _NotifyingIdl(self.endpoint, helper, handler)
+                try:
+                    api = VswitchAPI(connection.Connection(idl=idl, timeout=self.timeout))
+                except Exception:
+                    handler.shutdown()
+                    raise
+                self._api, self._events = api, handler
+            return self._api, self._events
+
+    def close(self) -> None:
+        """Stop the connection's thread and the row-event thread (reconnects on next use)."""
+        with self._lock:
+            api, handler = self._api, self._events
+            self._api = self._events = None
+        if api is not None:
+            api.ovsdb_connection.stop(timeout=self.timeout)
+        if handler is not None:
+            handler.shutdown()
 
     def bridge_exists(self, bridge: str) -> bool:
         return bool(self.api.br_exists(bridge).execute(check_error=True))
@@ -85,21 +173,31 @@ class OVS:
         """Wait until ovn-controller has installed the flows for ``ifname``.
 
         OVN marks the Interface with external_ids:ovn-installed=true once
-        traffic can flow; reading it costs nothing (the IDL is a local replica).
+        traffic can flow.  The row event is registered before the current value
+        is read, so a change in between is not missed; then the wait is on the
+        event itself (no polling), and the event is unregistered in all cases.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.interface_external_ids(ifname).get("ovn-installed") == "true":
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
+        api, handler = self._connected()
+        waiter = _InterfaceInstalled(ifname, timeout)
+        handler.watch_event(waiter)
+        try:
+            return self._installed_now(api, ifname) or waiter.wait()
+        finally:
+            handler.unwatch_event(waiter)
+
+    @staticmethod
+    def _installed_now(api: VswitchAPI, ifname: str) -> bool:
+        """Read from the local replica (the IDL), under the connection's lock."""
+        with api.ovsdb_connection.lock:
+            row = api.lookup("Interface", ifname, default=None)
+            return row is not None and row.external_ids.get(INSTALLED_KEY) == "true"
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
         """The Neutron port id Kuryr plugged for ``endpoint_id`` (local lookup)."""
         for row in self.api.db_list_rows("Interface").execute(check_error=True):
             if row.external_ids.get(ENDPOINT_KEY) == endpoint_id:
-                return row.external_ids.get("iface-id")
+                port_id = row.external_ids.get("iface-id")
+                return str(port_id) if port_id is not None else None
         return None
 
     def managed_interfaces(self) -> dict[str, str]:
@@ -110,8 +208,7 @@ class OVS:
 
     def managed_ports(self, bridge: str) -> list[str]:
         """Names of the interfaces on ``bridge`` that Kuryr plugged."""
-        names = []
-        for row in self.api.db_list_rows("Interface").execute(check_error=True):
-            if row.external_ids.get("kuryr-managed") == "true":
-                names.append(row.name)
+        names = [row.name
+                 for row in self.api.db_list_rows("Interface").execute(check_error=True)
+                 if row.external_ids.get("kuryr-managed") == "true"]
         return [n for n in names if self.api.iface_to_br(n).execute() == bridge]

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,16 +21,31 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from kuryr import errors
-from kuryr.libnetwork import endpoints, ipam, models, networks
-from kuryr.libnetwork.context import Context
+from kuryr.libnetwork import models
+from kuryr.libnetwork.endpoints import Endpoints
+from kuryr.libnetwork.ipam import Ipam
+from kuryr.libnetwork.networks import Networks
+from kuryr.neutron.client import RequestCounter
 
 LOG = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # Docker's largest messages are a few KiB
 PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
-Handler = Callable[[Context, Any], BaseModel | None]
-# Undoes a call that completed after Docker was told it failed: (ctx, request, result).
-Undo = Callable[[Context, Any, Any], object]
+Handler = Callable[[Any], BaseModel | None]
+# Undoes a call that completed after Docker was told it failed: (request, result).
+Undo = Callable[[Any, Any], object]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """The Docker remote driver: its three handler families and how calls run."""
+
+    ipam: Ipam
+    networks: Networks
+    endpoints: Endpoints
+    counter: RequestCounter
+    call_timeout: float
+    scope: str
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -49,7 +65,7 @@ def _describe(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-async def _parse(request: Request, model: type[BaseModel] | None) -> Any:
+async def _parse(request: Request, model: type[BaseModel] | None) -> BaseModel | None:
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise errors.InvalidInput(f"request body of {len(raw)} bytes is too large")
@@ -67,45 +83,46 @@ async def _parse(request: Request, model: type[BaseModel] | None) -> Any:
     return model.model_validate(data)
 
 
-def _counted(ctx: Context, path: str, handler: Handler, body: Any) -> BaseModel | None:
+def _counted(counter: RequestCounter, path: str, handler: Handler,
+             body: Any) -> BaseModel | None:  # noqa: ANN401 - a request model
     """Run a handler, logging the Neutron requests it made and its duration."""
     started = time.monotonic()
-    with ctx.neutron.counter.operation() as tally:
+    with counter.operation() as tally:
         try:
-            return handler(ctx, body)
+            return handler(body)
         finally:
             LOG.info("%s: %d Neutron requests %s in %.0f ms", path, tally.total,
                      dict(tally.by_method), (time.monotonic() - started) * 1000)
 
 
-def _undo_create_network(ctx: Context, req: models.CreateNetworkRequest, _: object) -> None:
-    networks.delete_network(ctx, models.NetworkRequest(NetworkID=req.NetworkID))
+def _undo_table(plugin: Plugin) -> dict[str, Undo]:
+    """How to undo each call that can complete after Docker gave up on it."""
+
+    def create_network(req: models.CreateNetworkRequest, _: object) -> None:
+        plugin.networks.delete(models.NetworkRequest(NetworkID=req.NetworkID))
+
+    def create_endpoint(req: models.CreateEndpointRequest, _: object) -> None:
+        plugin.endpoints.delete(models.EndpointRequest(NetworkID=req.NetworkID,
+                                                       EndpointID=req.EndpointID))
+
+    def request_address(req: models.RequestAddressRequest,
+                        result: models.RequestAddressResponse) -> None:
+        if req.Options and req.Options.get("RequestAddressType") == models.GATEWAY_REQUEST:
+            return  # a gateway address is not a port
+        plugin.ipam.release_address(models.ReleaseAddressRequest(
+            PoolID=req.PoolID, Address=result.Address.split("/")[0]))
+
+    def request_pool(_: object, result: models.RequestPoolResponse) -> None:
+        plugin.ipam.release_pool(models.ReleasePoolRequest(PoolID=result.PoolID))
+
+    return {"NetworkDriver.CreateNetwork": create_network,
+            "NetworkDriver.CreateEndpoint": create_endpoint,
+            "IpamDriver.RequestAddress": request_address,
+            "IpamDriver.RequestPool": request_pool}
 
 
-def _undo_create_endpoint(ctx: Context, req: models.CreateEndpointRequest, _: object) -> None:
-    endpoints.delete_endpoint(ctx, models.EndpointRequest(NetworkID=req.NetworkID,
-                                                          EndpointID=req.EndpointID))
-
-
-def _undo_join(ctx: Context, req: models.JoinRequest, _: object) -> None:
-    endpoints.leave(ctx, models.EndpointRequest(NetworkID=req.NetworkID,
-                                                EndpointID=req.EndpointID))
-
-
-def _undo_request_address(ctx: Context, req: models.RequestAddressRequest,
-                          result: models.RequestAddressResponse) -> None:
-    if req.Options and req.Options.get("RequestAddressType") == models.GATEWAY_REQUEST:
-        return  # a gateway address is not a port
-    ipam.release_address(ctx, models.ReleaseAddressRequest(
-        PoolID=req.PoolID, Address=result.Address.split("/")[0]))
-
-
-def _undo_request_pool(ctx: Context, _: object, result: models.RequestPoolResponse) -> None:
-    ipam.release_pool(ctx, models.ReleasePoolRequest(PoolID=result.PoolID))
-
-
-def _undo_late(ctx: Context, path: str, undo: Undo, body: Any,
-               done: asyncio.Future) -> None:
+def _undo_late(path: str, undo: Undo, body: Any,  # noqa: ANN401 - a request model
+               done: asyncio.Future[BaseModel | None]) -> None:
     """A call Docker was told failed has completed after all: undo it, so nothing
     is left that Docker does not know about (Docker does not retry with the same
     ids; it starts over with new ones)."""
@@ -114,54 +131,59 @@ def _undo_late(ctx: Context, path: str, undo: Undo, body: Any,
     LOG.warning("%s completed after Docker was told it timed out: undoing it", path)
     # Its own thread, not the background writer: undoing a network waits for the
     # background writer to be idle, which would then wait for itself.
-    threading.Thread(target=_run_undo, args=(ctx, path, undo, body, done.result()),
+    threading.Thread(target=_run_undo, args=(path, undo, body, done.result()),
                      name=f"undo {path}", daemon=True).start()
 
 
-def _run_undo(ctx: Context, path: str, undo: Undo, body: Any, result: Any) -> None:
+def _run_undo(path: str, undo: Undo, body: Any, result: Any) -> None:  # noqa: ANN401
     try:
-        undo(ctx, body, result)
+        undo(body, result)
         LOG.info("undid the late %s", path)
     except Exception as exc:  # noqa: BLE001 - the garbage collector is the backstop
-        LOG.error("could not undo the late %s: %s (the garbage collector will)", path, exc)
+        LOG.error(  # noqa: TRY400 - one line; the cause is in the message
+            "could not undo the late %s: %s (the garbage collector will)", path, exc)
 
 
-async def _call(ctx: Context, path: str, handler: Handler, body: Any,
+async def _call(plugin: Plugin, path: str, handler: Handler, body: Any,  # noqa: ANN401
                 undo: Undo | None) -> BaseModel | None:
     """Run the handler in a thread, bounded by plugin_call_timeout.
 
     Docker has no timeout for plugin calls: a handler stuck on a slow or
     hung Neutron would hang dockerd.  The thread cannot be interrupted, so on
     timeout Docker gets an error now and a late success is undone."""
-    timeout = ctx.conf.plugin_call_timeout
-    work = asyncio.ensure_future(run_in_threadpool(_counted, ctx, path, handler, body))
+    timeout = plugin.call_timeout
+    work = asyncio.ensure_future(run_in_threadpool(_counted, plugin.counter, path, handler,
+                                                   body))
     try:
         return await asyncio.wait_for(asyncio.shield(work), timeout)
     except TimeoutError:
         if undo is not None:
-            work.add_done_callback(lambda done: _undo_late(ctx, path, undo, body, done))
+            work.add_done_callback(lambda done: _undo_late(path, undo, body, done))
         raise errors.BackendUnavailable(
             f"{path} did not complete within {timeout:.0f} s (plugin_call_timeout): "
             "Neutron is slow or unreachable; what it still completes is undone, retry "
             "later") from None
 
 
-def build_app(ctx: Context) -> FastAPI:
+def build_app(plugin: Plugin) -> FastAPI:
     app = FastAPI(title="Kuryr Docker network and IPAM plugin", version="1",
                   docs_url=None, redoc_url=None)
+    undo_for = _undo_table(plugin)
 
     def route(path: str, handler: Handler, request_model: type[BaseModel] | None,
-              response_model: type[BaseModel] | None = None, undo: Undo | None = None) -> None:
+              response_model: type[BaseModel] | None = None) -> None:
+        undo = undo_for.get(path)
+
         async def endpoint(request: Request) -> JSONResponse:
             try:
                 body = await _parse(request, request_model)
-                result = await _call(ctx, path, handler, body, undo)
+                result = await _call(plugin, path, handler, body, undo)
             except ValidationError as exc:
                 return _error(400, _describe(exc))
             except errors.KuryrError as exc:
                 LOG.info("%s failed: %s", path, exc)
                 return _error(exc.status, str(exc))
-            except Exception as exc:  # noqa: BLE001 - Docker must always get an answer
+            except Exception as exc:
                 LOG.exception("%s failed unexpectedly", path)
                 return _error(500, f"{path}: internal error: {type(exc).__name__}: {exc}")
             return _ok(result)
@@ -173,47 +195,44 @@ def build_app(ctx: Context) -> FastAPI:
         app.add_api_route(f"/{path}", endpoint, methods=["POST"], name=path,
                           response_model=response_model, openapi_extra=extra)
 
+    ipam, networks, endpoints = plugin.ipam, plugin.networks, plugin.endpoints
     # Handshake
-    route("Plugin.Activate", lambda c, _: models.ActivateResponse(
+    route("Plugin.Activate", lambda _: models.ActivateResponse(
         Implements=["NetworkDriver", "IpamDriver"]), None, models.ActivateResponse)
-    route("NetworkDriver.GetCapabilities", lambda c, _: models.NetworkCapabilities(
-        Scope=c.conf.capability_scope, ConnectivityScope=c.conf.capability_scope),
-        None, models.NetworkCapabilities)
-    route("IpamDriver.GetCapabilities", lambda c, _: ipam.capabilities(), None,
+    route("NetworkDriver.GetCapabilities", lambda _: models.NetworkCapabilities(
+        Scope=plugin.scope, ConnectivityScope=plugin.scope), None, models.NetworkCapabilities)
+    route("IpamDriver.GetCapabilities", lambda _: ipam.capabilities(), None,
           models.IpamCapabilities)
-    route("IpamDriver.GetDefaultAddressSpaces", lambda c, _: ipam.default_address_spaces(c),
+    route("IpamDriver.GetDefaultAddressSpaces", lambda _: ipam.default_address_spaces(),
           None, models.AddressSpaces)
     # IPAM
     route("IpamDriver.RequestPool", ipam.request_pool, models.RequestPoolRequest,
-          models.RequestPoolResponse, undo=_undo_request_pool)
+          models.RequestPoolResponse)
     route("IpamDriver.ReleasePool", ipam.release_pool, models.ReleasePoolRequest)
     route("IpamDriver.RequestAddress", ipam.request_address, models.RequestAddressRequest,
-          models.RequestAddressResponse, undo=_undo_request_address)
+          models.RequestAddressResponse)
     route("IpamDriver.ReleaseAddress", ipam.release_address, models.ReleaseAddressRequest)
     # Networks
-    route("NetworkDriver.CreateNetwork", networks.create_network, models.CreateNetworkRequest,
-          undo=_undo_create_network)
-    route("NetworkDriver.DeleteNetwork", networks.delete_network, models.NetworkRequest)
+    route("NetworkDriver.CreateNetwork", networks.create, models.CreateNetworkRequest)
+    route("NetworkDriver.DeleteNetwork", networks.delete, models.NetworkRequest)
     # Endpoints
-    route("NetworkDriver.CreateEndpoint", endpoints.create_endpoint,
-          models.CreateEndpointRequest, models.CreateEndpointResponse,
-          undo=_undo_create_endpoint)
+    route("NetworkDriver.CreateEndpoint", endpoints.create, models.CreateEndpointRequest,
+          models.CreateEndpointResponse)
     route("NetworkDriver.EndpointOperInfo", endpoints.oper_info, models.EndpointRequest,
           models.OperInfoResponse)
-    route("NetworkDriver.DeleteEndpoint", endpoints.delete_endpoint, models.EndpointRequest)
-    route("NetworkDriver.Join", endpoints.join, models.JoinRequest, models.JoinResponse,
-          undo=_undo_join)
+    route("NetworkDriver.DeleteEndpoint", endpoints.delete, models.EndpointRequest)
+    route("NetworkDriver.Join", endpoints.join, models.JoinRequest, models.JoinResponse)
     route("NetworkDriver.Leave", endpoints.leave, models.EndpointRequest)
     route("NetworkDriver.ProgramExternalConnectivity", endpoints.program_external,
           models.EndpointRequest)
     route("NetworkDriver.RevokeExternalConnectivity", endpoints.revoke_external,
           models.EndpointRequest)
     # Swarm-only calls: accepted and answered, nothing to do in local scope.
-    route("NetworkDriver.DiscoverNew", lambda c, _: None, models.DiscoveryRequest)
-    route("NetworkDriver.DiscoverDelete", lambda c, _: None, models.DiscoveryRequest)
-    route("NetworkDriver.AllocateNetwork", lambda c, _: models.AllocateNetworkResponse(),
+    route("NetworkDriver.DiscoverNew", lambda _: None, models.DiscoveryRequest)
+    route("NetworkDriver.DiscoverDelete", lambda _: None, models.DiscoveryRequest)
+    route("NetworkDriver.AllocateNetwork", lambda _: models.AllocateNetworkResponse(),
           models.AllocateNetworkRequest, models.AllocateNetworkResponse)
-    route("NetworkDriver.FreeNetwork", lambda c, _: None, models.NetworkRequest)
+    route("NetworkDriver.FreeNetwork", lambda _: None, models.NetworkRequest)
 
     @app.exception_handler(404)
     async def unknown(request: Request, exc: Exception) -> JSONResponse:

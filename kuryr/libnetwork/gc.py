@@ -11,7 +11,11 @@ Only what this host's Kuryr made is ever looked at:
   * networks Kuryr created for this host's Docker (tag kuryr.host:<host>) that
     this host's dockerd no longer has; only when dockerd answers.
 Anything changed less than ``grace`` seconds ago is left alone: it may belong
-to a container that is starting right now.
+to a container that is starting right now.  Ages are measured on Neutron's
+clock (the Date of its answers), so a host whose clock is off by minutes
+neither collects what was just made nor keeps garbage forever; the start-up
+collection keeps the same grace (another Kuryr of this host may be stopping
+while this one starts).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from kuryr import errors
 from kuryr.binding import netlink
@@ -31,6 +36,7 @@ from kuryr.binding.vif import CONTAINER_PREFIX, HOST_PREFIX, VIF
 from kuryr.localhttp import http_request
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
+from kuryr.neutron.types import Port
 
 LOG = logging.getLogger(__name__)
 HOST_IFNAME = re.compile(rf"^{HOST_PREFIX}([0-9a-f-]{{11}})$")
@@ -64,34 +70,35 @@ class Scope:
     trust_docker: bool = False
     # Ports the running daemon's pool holds (a recycled one may still carry its
     # last container's device_owner until the update lands).
-    held: Callable[[], set[str]] = lambda: set()
+    held: Callable[[], set[str]] = set
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
     """The ids of dockerd's networks (GET /networks), None when it does not answer."""
     try:
         status, body = http_request(docker_uri, "GET", "/networks", timeout, limit=None)
-        return {n["Id"] for n in json.loads(body)} if status == 200 else None
+        return {n["Id"] for n in json.loads(body)} if status == HTTPStatus.OK else None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         LOG.info("gc: dockerd at %s not asked about networks: %s", docker_uri, exc)
         return None
 
 
-def _age(resource: object) -> datetime.timedelta:
-    """Time since the resource last changed (its newer of created_at/updated_at)."""
+def _age(resource: object, now: datetime.datetime) -> datetime.timedelta:
+    """Time since the resource last changed (its newer of created_at/updated_at),
+    ``now`` being Neutron's time."""
     stamps = []
     for attr in ("created_at", "updated_at"):
         value = getattr(resource, attr, None)
         if not value:
             continue
         try:
-            stamps.append(datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+            stamps.append(datetime.datetime.fromisoformat(str(value)))
         except ValueError:
             continue
     if not stamps:
         return datetime.timedelta(0)
     newest = max(s if s.tzinfo else s.replace(tzinfo=datetime.UTC) for s in stamps)
-    return datetime.datetime.now(datetime.UTC) - newest
+    return now - newest
 
 
 def collect(scope: Scope, grace: float) -> list[Garbage]:
@@ -102,18 +109,20 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     links = netlink.link_names()
     managed = scope.ovs.managed_interfaces()
     ports = scope.neutron.ports(binding_host_id=scope.host)
+    now = scope.neutron.counter.server_now()
     held = scope.held()
-    found = _ports([p for p in ports if p.id not in held], links, grace_td)
+    found = _ports([p for p in ports if p.id not in held], links, grace_td, now)
     found += _veths(ports, links, managed)
-    found += _security_groups(scope, ports, grace_td)
-    found += _networks(scope, grace_td)
+    found += _security_groups(scope, ports, grace_td, now)
+    found += _networks(scope, grace_td, now)
     return found
 
 
-def _ports(ports: list, links: set[str], grace: datetime.timedelta) -> list[Garbage]:
+def _ports(ports: list[Port], links: set[str], grace: datetime.timedelta,
+           now: datetime.datetime) -> list[Garbage]:
     found = []
     for port in ports:
-        if port.device_owner not in marks.KURYR_DEVICE_OWNERS or _age(port) < grace:
+        if port.device_owner not in marks.KURYR_DEVICE_OWNERS or _age(port, now) < grace:
             continue
         vif = VIF(port_id=port.id, mac=port.mac_address)
         if vif.host_ifname not in links:
@@ -128,7 +137,7 @@ def _ports(ports: list, links: set[str], grace: datetime.timedelta) -> list[Garb
     return found
 
 
-def _veths(ports: list, links: set[str], managed: dict[str, str]) -> list[Garbage]:
+def _veths(ports: list[Port], links: set[str], managed: dict[str, str]) -> list[Garbage]:
     known = {p.id[:11] for p in ports}
     found = []
     for name in sorted(managed):
@@ -146,8 +155,8 @@ def _veths(ports: list, links: set[str], managed: dict[str, str]) -> list[Garbag
     return found
 
 
-def _security_groups(scope: Scope, ports: list,
-                     grace: datetime.timedelta) -> list[Garbage]:
+def _security_groups(scope: Scope, ports: list[Port], grace: datetime.timedelta,
+                     now: datetime.datetime) -> list[Garbage]:
     in_use = {group for port in ports for group in (port.security_group_ids or [])}
     mark = marks.host_mark(scope.host)
     return [Garbage("security group", group.id, "no port of this host uses it")
@@ -155,15 +164,16 @@ def _security_groups(scope: Scope, ports: list,
                 "id", "name", "description", "created_at", "updated_at"])
             if (group.name or "").startswith(marks.EXPOSE_GROUP_PREFIX)
             and (group.description or "").startswith(mark)
-            and group.id not in in_use and _age(group) >= grace]
+            and group.id not in in_use and _age(group, now) >= grace]
 
 
-def _networks(scope: Scope, grace: datetime.timedelta) -> list[Garbage]:
+def _networks(scope: Scope, grace: datetime.timedelta,
+              now: datetime.datetime) -> list[Garbage]:
     known = scope.docker_networks()
     if known is None:
         return []
     ours = scope.neutron.networks_tagged([marks.host_tag(scope.host)])
-    docker_ids = {marks.docker_network_id_from_tags(net.tags) for net in ours}
+    docker_ids = {marks.docker_network_id_from_tags(list(net.tags)) for net in ours}
     if not docker_ids & known and not scope.trust_docker:
         # A docker_uri pointing at another dockerd (one that does not use Kuryr)
         # would make every network look forgotten: delete nothing on that evidence.
@@ -174,9 +184,9 @@ def _networks(scope: Scope, grace: datetime.timedelta) -> list[Garbage]:
         return []
     found = []
     for net in ours:
-        docker_id = marks.docker_network_id_from_tags(net.tags)
+        docker_id = marks.docker_network_id_from_tags(list(net.tags))
         adopted = any(t.startswith(marks.NET_EXISTING_TAG) for t in net.tags)
-        if docker_id is None or docker_id in known or adopted or _age(net) < grace:
+        if docker_id is None or docker_id in known or adopted or _age(net, now) < grace:
             continue
         found.append(Garbage("network", net.id,
                              f"this host's dockerd has no network {docker_id[:12]}"))
@@ -200,7 +210,8 @@ def _remove_network(scope: Scope, network_id: str) -> None:
     """Kuryr's own ports on it go first; a port of anyone else keeps it (Conflict)."""
     for port in scope.neutron.ports(network_id=network_id):
         if port.device_owner in marks.KURYR_DEVICE_OWNERS \
-                and port.binding_host_id == scope.host:
+                and port.binding_host_id == scope.host \
+                and marks.PORT_EXISTING_TAG not in port.tags:
             host_ifname = f"{HOST_PREFIX}{port.id[:11]}"
             scope.ovs.unplug(host_ifname)
             netlink.delete_link(host_ifname)

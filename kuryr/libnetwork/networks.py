@@ -1,281 +1,281 @@
 """Docker networks as Neutron networks.
 
-Neutron requests: CreateNetwork 3 (POST network, PUT tags, POST subnet; one
-more POST per extra subnet); DeleteNetwork 1 DELETE when the network is known
-to this process, 2 after a restart.
+Neutron requests: CreateNetwork 2 (POST network with its tags, POST subnet;
+one more POST per extra subnet; +1 PUT for tags on a Neutron without
+tag-creation); DeleteNetwork 1 DELETE when the network is known to this
+process, 2 after a restart.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from dataclasses import dataclass
 
 from kuryr import errors
-from kuryr.libnetwork import floating, models
-from kuryr.libnetwork.context import Context, NetworkInfo, PendingPool, SubnetInfo
+from kuryr.core import ranges
+from kuryr.core.background import Background
+from kuryr.core.binder import Binder, vif_of
+from kuryr.core.model import NetworkRecord, PendingPool
+from kuryr.core.pool import PortPool
+from kuryr.core.state import State
+from kuryr.libnetwork import models
+from kuryr.libnetwork.floating import FloatingPublisher
 from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron
+from kuryr.neutron.types import Network, Subnet
 
 LOG = logging.getLogger(__name__)
 
 NET_ID_OPTIONS = ("neutron.net.uuid", "neutron.net.name")
 POOL_SIZE_OPTION = "kuryr.pool.size"  # -o kuryr.pool.size=N: ports kept ready
+# Bounded well below plugin_call_timeout: if a network's writes take longer, the
+# Conflict path of DeleteNetwork deletes this host's unused Kuryr ports itself.
+WAIT_FOR_WRITES = 20.0
 
 
-def _subnet_info(subnet: object) -> SubnetInfo:
-    return SubnetInfo(
-        id=subnet.id, network_id=subnet.network_id, cidr=subnet.cidr,
-        gateway=subnet.gateway_ip or None,
-        host_routes=tuple((r["destination"], r["nexthop"]) for r in subnet.host_routes or ()),
-    )
-
-
-def _remember(ctx: Context, info: NetworkInfo) -> NetworkInfo:
-    with ctx.lock:
-        ctx.networks[info.docker_id] = info
-        for subnet in info.subnets:
-            ctx.subnets_by_cidr[subnet.cidr] = subnet
-    return info
-
-
-# -- lookups used by the other handlers --------------------------------------------
-def network_for_docker_id(ctx: Context, docker_id: str) -> NetworkInfo:
-    """The network Kuryr made or adopted for ``docker_id`` (cached; else 2 GETs)."""
-    with ctx.lock:
-        known = ctx.networks.get(docker_id)
-    if known is not None:
-        return known
-    if not marks.DOCKER_ID.match(docker_id):
-        raise errors.InvalidInput(f"{docker_id!r} is not a Docker network id")
-    found = ctx.neutron.networks_tagged(marks.network_tags(docker_id))
-    if not found:
-        raise errors.NotFound(f"no Neutron network is marked with Docker network {docker_id}")
-    return _load(ctx, docker_id, found[0])
-
-
-def _load(ctx: Context, docker_id: str, net: object) -> NetworkInfo:
-    subnets = [_subnet_info(s) for s in ctx.neutron.subnets(network_id=net.id)]
-    adopted = any(t.startswith(marks.NET_EXISTING_TAG) for t in net.tags)
-    return _remember(ctx, NetworkInfo(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
-                                      subnets=subnets, adopted=adopted, tags=list(net.tags)))
-
-
-def network_for_neutron_id(ctx: Context, neutron_id: str) -> NetworkInfo | None:
-    with ctx.lock:
-        return next((n for n in ctx.networks.values() if n.neutron_id == neutron_id), None)
-
-
-def subnet_for_cidr(ctx: Context, cidr: str) -> SubnetInfo | None:
-    """The Kuryr subnet with this CIDR (cached; else 2 GETs after a restart)."""
-    with ctx.lock:
-        known = ctx.subnets_by_cidr.get(cidr)
-    if known is not None:
-        return known
-    for subnet in ctx.neutron.subnets(cidr=cidr):
-        net = ctx.neutron.get_network(subnet.network_id)
-        docker_id = marks.docker_network_id_from_tags(net.tags)
-        if docker_id:
-            _load(ctx, docker_id, net)
-            return ctx.subnets_by_cidr.get(cidr)
-    return None
-
-
-# -- CreateNetwork -----------------------------------------------------------------
-def create_network(ctx: Context, req: models.CreateNetworkRequest) -> None:
-    docker_id = req.NetworkID
-    if not marks.DOCKER_ID.match(docker_id):
-        raise errors.InvalidInput(f"{docker_id!r} is not a Docker network id")
-    with ctx.lock:
-        if docker_id in ctx.networks:
-            return  # replayed request
-    options = (req.Options or {}).get(models.GENERIC_OPTIONS) or {}
-    if not isinstance(options, dict):
-        raise errors.InvalidInput(f"{models.GENERIC_OPTIONS} must be a map of options")
-    pools = [*(req.IPv4Data or []), *(req.IPv6Data or [])]
-    extra_tags = _feature_tags(req, options)
-    existing_ref = next((str(options[k]) for k in NET_ID_OPTIONS if options.get(k)), None)
-    if existing_ref:
-        _adopt_network(ctx, docker_id, existing_ref, pools, extra_tags)
-    else:
-        shared = str(options.get("neutron.net.shared", "")).lower() in ("true", "1", "yes")
-        _create_network(ctx, docker_id, pools, shared, extra_tags)
-    if ctx.pool is not None:
-        ctx.pool.refill_soon(network_for_docker_id(ctx, docker_id))
-
-
-def _feature_tags(req: models.CreateNetworkRequest, options: dict) -> list[str]:
-    """Tags recording what Kuryr must know after a restart (set in the same request)."""
-    tags = []
-    if _truthy((req.Options or {}).get(models.ENABLE_IPV6_OPTION)):
-        tags.append(marks.NET_IPV6_TAG)
-    size = options.get(POOL_SIZE_OPTION)
-    if size is not None:
-        try:
-            tags.append(f"{marks.NET_POOL_TAG}{max(0, int(size))}")
-        except (TypeError, ValueError) as exc:
-            raise errors.InvalidInput(f"{POOL_SIZE_OPTION} must be a number, not {size!r}") \
-                from exc
-    return tags
+@dataclass(frozen=True)
+class NetworkSettings:
+    host: str
+    default_bridge: str
+    enable_dhcp: bool = False
+    tags_on_create: bool = True  # Neutron has tag-creation
 
 
 def _truthy(value: object) -> bool:
     return str(value).lower() in ("true", "1", "yes")
 
 
-def _create_network(ctx: Context, docker_id: str, pools: list[models.IPAMData],
-                    shared: bool, extra_tags: list[str]) -> None:
-    already = ctx.neutron.networks_tagged(marks.network_tags(docker_id)) if not pools else []
-    if already:  # replay after a restart, without pools to tell us more
-        _load(ctx, docker_id, already[0])
-        return
-    attrs = {"name": marks.network_name(docker_id), "is_admin_state_up": True}
-    if shared:
-        attrs["is_shared"] = True
-    net = ctx.neutron.create_network(**attrs)
-    try:
+class Networks:
+    def __init__(self, neutron: Neutron, state: State, pool: PortPool | None,
+                 background: Background, binder: Binder, floating: FloatingPublisher,
+                 settings: NetworkSettings) -> None:
+        self.neutron = neutron
+        self.state = state
+        self.pool = pool
+        self.background = background
+        self.binder = binder
+        self.floating = floating
+        self.settings = settings
+
+    # -- lookups used by the other handlers --------------------------------------------
+    def by_docker_id(self, docker_id: str) -> NetworkRecord:
+        """The network Kuryr made or adopted for ``docker_id`` (cached; else 2 GETs)."""
+        known = self.state.network(docker_id)
+        if known is not None:
+            return known
+        if not marks.DOCKER_ID.match(docker_id):
+            raise errors.InvalidInput(f"{docker_id!r} is not a Docker network id")
+        found = self.neutron.networks_tagged(marks.network_tags(docker_id))
+        if not found:
+            raise errors.NotFound(
+                f"no Neutron network is marked with Docker network {docker_id}")
+        return self._load(docker_id, found[0])
+
+    def by_pool(self, pool: marks.PoolId) -> NetworkRecord | None:
+        """The network behind a pool id: by its token (1 GET after a restart); pool
+        ids of earlier versions name only a CIDR, which must then be unambiguous."""
+        if pool.token:
+            tag = marks.pool_token_tag(pool.token)
+            cached = [n for n in self.state.networks_with_cidr(pool.cidr) if tag in n.tags]
+            if cached:
+                return cached[0]
+            found = self.neutron.networks_tagged([tag])
+            docker_id = marks.docker_network_id_from_tags(list(found[0].tags)) if found else None
+            return self._load(docker_id, found[0]) if found and docker_id else None
+        candidates = self.state.networks_with_cidr(pool.cidr)
+        if not candidates:
+            for subnet in self.neutron.subnets(cidr=pool.cidr):
+                net = self.neutron.get_network(subnet.network_id)
+                docker_id = marks.docker_network_id_from_tags(list(net.tags))
+                if docker_id:
+                    candidates.append(self._load(docker_id, net))
+        if len(candidates) > 1:
+            raise errors.Conflict(
+                f"pool {pool} names only the CIDR {pool.cidr}, which several Kuryr networks "
+                "use: re-create the Docker network to give it a pool of its own")
+        return candidates[0] if candidates else None
+
+    def _load(self, docker_id: str, net: Network) -> NetworkRecord:
+        subnets = tuple(self.neutron.subnets(network_id=net.id))
+        adopted = any(t.startswith(marks.NET_EXISTING_TAG) for t in net.tags)
+        record = NetworkRecord(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
+                               subnets=subnets, adopted=adopted, tags=net.tags)
+        self.state.add_network(record)
+        return record
+
+    # -- CreateNetwork -----------------------------------------------------------------
+    def create(self, req: models.CreateNetworkRequest) -> None:
+        docker_id = req.NetworkID
+        if not marks.DOCKER_ID.match(docker_id):
+            raise errors.InvalidInput(f"{docker_id!r} is not a Docker network id")
+        if self.state.network(docker_id) is not None:
+            return  # replayed request
+        options = (req.Options or {}).get(models.GENERIC_OPTIONS) or {}
+        if not isinstance(options, dict):
+            raise errors.InvalidInput(f"{models.GENERIC_OPTIONS} must be a map of options")
+        pools = [*(req.IPv4Data or []), *(req.IPv6Data or [])]
+        claimed = [self.state.claim_pending_pool(p.Pool) for p in pools]
+        tags = [*self._feature_tags(req, options),
+                *(marks.pool_token_tag(p.token) for p in claimed if p is not None)]
+        existing_ref = next((str(options[k]) for k in NET_ID_OPTIONS if options.get(k)), None)
+        if existing_ref:
+            record = self._adopt(docker_id, existing_ref, pools, claimed, tags)
+        else:
+            record = self._create(docker_id, pools, claimed,
+                                  _truthy(options.get("neutron.net.shared", "")), tags)
+        for pool in pools:
+            self.state.unreserve_cidr(pool.Pool)
+        if self.pool is not None:
+            self.pool.refill_soon(record)
+
+    @staticmethod
+    def _feature_tags(req: models.CreateNetworkRequest, options: dict[str, object]) -> list[str]:
+        """Tags recording what Kuryr must know after a restart (set in the same request)."""
+        tags = []
+        if _truthy((req.Options or {}).get(models.ENABLE_IPV6_OPTION)):
+            tags.append(marks.NET_IPV6_TAG)
+        size = options.get(POOL_SIZE_OPTION)
+        if size is not None:
+            try:
+                tags.append(f"{marks.NET_POOL_TAG}{max(0, int(str(size)))}")
+            except ValueError as exc:
+                raise errors.InvalidInput(
+                    f"{POOL_SIZE_OPTION} must be a number, not {size!r}") from exc
+        return tags
+
+    def _create(self, docker_id: str, pools: list[models.IPAMData],
+                claimed: list[PendingPool | None], shared: bool,
+                extra_tags: list[str]) -> NetworkRecord:
+        already = self.neutron.networks_tagged(marks.network_tags(docker_id)) \
+            if not pools else []
+        if already:  # replay after a restart, without pools to tell us more
+            return self._load(docker_id, already[0])
         # The host tag lets this host's garbage collector find networks Docker
         # forgot (a DeleteNetwork that failed, a crash mid-CreateNetwork).
-        tags = [*marks.network_tags(docker_id), marks.host_tag(ctx.host), *extra_tags]
-        ctx.neutron.set_tags(net, tags)
-        subnets = [_create_subnet(ctx, net.id, pool) for pool in pools]
-    except Exception:
-        LOG.warning("network %s: rolling back Neutron network %s", docker_id[:12], net.id)
-        ctx.neutron.delete_network(net.id)
-        raise
-    _remember(ctx, NetworkInfo(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
-                               subnets=subnets, tags=tags))
-    _forget_pending(ctx, pools)
-
-
-def _pending(ctx: Context, cidr: str) -> PendingPool:
-    with ctx.lock:
-        return ctx.pending_pools.get(cidr) or PendingPool(cidr=cidr)
-
-
-def _forget_pending(ctx: Context, pools: list[models.IPAMData]) -> None:
-    with ctx.lock:
-        for pool in pools:
-            ctx.pending_pools.pop(pool.Pool, None)
-            ctx.reserved_cidrs.discard(pool.Pool)
-
-
-def _create_subnet(ctx: Context, network_id: str, pool: models.IPAMData) -> SubnetInfo:
-    pending = _pending(ctx, pool.Pool)
-    if pending.existing_subnet_id:
-        raise errors.InvalidInput(
-            f"subnet {pool.Pool} exists in Neutron: adopt it together with its network "
-            "(-o neutron.net.uuid=...)")
-    cidr = ipaddress.ip_network(pool.Pool)
-    gateway = pool.Gateway.split("/")[0] if pool.Gateway else None
-    attrs = {
-        "network_id": network_id, "cidr": str(cidr), "ip_version": cidr.version,
-        "name": marks.subnet_name(str(cidr)), "gateway_ip": gateway,
-        "is_dhcp_enabled": ctx.conf.neutron.enable_dhcp,
-    }
-    if pending.subnetpool_id:
-        attrs["subnet_pool_id"] = pending.subnetpool_id
-    if pending.sub_pool:
-        attrs["allocation_pools"] = [_range(pending.sub_pool, gateway)]
-    return _subnet_info(ctx.neutron.create_subnet(**attrs))
-
-
-def _range(sub_pool: str, gateway: str | None) -> dict[str, str]:
-    """Docker's --ip-range as a Neutron allocation pool."""
-    hosts = list(ipaddress.ip_network(sub_pool).hosts()) or [ipaddress.ip_network(sub_pool)[0]]
-    if gateway and ipaddress.ip_address(gateway) == hosts[0] and len(hosts) > 1:
-        hosts = hosts[1:]
-    return {"start": str(hosts[0]), "end": str(hosts[-1])}
-
-
-def _adopt_network(ctx: Context, docker_id: str, ref: str,
-                   pools: list[models.IPAMData], extra_tags: list[str]) -> None:
-    net = ctx.neutron.find_network(ref)
-    owner = marks.docker_network_id_from_tags(net.tags)
-    if owner and owner != docker_id:
-        raise errors.Conflict(
-            f"Neutron network {ref!r} is already used by Docker network {owner[:12]}")
-    existing = {s.cidr: s for s in ctx.neutron.subnets(network_id=net.id)}
-    created: list[SubnetInfo] = []
-    tags = sorted({*net.tags, *marks.network_tags(docker_id),
-                   marks.existing_network_tag(docker_id), *extra_tags})
-    ctx.neutron.set_tags(net, tags)
-    try:
-        subnets = []
-        for pool in pools:
-            if pool.Pool in existing:
-                subnets.append(_subnet_info(existing[pool.Pool]))
-            else:
-                created.append(_create_subnet(ctx, net.id, pool))
-                subnets.append(created[-1])
-        if not pools:
-            subnets = [_subnet_info(s) for s in existing.values()]
-    except Exception:
-        for subnet in created:
-            ctx.neutron.delete_subnet(subnet.id)
-        ctx.neutron.set_tags(net, list(net.tags))
-        raise
-    _remember(ctx, NetworkInfo(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
-                               subnets=subnets, adopted=True, tags=tags))
-    _forget_pending(ctx, pools)
-    LOG.info("network %s: adopted Neutron network %s", docker_id[:12], net.id)
-
-
-# -- DeleteNetwork -----------------------------------------------------------------
-def delete_network(ctx: Context, req: models.NetworkRequest) -> None:
-    try:
-        info = network_for_docker_id(ctx, req.NetworkID)
-    except errors.NotFound:
-        return  # already gone: Docker retries and replays
-    if ctx.pool is not None:
-        ctx.pool.drain(info)
-    if ctx.background is not None:
-        # Ports being deleted would keep the network in use.  Bounded well below
-        # plugin_call_timeout: if the queue is long, the Conflict path below
-        # deletes the unused Kuryr ports itself.
-        ctx.background.wait_idle(timeout=20)
-    if info.adopted:
-        ours = {*marks.network_tags(info.docker_id), marks.existing_network_tag(info.docker_id),
-                *(t for t in info.tags if t == marks.NET_IPV6_TAG
-                  or t.startswith(marks.NET_POOL_TAG))}
-        floating.detach_subnets(ctx, [s.id for s in info.subnets])
-        net = ctx.neutron.get_network(info.neutron_id)
-        for subnet in info.subnets:
-            # Subnets Kuryr added to an adopted network carry Kuryr's name.
-            if _named_by_kuryr(ctx, subnet):
-                ctx.neutron.delete_subnet(subnet.id)
-        ctx.neutron.set_tags(net, [t for t in net.tags if t not in ours])
-    else:
-        subnet_ids = [s.id for s in info.subnets]
-        floating.detach_subnets(ctx, subnet_ids)
+        tags = [*marks.network_tags(docker_id), marks.host_tag(self.settings.host),
+                *extra_tags]
+        on_create = self.settings.tags_on_create
+        net = self.neutron.create_network(marks.network_name(docker_id), shared,
+                                          tags=tags if on_create else ())
         try:
-            ctx.neutron.delete_network(info.neutron_id)
-        except errors.Conflict:
-            # Docker forgets the network even when this fails, so clear what
-            # only Kuryr could have left (router interface, unused Kuryr ports)
-            # and try once more.
-            floating.detach_subnets(ctx, subnet_ids, known_only=False)
-            _delete_unused_kuryr_ports(ctx, info.neutron_id)
-            ctx.neutron.delete_network(info.neutron_id)
-    with ctx.lock:
-        ctx.networks.pop(info.docker_id, None)
-        for subnet in info.subnets:
-            ctx.subnets_by_cidr.pop(subnet.cidr, None)
+            if not on_create:
+                self.neutron.set_network_tags(net.id, tags)
+            subnets = tuple(self._create_subnet(net.id, pool, pending)
+                            for pool, pending in zip(pools, claimed, strict=True))
+        except Exception:
+            LOG.warning("network %s: rolling back Neutron network %s", docker_id[:12], net.id)
+            self.neutron.delete_network(net.id)
+            raise
+        record = NetworkRecord(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
+                               subnets=subnets, tags=tuple(sorted(set(tags))))
+        self.state.add_network(record)
+        return record
 
+    def _create_subnet(self, network_id: str, pool: models.IPAMData,
+                       pending: PendingPool | None) -> Subnet:
+        if pending is not None and pending.existing_subnet_id:
+            raise errors.InvalidInput(
+                f"subnet {pool.Pool} exists in Neutron: adopt it together with its network "
+                "(-o neutron.net.uuid=...)")
+        cidr = str(ipaddress.ip_network(pool.Pool))
+        gateway = pool.Gateway.split("/")[0] if pool.Gateway else None
+        allocation = None
+        if pending is not None and pending.ip_range:
+            try:
+                allocation = ranges.allocation_pools(cidr, pending.ip_range, gateway)
+            except ValueError as exc:
+                raise errors.InvalidInput(str(exc)) from exc
+        return self.neutron.create_subnet(
+            network_id, cidr, marks.subnet_name(cidr), gateway,
+            enable_dhcp=self.settings.enable_dhcp,
+            subnet_pool_id=pending.subnetpool_id if pending else None,
+            allocation_pools=allocation)
 
-def _delete_unused_kuryr_ports(ctx: Context, network_id: str) -> None:
-    from kuryr.binding import netlink
-    from kuryr.binding.vif import VIF
+    def _adopt(self, docker_id: str, ref: str, pools: list[models.IPAMData],
+               claimed: list[PendingPool | None], extra_tags: list[str]) -> NetworkRecord:
+        net = self.neutron.find_network(ref)
+        owner = marks.docker_network_id_from_tags(list(net.tags))
+        if owner and owner != docker_id:
+            raise errors.Conflict(
+                f"Neutron network {ref!r} is already used by Docker network {owner[:12]}")
+        existing = {s.cidr: s for s in self.neutron.subnets(network_id=net.id)}
+        tags = tuple(sorted({*net.tags, *marks.network_tags(docker_id),
+                             marks.existing_network_tag(docker_id), *extra_tags}))
+        self.neutron.set_network_tags(net.id, tags)
+        created: list[Subnet] = []
+        try:
+            subnets = []
+            for pool, pending in zip(pools, claimed, strict=True):
+                if pool.Pool in existing:
+                    subnets.append(existing[pool.Pool])
+                else:
+                    created.append(self._create_subnet(net.id, pool, pending))
+                    subnets.append(created[-1])
+            if not pools:
+                subnets = list(existing.values())
+        except Exception:
+            for subnet in created:
+                self.neutron.delete_subnet(subnet.id)
+            self.neutron.set_network_tags(net.id, net.tags)
+            raise
+        record = NetworkRecord(docker_id=docker_id, neutron_id=net.id, mtu=net.mtu,
+                               subnets=tuple(subnets), adopted=True, tags=tags)
+        self.state.add_network(record)
+        LOG.info("network %s: adopted Neutron network %s", docker_id[:12], net.id)
+        return record
 
-    owners = (marks.POOL_DEVICE_OWNER, marks.UNBOUND_DEVICE_OWNER, marks.DEVICE_OWNER)
-    for port in ctx.neutron.ports(network_id=network_id):
-        vif = VIF(port_id=port.id, mac=port.mac_address)
-        in_use = netlink.link_exists(vif.host_ifname) and not netlink.link_exists(
-            vif.container_ifname)
-        if port.device_owner in owners and not in_use:
-            if netlink.link_exists(vif.host_ifname):
-                ctx.ovs.unplug(vif.host_ifname)
-                netlink.delete_link(vif.host_ifname)
-            ctx.neutron.delete_port(port.id)
+    # -- DeleteNetwork -----------------------------------------------------------------
+    def delete(self, req: models.NetworkRequest) -> None:
+        try:
+            record = self.by_docker_id(req.NetworkID)
+        except errors.NotFound:
+            return  # already gone: Docker retries and replays
+        if self.pool is not None:
+            self.pool.drain(record)
+        # Ports being deleted would keep the network in use.
+        self.background.wait_group(record.neutron_id, timeout=WAIT_FOR_WRITES)
+        subnet_ids = [s.id for s in record.subnets]
+        if record.adopted:
+            self._give_back(record)
+        else:
+            self.floating.detach_subnets(subnet_ids)
+            try:
+                self.neutron.delete_network(record.neutron_id)
+            except errors.Conflict:
+                # Docker forgets the network even when this fails, so clear what
+                # only this host's Kuryr could have left (router interface, its
+                # unused ports) and try once more.
+                self.floating.detach_subnets(subnet_ids, known_only=False)
+                self._delete_unused_ports_of_this_host(record)
+                self.neutron.delete_network(record.neutron_id)
+        self.state.drop_network(record.docker_id)
 
+    def _give_back(self, record: NetworkRecord) -> None:
+        """An adopted network stays; Kuryr removes only its own marks and subnets."""
+        ours = {*marks.network_tags(record.docker_id),
+                marks.existing_network_tag(record.docker_id),
+                *(t for t in record.tags if t == marks.NET_IPV6_TAG
+                  or t.startswith((marks.NET_POOL_TAG, marks.POOL_TOKEN_TAG)))}
+        self.floating.detach_subnets([s.id for s in record.subnets])
+        net = self.neutron.get_network(record.neutron_id)
+        for subnet in record.subnets:
+            # Subnets Kuryr added to an adopted network carry Kuryr's name.
+            if self.neutron.get_subnet(subnet.id).name == marks.subnet_name(subnet.cidr):
+                self.neutron.delete_subnet(subnet.id)
+        self.neutron.set_network_tags(net.id, [t for t in net.tags if t not in ours])
 
-def _named_by_kuryr(ctx: Context, subnet: SubnetInfo) -> bool:
-    return ctx.neutron.get_subnet(subnet.id).name == marks.subnet_name(subnet.cidr)
+    def _delete_unused_ports_of_this_host(self, record: NetworkRecord) -> None:
+        """Kuryr ports bound to THIS host that no container uses; another host's
+        ports on a shared network are never touched."""
+        in_use = self.state.ports_in_use()
+        for port in self.neutron.ports(network_id=record.neutron_id,
+                                       binding_host_id=self.settings.host):
+            if port.device_owner not in marks.KURYR_DEVICE_OWNERS or port.id in in_use \
+                    or marks.PORT_EXISTING_TAG in port.tags:
+                continue
+            vif = vif_of(port, record.mtu, self.settings.default_bridge)
+            if self.binder.is_plugged(vif) and not self.binder.is_free(vif):
+                continue  # its container end is in a container
+            self.binder.unplug(vif)
+            self.neutron.delete_port(port.id)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import email.utils
+import ipaddress
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
 
 import openstack
 import requests
@@ -22,18 +27,23 @@ from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import session as ks_session
 from openstack import connection as os_connection
 from openstack import exceptions as os_exc
-from openstack.network.v2.floating_ip import FloatingIP
-from openstack.network.v2.network import Network
-from openstack.network.v2.port import Port
-from openstack.network.v2.router import Router
-from openstack.network.v2.security_group import SecurityGroup
-from openstack.network.v2.subnet import Subnet
-from openstack.network.v2.subnet_pool import SubnetPool
-from openstack.resource import Resource
+from openstack.network.v2.network import Network as OSNetwork
+from openstack.network.v2.port import Port as OSPort
 from oslo_config import cfg
 
 from kuryr import errors
 from kuryr.config import NEUTRON_GROUP
+from kuryr.neutron.types import (
+    FloatingIP,
+    Network,
+    NewPort,
+    Port,
+    PortForwarding,
+    Router,
+    SecurityGroup,
+    Subnet,
+    SubnetPool,
+)
 
 
 class NeutronConfigError(Exception):
@@ -64,6 +74,7 @@ class RequestCounter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._clock_offset = 0.0  # Neutron's clock minus ours, from its Date headers
         self.total: Counter[str] = Counter()
         self._current: contextvars.ContextVar[RequestTally | None] = contextvars.ContextVar(
             "kuryr_neutron_tally", default=None
@@ -88,6 +99,20 @@ class RequestCounter:
 
     def response_hook(self, response: requests.Response, *args: object, **kwargs: object) -> None:
         self.record(response.request.method or "?")
+        date = response.headers.get("Date")
+        if date:
+            with contextlib.suppress(TypeError, ValueError):
+                server = email.utils.parsedate_to_datetime(date)
+                offset = (server - datetime.datetime.now(datetime.UTC)).total_seconds()
+                with self._lock:
+                    self._clock_offset = offset
+
+    def server_now(self) -> datetime.datetime:
+        """Neutron's time as of its last answer (its Date header has 1 s precision,
+        plenty for garbage collection's minutes of grace)."""
+        with self._lock:
+            offset = self._clock_offset
+        return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=offset)
 
 
 def _http_session(counter: RequestCounter) -> requests.Session:
@@ -172,7 +197,7 @@ def translated_errors(what: str) -> Iterator[None]:
             raise errors.BackendUnavailable(
                 f"{what}: Neutron refused Kuryr's credentials ({status}): "
                 f"{_neutron_message(exc)}") from exc
-        if status < 500:
+        if status < HTTPStatus.INTERNAL_SERVER_ERROR:
             raise errors.InvalidInput(f"{what}: {_neutron_message(exc)}") from exc
         raise errors.BackendUnavailable(f"{what}: {_neutron_message(exc)}") from exc
     except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RequestTimeout,
@@ -200,8 +225,9 @@ def _root_cause(exc: BaseException) -> str:
 class Neutron:
     """Neutron resources as Kuryr uses them.  Holds no Docker knowledge.
 
-    Every method costs exactly the requests its docstring says, so callers
-    can keep their budgets (see docs/performance.md).
+    Every method returns Kuryr's own types (kuryr/neutron/types.py) and costs
+    exactly the requests its docstring says, so callers can keep their budgets
+    (see docs/performance.md).
     """
 
     def __init__(self, conn: os_connection.Connection, counter: RequestCounter) -> None:
@@ -209,34 +235,45 @@ class Neutron:
         self.counter = counter
 
     @property
-    def api(self):  # noqa: ANN201 - openstacksdk's network proxy has no public type
+    def api(self) -> Any:  # noqa: ANN401 - the raw SDK proxy: kuryr-aio and tests only
         return self.conn.network
 
     def extensions(self) -> set[str]:
         """Aliases of the API extensions this Neutron offers (1 GET)."""
         with translated_errors("list Neutron extensions"):
-            return {ext.alias for ext in self.api.extensions()}
+            return {str(ext.alias) for ext in self.api.extensions()}
 
     def close(self) -> None:
         self.conn.close()
 
     # -- networks ----------------------------------------------------------
-    def create_network(self, **attrs: object) -> Network:
-        """1 POST."""
-        with translated_errors(f"create network {attrs.get('name', '')}"):
-            return self.api.create_network(**attrs)
+    def create_network(self, name: str, shared: bool = False,
+                       tags: Iterable[str] = ()) -> Network:
+        """1 POST (tags in the same request need the tag-creation extension)."""
+        attrs: dict[str, object] = {"name": name, "is_admin_state_up": True}
+        if shared:
+            attrs["is_shared"] = True
+        if tags:
+            attrs["tags"] = sorted(set(tags))
+        with translated_errors(f"create network {name}"):
+            return Network.from_sdk(self.api.create_network(**attrs))
 
-    def set_tags(self, resource: Resource, tags: list[str]) -> None:
-        """1 PUT: replaces all tags of a network, subnet or port."""
-        with translated_errors(f"tag {resource.resource_key} {resource.id}"):
-            self.api.set_tags(resource, tags)
+    def set_network_tags(self, network_id: str, tags: Iterable[str]) -> None:
+        """1 PUT: replaces all tags of the network."""
+        with translated_errors(f"tag network {network_id}"):
+            self.api.set_tags(OSNetwork.existing(id=network_id), sorted(set(tags)))
+
+    def set_port_tags(self, port_id: str, tags: Iterable[str]) -> None:
+        """1 PUT: replaces all tags of the port."""
+        with translated_errors(f"tag port {port_id}"):
+            self.api.set_tags(OSPort.existing(id=port_id), sorted(set(tags)))
 
     def get_network(self, network_id: str) -> Network:
         """1 GET."""
         with translated_errors(f"find network {network_id}"):
-            return self.api.get_network(network_id)
+            return Network.from_sdk(self.api.get_network(network_id))
 
-    def _find(self, kind: str, name_or_id: str) -> Resource:
+    def _find(self, kind: str, name_or_id: str) -> Any:  # noqa: ANN401 - an SDK resource
         """1-2 GETs; NotFound when absent, Conflict when the name is ambiguous."""
         finder = getattr(self.api, f"find_{kind}")
         with translated_errors(f"find {kind} {name_or_id!r}"):
@@ -251,12 +288,12 @@ class Neutron:
         return found
 
     def find_network(self, name_or_id: str) -> Network:
-        return self._find("network", name_or_id)
+        return Network.from_sdk(self._find("network", name_or_id))
 
-    def networks_tagged(self, tags: list[str]) -> list[Network]:
+    def networks_tagged(self, tags: Iterable[str]) -> list[Network]:
         """1 GET: networks carrying all ``tags``."""
         with translated_errors("find networks by tag"):
-            return list(self.api.networks(tags=",".join(tags)))
+            return [Network.from_sdk(n) for n in self.api.networks(tags=",".join(tags))]
 
     def delete_network(self, network_id: str) -> None:
         """1 DELETE; absent is fine."""
@@ -264,32 +301,49 @@ class Neutron:
             self.api.delete_network(network_id, ignore_missing=True)
 
     # -- subnets and pools -------------------------------------------------
-    def create_subnet(self, **attrs: object) -> Subnet:
+    def create_subnet(self, network_id: str, cidr: str, name: str, gateway_ip: str | None,
+                      enable_dhcp: bool, subnet_pool_id: str | None = None,
+                      allocation_pools: list[tuple[str, str]] | None = None) -> Subnet:
         """1 POST."""
-        with translated_errors(f"create subnet {attrs.get('cidr', '')}"):
+        attrs: dict[str, object] = {
+            "network_id": network_id, "cidr": cidr,
+            "ip_version": ipaddress.ip_network(cidr).version, "name": name,
+            "gateway_ip": gateway_ip, "is_dhcp_enabled": enable_dhcp,
+        }
+        if subnet_pool_id:
+            attrs["subnet_pool_id"] = subnet_pool_id
+        if allocation_pools:
+            attrs["allocation_pools"] = [{"start": s, "end": e} for s, e in allocation_pools]
+        with translated_errors(f"create subnet {cidr}"):
             try:
-                return self.api.create_subnet(**attrs)
+                return Subnet.from_sdk(self.api.create_subnet(**attrs))
             except os_exc.HttpException as exc:
                 # A subnetpool refusing an overlapping CIDR answers 500 here.
                 if "Cannot allocate requested subnet" in str(exc):
                     raise errors.Conflict(
-                        f"subnet {attrs.get('cidr')} overlaps a subnet Kuryr already "
+                        f"subnet {cidr} overlaps a subnet Kuryr already "
                         "allocated from the same pool") from exc
                 raise
 
     def get_subnet(self, subnet_id: str) -> Subnet:
+        """1 GET."""
         with translated_errors(f"find subnet {subnet_id}"):
-            return self.api.get_subnet(subnet_id)
+            return Subnet.from_sdk(self.api.get_subnet(subnet_id))
 
     def find_subnet(self, name_or_id: str) -> Subnet:
-        return self._find("subnet", name_or_id)
+        return Subnet.from_sdk(self._find("subnet", name_or_id))
 
-    def subnets(self, **filters: object) -> list[Subnet]:
+    def subnets(self, network_id: str | None = None, cidr: str | None = None,
+                subnet_pool_id: str | None = None,
+                ip_version: int | None = None) -> list[Subnet]:
         """1 GET."""
+        filters = _filters(network_id=network_id, cidr=cidr, subnet_pool_id=subnet_pool_id,
+                           ip_version=ip_version)
         with translated_errors("list subnets"):
-            return list(self.api.subnets(**filters))
+            return [Subnet.from_sdk(s) for s in self.api.subnets(**filters)]
 
     def delete_subnet(self, subnet_id: str) -> None:
+        """1 DELETE; absent is fine."""
         with translated_errors(f"delete subnet {subnet_id}"):
             self.api.delete_subnet(subnet_id, ignore_missing=True)
 
@@ -298,8 +352,8 @@ class Neutron:
         pools too: of several with this name, the one of Kuryr's own project."""
         with translated_errors(f"find subnetpool {name_or_id!r}"):
             with contextlib.suppress(os_exc.ResourceNotFound):
-                return self.api.get_subnet_pool(name_or_id)
-            found = list(self.api.subnet_pools(name=name_or_id))
+                return SubnetPool.from_sdk(self.api.get_subnet_pool(name_or_id))
+            found = [SubnetPool.from_sdk(p) for p in self.api.subnet_pools(name=name_or_id)]
         if len(found) <= 1:
             return found[0] if found else None
         project = self._project_id()
@@ -313,31 +367,38 @@ class Neutron:
 
     def _project_id(self) -> str | None:
         try:
-            return self.api.session.get_project_id()
+            project = self.api.session.get_project_id()
         except Exception:  # noqa: BLE001 - no-auth sessions have no project
             return None
+        return str(project) if project else None
 
-    def create_subnetpool(self, **attrs: object) -> SubnetPool:
-        with translated_errors(f"create subnetpool {attrs.get('name', '')}"):
-            return self.api.create_subnet_pool(**attrs)
+    def create_subnetpool(self, name: str, prefixes: list[str], default_prefix_length: int,
+                          minimum_prefix_length: int, description: str) -> SubnetPool:
+        """1 POST."""
+        with translated_errors(f"create subnetpool {name}"):
+            return SubnetPool.from_sdk(self.api.create_subnet_pool(
+                name=name, prefixes=prefixes, default_prefix_length=default_prefix_length,
+                minimum_prefix_length=minimum_prefix_length, description=description))
 
     # -- security groups ---------------------------------------------------
     def create_security_group(self, name: str, description: str = "") -> SecurityGroup:
         """1 POST (Neutron adds the default egress rules)."""
         with translated_errors(f"create security group {name}"):
-            return self.api.create_security_group(name=name, description=description)
+            return SecurityGroup.from_sdk(
+                self.api.create_security_group(name=name, description=description))
 
-    def create_security_group_rules(self, rules: list[dict]) -> None:
+    def create_security_group_rules(self, rules: list[dict[str, object]]) -> None:
         """1 POST for all rules (bulk)."""
         if not rules:
             return
         with translated_errors("create security group rules"):
             self.api.create_security_group_rules(data=rules)
 
-    def security_groups(self, **filters: object) -> list[SecurityGroup]:
+    def security_groups(self, fields: list[str] | None = None) -> list[SecurityGroup]:
         """1 GET."""
+        filters = {"fields": fields} if fields else {}
         with translated_errors("list security groups"):
-            return list(self.api.security_groups(**filters))
+            return [SecurityGroup.from_sdk(g) for g in self.api.security_groups(**filters)]
 
     def delete_security_group(self, group_id: str) -> None:
         """1 DELETE; absent is fine."""
@@ -347,12 +408,14 @@ class Neutron:
     # -- routers and floating IPs (Neutron-native publishing) --------------
     def find_router(self, name: str) -> Router | None:
         with translated_errors(f"find router {name}"):
-            return self.api.find_router(name, ignore_missing=True)
+            found = self.api.find_router(name, ignore_missing=True)
+        return Router(id=str(found.id), name=str(found.name)) if found else None
 
     def create_router(self, name: str, external_network_id: str) -> Router:
         with translated_errors(f"create router {name}"):
-            return self.api.create_router(
+            made = self.api.create_router(
                 name=name, external_gateway_info={"network_id": external_network_id})
+        return Router(id=str(made.id), name=str(made.name))
 
     def add_router_interface(self, router_id: str, subnet_id: str) -> None:
         """1 PUT."""
@@ -361,29 +424,38 @@ class Neutron:
 
     def remove_router_interface(self, router_id: str, subnet_id: str) -> None:
         """1 PUT; an interface already gone is fine."""
-        with translated_errors(f"detach subnet {subnet_id} from router {router_id}"):
-            try:
-                self.api.remove_interface_from_router(router_id, subnet_id=subnet_id)
-            except os_exc.NotFoundException:
-                pass
+        with translated_errors(f"detach subnet {subnet_id} from router {router_id}"), \
+                contextlib.suppress(os_exc.NotFoundException):
+            self.api.remove_interface_from_router(router_id, subnet_id=subnet_id)
 
-    def floating_ips(self, **filters: object) -> list[FloatingIP]:
+    def floating_ips(self, description: str, floating_network_id: str) -> list[FloatingIP]:
+        """1 GET."""
         with translated_errors("list floating IPs"):
-            return list(self.api.ips(**filters))
+            return [FloatingIP(id=str(f.id), floating_ip_address=str(f.floating_ip_address))
+                    for f in self.api.ips(description=description,
+                                          floating_network_id=floating_network_id)]
 
     def create_floating_ip(self, network_id: str, description: str) -> FloatingIP:
-        with translated_errors("create floating IP"):
-            return self.api.create_ip(floating_network_id=network_id, description=description)
-
-    def create_port_forwarding(self, floating_ip_id: str, **attrs: object) -> None:
         """1 POST."""
-        with translated_errors(f"forward port {attrs.get('external_port')} of floating IP"):
-            self.api.create_port_forwarding(floatingip_id=floating_ip_id, **attrs)
+        with translated_errors("create floating IP"):
+            made = self.api.create_ip(floating_network_id=network_id, description=description)
+        return FloatingIP(id=str(made.id), floating_ip_address=str(made.floating_ip_address))
 
-    def port_forwardings(self, floating_ip_id: str, **filters: object) -> list:
+    def create_port_forwarding(self, floating_ip_id: str, protocol: str,
+                               internal_ip_address: str, internal_port: int,
+                               internal_port_id: str, external_port: int) -> None:
+        """1 POST."""
+        with translated_errors(f"forward port {external_port} of floating IP"):
+            self.api.create_port_forwarding(
+                floatingip_id=floating_ip_id, protocol=protocol,
+                internal_ip_address=internal_ip_address, internal_port=internal_port,
+                internal_port_id=internal_port_id, external_port=external_port)
+
+    def port_forwardings(self, floating_ip_id: str, internal_port_id: str) -> list[PortForwarding]:
         """1 GET."""
         with translated_errors("list port forwardings"):
-            return list(self.api.port_forwardings(floating_ip_id, **filters))
+            return [PortForwarding(id=str(f.id)) for f in self.api.port_forwardings(
+                floating_ip_id, internal_port_id=internal_port_id)]
 
     def delete_port_forwarding(self, floating_ip_id: str, forwarding_id: str) -> None:
         """1 DELETE; absent is fine."""
@@ -391,20 +463,31 @@ class Neutron:
             self.api.delete_port_forwarding(forwarding_id, floating_ip_id, ignore_missing=True)
 
     # -- ports -------------------------------------------------------------
-    def create_port(self, **attrs: object) -> Port:
+    def create_port(self, port: NewPort) -> Port:
         """1 POST."""
-        with translated_errors("create port"):
-            return self.api.create_port(**attrs)
+        with translated_errors(f"create port on network {port.network_id}"):
+            return Port.from_sdk(self.api.create_port(**port.body()))
 
-    def create_ports(self, ports: list[dict]) -> list[Port]:
+    def create_ports(self, ports: list[NewPort]) -> list[Port]:
         """1 POST for all ports (bulk)."""
         with translated_errors(f"create {len(ports)} ports"):
-            return list(self.api.create_ports(ports))
+            return [Port.from_sdk(p) for p in self.api.create_ports([p.body() for p in ports])]
 
-    def update_port(self, port_id: str, **attrs: object) -> Port:
-        """1 PUT."""
+    def update_port(self, port_id: str, *, device_id: str | None = None,
+                    device_owner: str | None = None, binding_host_id: str | None = None,
+                    security_group_ids: list[str] | None = None,
+                    description: str | None = None, mac_address: str | None = None,
+                    fixed_ips: list[dict[str, str]] | None = None,
+                    if_revision: int | None = None) -> Port:
+        """1 PUT of the given attributes (None: unchanged).  With ``if_revision``
+        Neutron applies it only to that revision of the port (Conflict otherwise)."""
+        attrs = _filters(device_id=device_id, device_owner=device_owner,
+                         binding_host_id=binding_host_id,
+                         security_group_ids=security_group_ids, description=description,
+                         mac_address=mac_address, fixed_ips=fixed_ips)
         with translated_errors(f"update port {port_id}"):
-            return self.api.update_port(port_id, **attrs)
+            return Port.from_sdk(self.api.update_port(port_id, if_revision=if_revision,
+                                                      **attrs))
 
     def delete_port(self, port_id: str) -> None:
         """1 DELETE; absent is fine."""
@@ -412,10 +495,23 @@ class Neutron:
             self.api.delete_port(port_id, ignore_missing=True)
 
     def get_port(self, port_id: str) -> Port:
-        with translated_errors(f"find port {port_id}"):
-            return self.api.get_port(port_id)
-
-    def ports(self, **filters: object) -> list[Port]:
         """1 GET."""
+        with translated_errors(f"find port {port_id}"):
+            return Port.from_sdk(self.api.get_port(port_id))
+
+    def ports(self, network_id: str | None = None, device_id: str | None = None,
+              device_owner: str | None = None, binding_host_id: str | None = None,
+              ip_address: str | None = None) -> list[Port]:
+        """1 GET."""
+        filters: dict[str, object] = _filters(
+            network_id=network_id, device_id=device_id, device_owner=device_owner,
+            binding_host_id=binding_host_id)
+        if ip_address is not None:
+            filters["fixed_ips"] = [f"ip_address={ip_address}"]
         with translated_errors("list ports"):
-            return list(self.api.ports(**filters))
+            return [Port.from_sdk(p) for p in self.api.ports(**filters)]
+
+
+def _filters(**given: object) -> dict[str, object]:
+    return {key: value for key, value in given.items() if value is not None}
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 NET_TAG_LOW = "kuryr.net.uuid.lh:"
 NET_TAG_HIGH = "kuryr.net.uuid.uh:"
@@ -50,25 +51,48 @@ def docker_network_id_from_tags(tags: list[str]) -> str | None:
     return low + high if low and high else None
 
 
-# A pool id handed to Docker names the subnet Kuryr will create or has adopted:
-#   kuryr:<cidr>[:<allocation range>]  e.g. kuryr:10.1.0.0/16:10.1.5.0/24
-# so RequestAddress and CreateNetwork need no Neutron lookup to know it.
+# A pool id handed to Docker names the subnet's CIDR, its allocation range and a
+# token unique to this RequestPool:
+#   kuryr:<cidr>|<allocation range>|<token>  e.g. kuryr:10.1.0.0/16|10.1.5.0/24|4f0c2b9a81d3
+# The network that CreateNetwork makes or adopts for the pool carries the tag
+# kuryr.pool:<token>, so an address request finds its subnet even when several
+# networks (adopted ones) share the CIDR.  Pool ids of earlier versions have
+# no token (kuryr:<cidr>[|<range>]) and are still understood.
 POOL_ID_PREFIX = "kuryr:"
+POOL_TOKEN_TAG = "kuryr.pool:"  # noqa: S105 - a tag prefix, not a secret
+POOL_TOKEN = re.compile(r"^[0-9a-f]{12}$")
 
 
-def pool_id(cidr: str, sub_pool: str = "") -> str:
-    return POOL_ID_PREFIX + cidr + (f"|{sub_pool}" if sub_pool else "")
+@dataclass(frozen=True)
+class PoolId:
+    cidr: str
+    ip_range: str = ""
+    token: str = ""
+
+    def __str__(self) -> str:
+        return POOL_ID_PREFIX + "|".join(
+            [self.cidr, self.ip_range, self.token] if self.token
+            else [self.cidr, *([self.ip_range] if self.ip_range else [])])
 
 
-def parse_pool_id(value: str) -> tuple[str, str]:
-    """(cidr, sub_pool) of a pool id; ValueError when it is not one of ours."""
+def pool_token_tag(token: str) -> str:
+    return POOL_TOKEN_TAG + token
+
+
+def parse_pool_id(value: str) -> PoolId:
+    """ValueError when ``value`` is not a pool id Kuryr issued."""
     if not value.startswith(POOL_ID_PREFIX):
         raise ValueError(f"pool id {value!r} was not issued by Kuryr")
-    cidr, _, sub_pool = value[len(POOL_ID_PREFIX):].partition("|")
+    cidr, _, rest = value[len(POOL_ID_PREFIX):].partition("|")
+    ip_range, _, token = rest.partition("|")
+    if "|" in token:
+        raise ValueError(f"pool id {value!r} was not issued by Kuryr")
     ipaddress.ip_network(cidr)  # raises ValueError
-    if sub_pool:
-        ipaddress.ip_network(sub_pool)
-    return cidr, sub_pool
+    if ip_range:
+        ipaddress.ip_network(ip_range)
+    if token and not POOL_TOKEN.match(token):
+        raise ValueError(f"pool id {value!r} has a malformed token")
+    return PoolId(cidr, ip_range, token)
 
 
 HOST_TAG = "kuryr.host:"  # on networks Kuryr created: which host's Docker owns them

@@ -16,7 +16,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from kuryr import errors
 from kuryr.publish.netns import SocketFactory
@@ -25,6 +27,7 @@ from kuryr.publish.spec import Published
 LOG = logging.getLogger(__name__)
 UDP_IDLE_SECONDS = 60
 RELAY_CHUNK = 65536
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Target:
 class _Listener:
     published: Published
     bound_port: int
-    close: object  # callable closing the server/transport
+    close: Callable[[], object]  # closes the server/transport
 
 
 @dataclass
@@ -119,7 +122,7 @@ class Forwarder:
             return {ep: [lst.published for lst in e.listeners]
                     for ep, e in self._endpoints.items()}
 
-    def _run(self, coro: object) -> object:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     # -- inside the loop -----------------------------------------------------------------
@@ -181,12 +184,17 @@ class _UdpFront(asyncio.DatagramProtocol):
         self.target = target
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[tuple, tuple[asyncio.DatagramTransport, float]] = {}
+        # The loop keeps only weak references to tasks: one still forwarding
+        # must not be garbage-collected halfway.
+        self._forwarding: set[asyncio.Future[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        asyncio.ensure_future(self._forward(data, addr))
+        task = asyncio.ensure_future(self._forward(data, addr))
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
 
     async def _forward(self, data: bytes, addr: tuple) -> None:
         loop = self.forwarder.loop

@@ -10,11 +10,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from kuryr import errors
 
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 DESCRIPTION_PREFIX = "kuryr-publish:"
+DESCRIPTION_MAX = 255  # characters in a Neutron port's description
+MAX_PORT = 65535
+EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 - only shown, as Docker shows an empty HostIP
 
 
 @dataclass(frozen=True, order=True)
@@ -32,23 +36,23 @@ class Published:
     host_port_end: int = 0  # > host_port: any free port of the range will do
 
     def label(self) -> str:
-        host = f"[{self.host_ip}]" if ":" in self.host_ip else (self.host_ip or "0.0.0.0")
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else (self.host_ip or EVERY_ADDRESS)
         return f"{host}:{self.host_port}->{self.container_port}/{self.proto}"
 
 
-def _proto(value: object) -> str:
+def _proto(value: Any) -> str:  # noqa: ANN401 - a JSON value: int() judges it
     try:
         return PROTOCOLS[int(value)]
     except (KeyError, TypeError, ValueError) as exc:
         raise errors.InvalidInput(f"unknown port protocol {value!r}") from exc
 
 
-def _port(value: object, what: str, allow_zero: bool = False) -> int:
+def _port(value: Any, what: str, allow_zero: bool = False) -> int:  # noqa: ANN401
     try:
         port = int(value)
     except (TypeError, ValueError) as exc:
         raise errors.InvalidInput(f"{what} {value!r} is not a port number") from exc
-    if not (0 if allow_zero else 1) <= port <= 65535:
+    if not (0 if allow_zero else 1) <= port <= MAX_PORT:
         raise errors.InvalidInput(f"{what} {port} is out of range")
     return port
 
@@ -89,11 +93,11 @@ def published_ports(options: dict | None) -> list[Published]:
 
 def encode(published: list[Published], security_group: str | None) -> str:
     """A Neutron port description recording what Kuryr set up for the container's
-    ports (<= 255 chars), so a restarted Kuryr can rebuild and undo it."""
+    ports (<= DESCRIPTION_MAX chars), so a restarted Kuryr can rebuild and undo it."""
     rows = [[p.proto, p.container_port, p.host_ip, p.host_port] for p in published]
     text = DESCRIPTION_PREFIX + json.dumps({"sg": security_group, "p": rows},
                                            separators=(",", ":"))
-    if len(text) > 255:
+    if len(text) > DESCRIPTION_MAX:
         raise errors.InvalidInput(f"too many published ports ({len(published)}) for one "
                                   "container: Kuryr records them in the port description")
     return text

@@ -29,7 +29,7 @@ def stack() -> Layout:
         pytest.fail("integration tests need root (they start Neutron, OVS and dockerd)")
     # The tests use a no-auth Neutron: --noauth also ends a keystone mode left
     # by an interrupted test_zy_keystone.py.
-    proc = subprocess.run([helpers.aio_command(), "up", "--noauth"], text=True)
+    proc = subprocess.run([helpers.aio_command(), "up", "--noauth"], text=True, check=False)
     if proc.returncode != 0:
         pytest.fail(f"`kuryr-aio up` failed with exit code {proc.returncode}")
     return Layout.default()
@@ -45,9 +45,12 @@ def no_leaks(neutron, ovs):
     """Fails the test when it leaves a Kuryr port, OVS port or veth behind."""
     before = helpers.kuryr_leftovers(neutron, ovs)
     yield
-    after = helpers.wait_until(
-        lambda: (lambda now: now if now == before else None)(
-            helpers.kuryr_leftovers(neutron, ovs)), 10)
+
+    def back_to_before():
+        now = helpers.kuryr_leftovers(neutron, ovs)
+        return now if now == before else None
+
+    after = helpers.wait_until(back_to_before, 10)
     assert after == before, f"leaked: {helpers.kuryr_leftovers(neutron, ovs)} vs {before}"
 
 

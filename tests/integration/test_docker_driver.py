@@ -79,7 +79,8 @@ def test_two_containers_ping_and_exchange_tcp(neutron, docker, make_network, run
     (port,) = neutron.ports(fixed_ips=[f"ip_address={docker.ip_of(client, name)}"])
     assert helpers.wait_until(  # recorded in the background
         lambda: neutron.get_port(port.id).device_owner == marks.DEVICE_OWNER, 10)
-    assert port.binding_host_id and port.binding_vif_type == "ovs"
+    assert port.binding_host_id
+    assert port.binding_vif_type == "ovs"
     assert port.mac_address == docker.out(
         "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{name}").MacAddress}}}}', client)
     assert helpers.wait_until(lambda: neutron.get_port(port.id).status == "ACTIVE", 10)
@@ -160,16 +161,24 @@ def test_precreated_port_adopted_and_kept(neutron, docker, make_network, run_con
     try:
         container = run_container(name, "--ip", "10.70.0.77")
         # device_id/device_owner are recorded in the background.
-        adopted = helpers.wait_until(lambda: (lambda p: p if p.device_owner == marks.DEVICE_OWNER
-                                              else None)(neutron.get_port(port.id)), 10)
+        def adopted_port():
+            now = neutron.get_port(port.id)
+            return now if now.device_owner == marks.DEVICE_OWNER else None
+
+        adopted = helpers.wait_until(adopted_port, 10)
         assert adopted is not None, neutron.get_port(port.id).device_owner
         assert marks.PORT_EXISTING_TAG in adopted.tags
         assert docker.ip_of(container, name) == "10.70.0.77"
         docker.run("rm", "-f", container)
-        kept = helpers.wait_until(lambda: (lambda p: p if not p.device_id else None)(
-            neutron.get_port(port.id)), 10)
+
+        def unbound_port():
+            now = neutron.get_port(port.id)
+            return None if now.device_id else now
+
+        kept = helpers.wait_until(unbound_port, 10)
         assert kept is not None, "the adopted port was not unbound"
-        assert kept.device_owner == "" and kept.binding_host_id in ("", None)
+        assert kept.device_owner == ""
+        assert kept.binding_host_id in ("", None)
     finally:
         neutron.delete_port(port.id)
 
@@ -180,7 +189,8 @@ def test_unknown_neutron_network_is_a_clear_error(neutron, docker, unique):
     proc = docker.run("network", "create", *KURYR, "-o", "neutron.net.uuid=no-such-net",
                       f"bad-{unique}", check=False)
     assert proc.returncode != 0
-    assert "no-such-net" in proc.stderr and "does not exist" in proc.stderr
+    assert "no-such-net" in proc.stderr
+    assert "does not exist" in proc.stderr
 
 
 @pytest.mark.usefixtures("no_leaks")
@@ -192,7 +202,8 @@ def test_address_outside_subnet_and_in_use(docker, make_network, run_container, 
     run_container(name, "--ip", "10.71.0.20")
     in_use = docker.run("run", "--rm", "--net", name, "--ip", "10.71.0.20", "busybox", "true",
                         check=False)
-    assert in_use.returncode != 0 and "already in use" in in_use.stderr, in_use.stderr
+    assert in_use.returncode != 0, in_use.stderr
+    assert "already in use" in in_use.stderr, in_use.stderr
 
 
 @pytest.mark.usefixtures("no_leaks")
@@ -201,7 +212,8 @@ def test_overlapping_pools_are_refused(neutron, docker, make_network, unique):
     before = len(list(neutron.api.networks()))
     proc = docker.run("network", "create", *KURYR, "--subnet", "10.72.0.0/16",
                       f"overlap-{unique}", check=False)
-    assert proc.returncode != 0 and "overlaps" in proc.stderr, proc.stderr
+    assert proc.returncode != 0, proc.stderr
+    assert "overlaps" in proc.stderr, proc.stderr
     assert len(list(neutron.api.networks())) == before, "a half-created network was left"
 
 
@@ -299,7 +311,8 @@ def test_a_stopped_containers_port_serves_the_next_one(stack, docker, make_netwo
     deleted = [line for line in lines if '"DELETE /v2.0/ports' in line]
     # At most one top-up (the first container leaves the pool below its size
     # until its port comes back), never a port per container.
-    assert len(created) <= 1 and not deleted, (created, deleted)
+    assert len(created) <= 1, (created, deleted)
+    assert not deleted, (created, deleted)
     network_id = neutron.networks_tagged(marks.network_tags(docker.network_id(name)))[0].id
     # Back in the pool, Neutron says so: no container's device_id left behind.
     assert helpers.wait_until(lambda: all(

@@ -19,8 +19,8 @@ from kuryr.publish.netns import SocketFactory
 
 from . import helpers
 
-HTTPD = ("sh", "-c", "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && "
-         "for p in $PORTS; do httpd -p $p -h /www; done; exec sleep 600")
+HTTPD = ("sh", "-c", ("mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && "
+                      "for p in $PORTS; do httpd -p $p -h /www; done; exec sleep 600"))
 
 
 def fetch(port: int, host: str = "127.0.0.1", timeout: float = 5) -> str | None:
@@ -98,7 +98,8 @@ def test_publish_all_picks_host_ports_and_reports_them(stack, docker, net, run_c
     listing = subprocess.run([helpers.aio_command().replace("kuryr-aio", "kuryr"), "ports",
                               "--config-file", str(stack.kuryr_conf)],
                              capture_output=True, text=True, check=True).stdout
-    assert f"{ip}" in listing and f":{published[0].host_port}->80/tcp" in listing
+    assert f"{ip}" in listing
+    assert f":{published[0].host_port}->80/tcp" in listing
 
 
 @pytest.mark.usefixtures("no_leaks")
@@ -112,7 +113,8 @@ def test_busy_host_port_is_a_clear_error(docker, net, unique, neutron):
     finally:
         blocker.close()
     assert proc.returncode != 0
-    assert "18184" in proc.stderr and "already in use" in proc.stderr, proc.stderr
+    assert "18184" in proc.stderr, proc.stderr
+    assert "already in use" in proc.stderr, proc.stderr
     assert helpers.wait_until(lambda: expose_groups(neutron) == [], 10), expose_groups(neutron)
 
 

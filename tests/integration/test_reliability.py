@@ -4,6 +4,7 @@ parallel test longer (`tools/soak`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ BURST = int(os.environ.get("KURYR_SOAK_BURST", "50"))
 def kuryr(stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "kuryr"), *args,
                            "--config-file", str(stack.kuryr_conf)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def start_all(docker, network: str, names: list[str]) -> dict[str, subprocess.CompletedProcess]:
@@ -101,7 +102,8 @@ def test_kill9_mid_burst_then_restart_leaves_working_or_cleanly_failed(
         os.kill(pid, signal.SIGKILL)
         assert helpers.wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10)
         time.sleep(2)
-        up = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
+        up = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True,
+                            check=False)
         assert up.returncode == 0, up.stderr
     finally:
         starter.join()
@@ -130,7 +132,7 @@ def test_kill9_mid_burst_then_restart_leaves_working_or_cleanly_failed(
 
 # -- the garbage collector's reach ---------------------------------------------------------
 def test_gc_removes_only_this_hosts_kuryr_leftovers(stack, neutron, ovs, tenant_net, cleanup):
-    net, subnet = tenant_net
+    net, _subnet = tenant_net
     host = socket.gethostname()
 
     def port(**attrs):
@@ -156,7 +158,8 @@ def test_gc_removes_only_this_hosts_kuryr_leftovers(stack, neutron, ovs, tenant_
     assert f"would remove veth {stray.host_ifname}" in dry.stdout, dry.stdout
     for kept in (users.id, other_host.id, foreign.host_ifname):
         assert kept not in dry.stdout, dry.stdout
-    assert neutron.api.get_port(orphan.id) and netlink.link_exists(stray.host_ifname)
+    assert neutron.api.get_port(orphan.id)
+    assert netlink.link_exists(stray.host_ifname)
 
     young = kuryr(stack, "gc", "--dry-run")  # default grace: just-made things are left
     assert orphan.id not in young.stdout, young.stdout
@@ -165,7 +168,8 @@ def test_gc_removes_only_this_hosts_kuryr_leftovers(stack, neutron, ovs, tenant_
     assert done.returncode == 0, done.stdout + done.stderr
     assert neutron.api.find_port(orphan.id) is None
     assert not netlink.link_exists(stray.host_ifname)
-    assert neutron.api.get_port(users.id) and neutron.api.get_port(other_host.id)
+    assert neutron.api.get_port(users.id)
+    assert neutron.api.get_port(other_host.id)
     assert netlink.link_exists(foreign.host_ifname)
 
 
@@ -185,7 +189,8 @@ def test_gc_removes_networks_this_hosts_docker_forgot(stack, docker, make_networ
 
     dry = kuryr(stack, "gc", "--dry-run", "--grace", "0")
     assert f"would remove network {forgotten.id}" in dry.stdout, dry.stdout + dry.stderr
-    assert elsewhere.id not in dry.stdout and real_id[:12] not in dry.stdout, dry.stdout
+    assert elsewhere.id not in dry.stdout, dry.stdout
+    assert real_id[:12] not in dry.stdout, dry.stdout
     done = kuryr(stack, "gc", "--grace", "0")
     assert done.returncode == 0, done.stdout + done.stderr
     assert neutron.api.find_network(forgotten.id) is None
@@ -220,12 +225,14 @@ def test_neutron_down_for_30s(stack, docker, make_network, run_container, neutro
                              f"kn-{unique}-down", check=False)
         took = time.monotonic() - started
         assert created.returncode != 0
-        assert "Neutron" in created.stderr and took < 20, (took, created.stderr)
+        assert "Neutron" in created.stderr, (took, created.stderr)
+        assert took < 20, (took, created.stderr)
         # A pooled port needs no Neutron request: containers still start.
         c = run_container(name)
         time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
     finally:
-        up = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True)
+        up = subprocess.run([helpers.aio_command(), "up"], capture_output=True, text=True,
+                            check=False)
         assert up.returncode == 0, up.stderr
     print(f"Neutron down: network create failed in {took:.1f} s with: {created.stderr.strip()}")
     # The container's bookkeeping reaches Neutron once it is back.
@@ -271,10 +278,8 @@ class DelayingProxy:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.server.close()

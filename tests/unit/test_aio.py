@@ -41,11 +41,12 @@ def test_run_reports_the_failing_command(tmp_path):
 
 @pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="busybox-static not installed")
 def test_busybox_rootfs_has_a_shell_and_network_tools():
-    tar = tarfile.open(fileobj=io.BytesIO(docker.busybox_rootfs()))
-    names = {m.name: m for m in tar.getmembers()}
+    with tarfile.open(fileobj=io.BytesIO(docker.busybox_rootfs())) as tar:
+        names = {m.name: m for m in tar.getmembers()}
     assert names["bin/busybox"].isfile()
     for applet in ("bin/sh", "bin/ping", "sbin/ip"):
-        assert names[applet].issym() and names[applet].linkname == "/bin/busybox"
+        assert names[applet].issym()
+        assert names[applet].linkname == "/bin/busybox"
 
 
 def test_aio_refuses_to_run_without_root_or_prints_env():

@@ -11,7 +11,10 @@ from fastapi.testclient import TestClient
 from kuryr import config, errors
 from kuryr.libnetwork import app as app_module
 from kuryr.libnetwork import models
-from kuryr.libnetwork.context import Context
+from kuryr.neutron import marks
+from kuryr.neutron.client import RequestCounter
+
+from .test_core import Driver
 
 TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "docker-20.10-plugin-trace.jsonl"
 MODELS = {
@@ -47,10 +50,15 @@ class NoNeutron:
 
 
 @pytest.fixture
-def client(tmp_path):
+def client():
     conf = config.load([], [])
-    ctx = Context(conf, NoNeutron(), ovs=None, host="h1")
-    return TestClient(app_module.build_app(ctx))
+    driver = Driver(neutron=NoNeutron())  # type: ignore[arg-type]
+    plugin = app_module.Plugin(ipam=driver.ipam, networks=driver.networks,
+                               endpoints=driver.endpoints, counter=RequestCounter(),
+                               call_timeout=conf.plugin_call_timeout,
+                               scope=conf.capability_scope)
+    yield TestClient(app_module.build_app(plugin))
+    driver.close()
 
 
 @pytest.mark.skipif(not TRACE.exists(), reason="shared/ trace not present")
@@ -78,17 +86,20 @@ def test_gateway_request_needs_no_neutron(client):
     resp = client.post("/IpamDriver.RequestAddress", json={
         "PoolID": "kuryr:10.1.0.0/24", "Address": "",
         "Options": {"RequestAddressType": models.GATEWAY_REQUEST}})
-    assert resp.status_code == 200 and resp.json()["Address"] == "10.1.0.1/24"
+    assert resp.status_code == 200
+    assert resp.json()["Address"] == "10.1.0.1/24"
 
 
 def test_request_pool_with_subnet_needs_no_neutron(client):
     resp = client.post("/IpamDriver.RequestPool", json={
         "AddressSpace": "x", "Pool": "10.9.0.0/16", "SubPool": "10.9.1.0/24", "V6": False})
     assert resp.status_code == 200
-    assert resp.json()["PoolID"] == "kuryr:10.9.0.0/16|10.9.1.0/24"
+    pool_id = marks.parse_pool_id(resp.json()["PoolID"])
+    assert (pool_id.cidr, pool_id.ip_range) == ("10.9.0.0/16", "10.9.1.0/24")
+    assert pool_id.token, "every requested pool gets a token of its own"
 
 
-@pytest.mark.parametrize("path,body,status,needle", [
+@pytest.mark.parametrize(("path", "body", "status", "needle"), [
     ("/IpamDriver.RequestPool", b"{not json", 400, "not valid JSON"),
     ("/IpamDriver.RequestPool", b"[1, 2]", 400, "JSON object"),
     ("/IpamDriver.RequestAddress", b'{"Address": "1.2.3.4"}', 400, "PoolID"),

@@ -7,11 +7,12 @@ import threading
 import time
 
 from kuryr import errors
-from kuryr.libnetwork.background import Background
+from kuryr.core.background import Background
 
 
 def test_cancelling_a_job_that_keeps_getting_404_frees_the_queue_at_once():
     background = Background()
+    background.start()
     first_attempt = threading.Event()
     done: list[str] = []
 
@@ -27,11 +28,12 @@ def test_cancelling_a_job_that_keeps_getting_404_frees_the_queue_at_once():
     assert background.wait_idle(timeout=5), "the cancelled job kept the queue busy"
     assert time.monotonic() - started < 2
     assert done == ["sg"]
-    background.close()
+    background.stop(5)
 
 
 def test_jobs_run_in_order_and_a_cancelled_queued_job_never_runs():
     background = Background()
+    background.start()
     gate = threading.Event()
     ran: list[str] = []
     background.submit("a", "first", lambda: (gate.wait(5), ran.append("a")))
@@ -41,11 +43,12 @@ def test_jobs_run_in_order_and_a_cancelled_queued_job_never_runs():
     gate.set()
     assert background.wait_idle(timeout=5)
     assert ran == ["a", "c"]
-    background.close()
+    background.stop(5)
 
 
 def test_an_unavailable_neutron_is_retried_until_it_answers():
     background = Background()
+    background.start()
     attempts: list[int] = []
 
     def flaky():
@@ -56,7 +59,7 @@ def test_an_unavailable_neutron_is_retried_until_it_answers():
     background.submit("p", "update", flaky)
     assert background.wait_idle(timeout=10)
     assert len(attempts) == 3
-    background.close()
+    background.stop(5)
 
 
 def test_draining_the_pool_drops_the_queued_return_of_a_port_it_deletes():
@@ -65,8 +68,11 @@ def test_draining_the_pool_drops_the_queued_return_of_a_port_it_deletes():
     against 404s while DeleteNetwork waits for the queue (seen in CI: 60 s)."""
     from types import SimpleNamespace
 
-    from kuryr.libnetwork.context import NetworkInfo, PortInfo
-    from kuryr.libnetwork.pool import PortPool
+    from kuryr.core.model import NetworkRecord
+    from kuryr.core.pool import PortPool
+    from kuryr.neutron.types import Port
+
+    from .fakes import FakeBinder
 
     deleted: set[str] = set()
     updates: list[str] = []
@@ -77,12 +83,11 @@ def test_draining_the_pool_drops_the_queued_return_of_a_port_it_deletes():
             raise errors.NotFound(f"port {port_id} could not be found")
 
     background = Background()
+    background.start()
     neutron = SimpleNamespace(delete_port=deleted.add, update_port=update_port)
-    ovs = SimpleNamespace(unplug=lambda ifname: None)
-    ctx = SimpleNamespace(neutron=neutron, ovs=ovs, background=background, host="h")
-    pool = PortPool(ctx, default_size=0)
-    net = NetworkInfo(docker_id="d" * 64, neutron_id="n1", mtu=1450)
-    port = PortInfo(id="p1", network_id="n1", mac="fa:16:3e:00:00:01", addresses={})
+    pool = PortPool(neutron, FakeBinder(), background, "h", 0, "br-int")  # type: ignore[arg-type]
+    net = NetworkRecord(docker_id="d" * 64, neutron_id="n1", mtu=1450)
+    port = Port(id="p1", network_id="n1", mac_address="fa:16:3e:00:00:01")
     pool._ready["n1"] = collections.deque([port])
     pool._known.add("n1")
 
@@ -94,4 +99,4 @@ def test_draining_the_pool_drops_the_queued_return_of_a_port_it_deletes():
     assert background.wait_idle(timeout=5)
     assert deleted == {"p1"}
     assert updates == [], "the return of a deleted port ran anyway"
-    background.close()
+    background.stop(5)

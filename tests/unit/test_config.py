@@ -38,8 +38,9 @@ def test_sample_config_is_generated_from_the_code(tmp_path):
          "--wrap-width", "79", "--output-file", str(out)],
         check=True, cwd=ROOT)
     committed = (ROOT / "etc" / "kuryr.conf.sample").read_text()
-    assert out.read_text() == committed, "run oslo-config-generator --config-file " \
-        "etc/kuryr-config-generator.conf and commit etc/kuryr.conf.sample"
+    assert out.read_text() == committed, ("run oslo-config-generator --config-file "
+                                          "etc/kuryr-config-generator.conf and commit "
+                                          "etc/kuryr.conf.sample")
 
 
 def test_kuryr_libnetwork_config_file_is_accepted(tmp_path):

@@ -12,6 +12,7 @@ from kuryr.neutron import marks
 
 OLD = "2020-01-01T00:00:00Z"
 GRACE = datetime.timedelta(seconds=120)
+NOW = datetime.datetime.now(datetime.UTC)  # Neutron's clock, as its Date header says
 
 
 def port(pid: str, owner: str = marks.DEVICE_OWNER, tags=(), changed: str = OLD):
@@ -25,20 +26,20 @@ def names(pid: str, host: bool = True, container: bool = True) -> set[str]:
 
 
 def test_port_whose_veth_is_gone_is_garbage():
-    found = gc._ports([port("aaaaaaaa-1111")], links=set(), grace=GRACE)
+    found = gc._ports([port("aaaaaaaa-1111")], links=set(), grace=GRACE, now=NOW)
     assert [(g.kind, g.name) for g in found] == [("port", "aaaaaaaa-1111")]
 
 
 def test_port_in_a_container_is_kept():
     p = port("bbbbbbbb-2222")
-    assert gc._ports([p], links=names(p.id, container=False), grace=GRACE) == []
+    assert gc._ports([p], links=names(p.id, container=False), grace=GRACE, now=NOW) == []
 
 
 def test_port_no_container_took_is_garbage_but_a_free_pooled_one_is_not():
     taken_never = port("cccccccc-3333")
     pooled = port("dddddddd-4444", owner=marks.POOL_DEVICE_OWNER)
     links = names(taken_never.id) | names(pooled.id)
-    found = gc._ports([taken_never, pooled], links=links, grace=GRACE)
+    found = gc._ports([taken_never, pooled], links=links, grace=GRACE, now=NOW)
     assert [g.name for g in found] == [taken_never.id]
 
 
@@ -46,12 +47,22 @@ def test_young_ports_and_other_owners_are_never_touched():
     now = datetime.datetime.now(datetime.UTC).isoformat()
     young = port("eeeeeeee-5555", changed=now)
     users = port("ffffffff-6666", owner="compute:nova")
-    assert gc._ports([young, users], links=set(), grace=GRACE) == []
+    assert gc._ports([young, users], links=set(), grace=GRACE, now=NOW) == []
+
+
+def test_age_is_measured_on_neutrons_clock_not_this_hosts():
+    neutron_now = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    just_made = port("12121212-9999",
+                     changed=(neutron_now - datetime.timedelta(seconds=30)).isoformat())
+    # This host's clock may be hours ahead: the port is still 30 s old.
+    assert gc._ports([just_made], links=set(), grace=GRACE, now=neutron_now) == []
+    later = neutron_now + datetime.timedelta(seconds=200)
+    assert len(gc._ports([just_made], links=set(), grace=GRACE, now=later)) == 1
 
 
 def test_adopted_port_is_only_unbound():
     adopted = port("abababab-7777", tags=[marks.PORT_EXISTING_TAG])
-    assert gc._ports([adopted], links=set(), grace=GRACE)[0].kind == "adopted port"
+    assert gc._ports([adopted], links=set(), grace=GRACE, now=NOW)[0].kind == "adopted port"
 
 
 def test_veth_without_port_is_garbage_only_when_it_is_kuryrs():
@@ -87,13 +98,13 @@ def scope_with(networks: list, docker: set[str] | None, trust: bool = False) -> 
 def test_network_docker_forgot_is_garbage_adopted_one_is_not():
     live, forgotten, adopted = "a" * 64, "b" * 64, "c" * 64
     nets = [network(live), network(forgotten), network(adopted, adopted=True)]
-    found = gc._networks(scope_with(nets, {live}), GRACE)
+    found = gc._networks(scope_with(nets, {live}), GRACE, NOW)
     assert [g.name for g in found] == ["net-bbbb"]
 
 
 def test_networks_are_never_judged_on_a_dockerd_that_does_not_know_any_of_ours():
     nets = [network("a" * 64), network("b" * 64)]
-    assert gc._networks(scope_with(nets, {"f" * 64}), GRACE) == []  # another dockerd
-    assert gc._networks(scope_with(nets, None), GRACE) == []  # dockerd unreachable
+    assert gc._networks(scope_with(nets, {"f" * 64}), GRACE, NOW) == []  # another dockerd
+    assert gc._networks(scope_with(nets, None), GRACE, NOW) == []  # dockerd unreachable
     # ... unless the operator vouches for docker_uri (kuryr gc --trust-docker)
-    assert len(gc._networks(scope_with(nets, {"f" * 64}, trust=True), GRACE)) == 2
+    assert len(gc._networks(scope_with(nets, {"f" * 64}, trust=True), GRACE, NOW)) == 2

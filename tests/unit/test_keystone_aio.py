@@ -103,7 +103,8 @@ def test_policy_override_puts_service_before_the_parent_owner_check():
     # Neutron cannot evaluate ext_parent_owner for a service-role caller:
     # the service check must decide first, and the default's terms stay.
     assert check.index("rule:service_api") < check.index("rule:ext_parent_owner")
-    assert "rule:admin_only" in check and "role:member" in check
+    assert "rule:admin_only" in check
+    assert "role:member" in check
     assert "create_network:shared" not in rules
 
 
@@ -139,13 +140,14 @@ def test_venv_install_is_skipped_once_complete(tmp_path, monkeypatch):
 # -- the stack's auth mode ----------------------------------------------------
 def test_auth_mode_is_noauth_until_switched(tmp_path):
     layout = _layout(tmp_path)
-    assert layout.auth_mode == "noauth" and not layout.keystone_mode
+    assert layout.auth_mode == "noauth"
+    assert not layout.keystone_mode
     layout.set_auth_mode("keystone")
     assert layout.auth_mode_file.read_text() == "keystone\n"
     assert layout.keystone_mode
     layout.set_auth_mode("noauth")
     assert layout.auth_mode == "noauth"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown auth mode 'token'"):
         layout.set_auth_mode("token")
     layout.auth_mode_file.write_text("token\n")
     with pytest.raises(ValueError, match="unknown auth mode"):
@@ -178,7 +180,8 @@ def test_env_exports_the_admin_in_keystone_mode(tmp_path):
     assert text.startswith("unset OS_ENDPOINT\n")
     for key, value in keystone.admin_env().items():
         assert f"export {key}={value}\n" in text
-    assert "export OS_USERNAME=admin\n" in text and "OS_AUTH_TYPE=password" in text
+    assert "export OS_USERNAME=admin\n" in text
+    assert "OS_AUTH_TYPE=password" in text
     assert f"export DOCKER_HOST={layout.docker_host}\n" in text
 
 
@@ -187,7 +190,8 @@ def test_neutron_conf_follows_the_auth_mode(tmp_path):
     server = NeutronServer(layout)
     noauth = _ini(server.neutron_conf())
     assert noauth["DEFAULT"]["auth_strategy"] == "noauth"
-    assert not noauth.has_section("keystone_authtoken") and not noauth.has_section("oslo_policy")
+    assert not noauth.has_section("keystone_authtoken")
+    assert not noauth.has_section("oslo_policy")
     server.dir.mkdir(parents=True)
     (server.dir / "neutron.conf").write_text(server.neutron_conf())
     assert not server.config_outdated()

@@ -14,13 +14,23 @@ def test_network_tags_split_the_docker_id_like_kuryr_libnetwork():
     assert marks.docker_network_id_from_tags([low]) is None
 
 
-@pytest.mark.parametrize("cidr,sub", [("10.1.0.0/16", ""), ("10.1.0.0/16", "10.1.5.0/24"),
-                                      ("fd00:1::/64", ""), ("fd00:1::/64", "fd00:1::/80")])
-def test_pool_id_round_trip(cidr, sub):
-    assert marks.parse_pool_id(marks.pool_id(cidr, sub)) == (cidr, sub)
+@pytest.mark.parametrize(("cidr", "sub", "token"), [
+    ("10.1.0.0/16", "", "0123456789ab"), ("10.1.0.0/16", "10.1.5.0/24", "0123456789ab"),
+    ("fd00:1::/64", "", "ffffffffffff"), ("fd00:1::/64", "fd00:1::/80", "0123456789ab"),
+    ("10.1.0.0/16", "", ""), ("10.1.0.0/16", "10.1.5.0/24", "")])
+def test_pool_id_round_trip(cidr, sub, token):
+    pool = marks.PoolId(cidr, sub, token)
+    assert marks.parse_pool_id(str(pool)) == pool
 
 
-@pytest.mark.parametrize("bad", ["", "probe-pool-1", "kuryr:not-a-cidr", "kuryr:10.0.0.0/8|x"])
+def test_pool_ids_of_earlier_versions_parse():
+    assert marks.parse_pool_id("kuryr:10.1.0.0/16|10.1.5.0/24") == marks.PoolId(
+        "10.1.0.0/16", "10.1.5.0/24")
+
+
+@pytest.mark.parametrize("bad", ["", "probe-pool-1", "kuryr:not-a-cidr", "kuryr:10.0.0.0/8|x",
+                                 "kuryr:10.0.0.0/8||nothex", "kuryr:10.0.0.0/8|||"])
 def test_foreign_pool_ids_are_rejected(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError,
+                       match=r"not issued by Kuryr|does not appear to be an IP|malformed"):
         marks.parse_pool_id(bad)

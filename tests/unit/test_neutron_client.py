@@ -13,7 +13,7 @@ from kuryr.neutron.client import connect
 class FakeNeutron(BaseHTTPRequestHandler):
     """Answers version discovery and network listing like neutron-server."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         port = self.server.server_address[1]
         if self.path in ("/", ""):
             body = {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
@@ -109,7 +109,8 @@ def _neutron_over(pools, project):
 
 def _pool(pool_id, project):
     from types import SimpleNamespace
-    return SimpleNamespace(id=pool_id, name="kuryr", project_id=project)
+    return SimpleNamespace(id=pool_id, name="kuryr", project_id=project,
+                           prefixes=["10.0.0.0/8"], default_prefix_length=24)
 
 
 def test_of_several_subnetpools_with_the_name_kuryr_uses_its_own_projects():

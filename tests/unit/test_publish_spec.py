@@ -38,7 +38,7 @@ def test_description_round_trip():
     assert spec.decode("a user's own description") == (None, [])
 
 
-@pytest.mark.parametrize("entry,needle", [
+@pytest.mark.parametrize(("entry", "needle"), [
     ({"Proto": 99, "Port": 1}, "protocol"),
     ({"Proto": 6, "Port": 70000}, "out of range"),
     ({"Proto": 6, "Port": 80, "HostIP": "nope"}, "not an address"),

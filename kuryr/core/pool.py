@@ -1,16 +1,15 @@
 """Ports made ahead of time, so a container start waits for no Neutron write.
 
-For each Kuryr network this host keeps a few ports ready: created in one bulk
+For each network this host keeps a few ports ready: created in one bulk
 request, bound to this host, and plugged (veth in br-int) so OVN has already
-wired them.  RequestAddress hands one out with no Neutron request at all; the
-container takes the port's MAC (the IPAM driver does not ask Docker for one).
-A background thread refills the pool.
+wired them.  A request takes one with no Neutron request at all; the
+container takes the port's MAC.  The pool's own thread refills it.
 
 Bookkeeping lives in Neutron and on the host, so it survives a crash: pooled
-ports carry device_owner ``kuryr:pool`` and are bound to this host; one whose
-container end of the veth is still in the host namespace is free, one whose
-container end has moved into a container is in use (its OVS interface names
-the endpoint), one without a veth is deleted.
+ports carry device_owner ``kuryr:pool``, no device_id, and are bound to this
+host.  After a restart a pooled port is free only when all of these hold:
+Neutron says so (owner kuryr:pool, no device_id), OVS names no endpoint on
+its interface, and its container end is still in the host namespace.
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ import collections
 import logging
 import threading
 
-from kuryr.binding import netlink
-from kuryr.binding.vif import VIF
-from kuryr.libnetwork.context import Context, NetworkInfo, PortInfo
+from kuryr.core.background import Background
+from kuryr.core.binder import Binder, vif_of
+from kuryr.core.model import NetworkRecord
 from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron
+from kuryr.neutron.types import NewPort, Port
 
 LOG = logging.getLogger(__name__)
-
 
 MAX_BULK = 64  # ports per bulk request
 
@@ -33,26 +33,40 @@ MAX_BULK = 64  # ports per bulk request
 class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.port: PortInfo | None = None
+        self.port: Port | None = None
 
 
 class PortPool:
-    def __init__(self, ctx: Context, default_size: int) -> None:
-        self.ctx = ctx
+    def __init__(self, neutron: Neutron, binder: Binder, background: Background, host: str,
+                 default_size: int, default_bridge: str) -> None:
+        self.neutron = neutron
+        self.binder = binder
+        self.background = background
+        self.host = host
         self.default_size = default_size
-        self._ready: dict[str, collections.deque[PortInfo]] = {}
+        self.default_bridge = default_bridge
+        self._ready: dict[str, collections.deque[Port]] = {}  # Neutron network id ->
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._wanted: dict[str, NetworkInfo] = {}
+        self._stopping = threading.Event()
+        self._wanted: dict[str, NetworkRecord] = {}
         self._known: set[str] = set()  # networks whose pooled ports this process knows all of
         self._net_locks: dict[str, threading.Lock] = {}  # a fill and a drain never overlap
         self._drained: set[str] = set()  # networks being deleted: never fill again
         self._waiters: dict[str, list[_Waiter]] = {}  # requests waiting for the next fill
         self._thread = threading.Thread(target=self._run, name="port-pool", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
     # -- handing out ---------------------------------------------------------------------
-    def take(self, net: NetworkInfo, wait: float = 0.0) -> PortInfo | None:
+    def take(self, net: NetworkRecord, wait: float = 0.0) -> Port | None:
         """A ready port of ``net`` (no Neutron request).
 
         When the pool is empty and ``wait`` > 0, wait for the next refill: the
@@ -76,35 +90,41 @@ class PortPool:
                     waiters.remove(waiter)
             return waiter.port
 
-    def recycle(self, net: NetworkInfo, port: PortInfo) -> bool:
+    def claim(self, network_id: str, port_id: str) -> Port | None:
+        """Take a specific ready port out of the pool (a request whose address a
+        restarted Kuryr put back in the pool before Docker's retry arrived)."""
+        with self._lock:
+            ready = self._ready.get(network_id, collections.deque())
+            port = next((p for p in ready if p.id == port_id), None)
+            if port is not None:
+                ready.remove(port)
+            return port
+
+    def recycle(self, net: NetworkRecord, port: Port) -> bool:
         """Take back the port of a container that left, if it can serve the next one
-        as it is: plain (no endpoint-specific security groups, published ports or
-        MAC), its veth back in the host namespace (Docker moves it out of the
-        container's), and the pool not already holding twice its size."""
-        vif = VIF(port_id=port.id, mac=port.mac)
-        if not port.plain or self.size_of(net) <= 0 \
-                or not netlink.link_exists(vif.container_ifname):
+        as it is: its veth back in the host namespace (Docker moves it out of the
+        container's), and the pool not already holding twice its size.  The
+        caller knows the port is plain (nothing endpoint-specific set on it)."""
+        vif = vif_of(port, net.mtu, self.default_bridge)
+        if self.size_of(net) <= 0 or not self.binder.is_free(vif):
             return False
         with self._lock:
             ready = self._ready.setdefault(net.neutron_id, collections.deque())
             if net.neutron_id in self._drained or len(ready) >= 2 * self.size_of(net):
                 return False
         try:
-            self.ctx.ovs.forget_endpoint(vif.host_ifname)
+            self.binder.forget_endpoint(vif)
         except Exception as exc:  # noqa: BLE001 - then it is simply not recycled
             LOG.warning("pool port %s: cannot clear its endpoint in OVS: %s", port.id, exc)
             return False
-        fresh = PortInfo(id=port.id, network_id=port.network_id, mac=port.mac,
-                         addresses=dict(port.addresses), vif_type=port.vif_type,
-                         bridge=port.bridge, security_groups=list(port.security_groups))
         with self._lock:
             waiters = self._waiters.get(net.neutron_id, [])
             if waiters:
                 waiter = waiters.pop(0)
-                waiter.port = fresh
+                waiter.port = port
                 waiter.event.set()
             else:
-                self._ready.setdefault(net.neutron_id, collections.deque()).append(fresh)
+                self._ready.setdefault(net.neutron_id, collections.deque()).append(port)
         return True
 
     def held(self) -> set[str]:
@@ -112,10 +132,10 @@ class PortPool:
         with self._lock:
             return {port.id for ready in self._ready.values() for port in ready}
 
-    def size_of(self, net: NetworkInfo) -> int:
+    def size_of(self, net: NetworkRecord) -> int:
         return net.pool_size(self.default_size)
 
-    def refill_soon(self, net: NetworkInfo) -> None:
+    def refill_soon(self, net: NetworkRecord) -> None:
         if self.size_of(net) <= 0:
             return
         with self._lock:
@@ -124,13 +144,15 @@ class PortPool:
 
     # -- filling -----------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._wake.wait()
             self._wake.clear()
             with self._lock:
                 wanted = list(self._wanted.values())
                 self._wanted.clear()
             for net in wanted:
+                if self._stopping.is_set():
+                    return
                 try:
                     self._fill(net)
                 except Exception as exc:  # noqa: BLE001 - the next take retries
@@ -140,7 +162,7 @@ class PortPool:
         with self._lock:
             return self._net_locks.setdefault(network_id, threading.Lock())
 
-    def _fill(self, net: NetworkInfo) -> None:
+    def _fill(self, net: NetworkRecord) -> None:
         try:
             with self._net_lock(net.neutron_id):
                 self._fill_locked(net)
@@ -150,25 +172,34 @@ class PortPool:
                     waiter.event.set()
             raise
 
-    def _fill_locked(self, net: NetworkInfo) -> None:
+    def _fill_locked(self, net: NetworkRecord) -> None:
         """Called with the network's lock held, so a drain (same lock) never runs
-        in the middle: what is created here is either handed out or drained later."""
+        in the middle: what is created here is either handed out or drained later.
+        (The network lock is the pool's own, per network: no request thread waits
+        on it, so holding it across the bulk create blocks nobody's container.)"""
         with self._lock:
             if net.neutron_id in self._drained:
                 return
             have = len(self._ready.get(net.neutron_id, ()))
             waiting = len(self._waiters.get(net.neutron_id, ()))
             self._known.add(net.neutron_id)
-        missing = self._batch(net, have, waiting)
+        missing = min(self.size_of(net) - have + waiting, MAX_BULK)
         if missing <= 0 or not net.subnets:
             return
-        fixed_ips = [{"subnet_id": s.id} for s in net.subnets]
-        created = self.ctx.neutron.create_ports([{
-            "network_id": net.neutron_id, "fixed_ips": fixed_ips,
-            "device_owner": marks.POOL_DEVICE_OWNER, "binding_host_id": self.ctx.host,
-            "name": f"{marks.PORT_NAME_PREFIX}pool",
-        } for _ in range(missing)])
-        ready = [self._plug(net, port) for port in created]
+        fixed_ips = tuple({"subnet_id": s.id} for s in net.subnets)
+        created = self.neutron.create_ports([NewPort(
+            network_id=net.neutron_id, fixed_ips=fixed_ips,
+            device_owner=marks.POOL_DEVICE_OWNER, binding_host_id=self.host,
+            name=f"{marks.PORT_NAME_PREFIX}pool") for _ in range(missing)])
+        ready = []
+        for port in created:
+            try:
+                self.binder.plug(vif_of(port, net.mtu, self.default_bridge))
+            except Exception as exc:  # noqa: BLE001 - never leave an unplugged pool port
+                LOG.warning("pool port %s: cannot plug: %s", port.id, exc)
+                self.neutron.delete_port(port.id)
+                continue
+            ready.append(port)
         with self._lock:
             waiters = self._waiters.get(net.neutron_id, [])
             while ready and waiters:
@@ -180,86 +211,61 @@ class PortPool:
                 self._wanted[net.neutron_id] = net
                 self._wake.set()
 
-    def _batch(self, net: NetworkInfo, have: int, waiting: int) -> int:
-        """Enough to top the pool up to its size and serve who waits.
-
-        Bigger batches were tried for bursts: Neutron's cost per port in a bulk
-        request stays ~0.5-1 s under load, so they only made waiters wait longer."""
-        return min(self.size_of(net) - have + waiting, MAX_BULK)
-
-    def _plug(self, net: NetworkInfo, port: object) -> PortInfo:
-        from kuryr.libnetwork import ipam
-
-        info = ipam.port_info(port)
-        vif = VIF(port_id=info.id, mac=info.mac, vif_type=info.vif_type,
-                  bridge=info.bridge or self.ctx.conf.binding.ovs_bridge, mtu=net.mtu)
-        netlink.create_veth(vif)
-        if vif.vif_type == "bridge":
-            netlink.attach_to_linux_bridge(vif.host_ifname, vif.bridge)
-        else:
-            self.ctx.ovs.plug(vif)
-        return info
-
-    def _discard(self, port: PortInfo) -> None:
-        if self.ctx.background is not None:
-            # A recycled port may still have its return-to-pool PUT queued.
-            self.ctx.background.cancel(port.id)
-        vif = VIF(port_id=port.id, mac=port.mac)
-        try:
-            self.ctx.ovs.unplug(vif.host_ifname)
-        except Exception as exc:  # noqa: BLE001
-            LOG.warning("pool port %s: cannot unplug: %s", port.id, exc)
-        netlink.delete_link(vif.host_ifname)
-        self.ctx.neutron.delete_port(port.id)
+    def _delete_pooled_port(self, port: Port) -> None:
+        """Unplug and delete a pooled port nobody uses."""
+        # A recycled port may still have its return-to-pool PUT queued.
+        self.background.cancel(port.id)
+        self.binder.unplug(vif_of(port, None, self.default_bridge))
+        self.neutron.delete_port(port.id)
 
     # -- network removal and restarts ---------------------------------------------------------
-    def drain(self, net: NetworkInfo) -> None:
+    def drain(self, net: NetworkRecord) -> None:
         """Delete the network's unused pooled ports (before the network itself)."""
         with self._lock:
             self._drained.add(net.neutron_id)
         with self._net_lock(net.neutron_id):
             self._drain_locked(net)
 
-    def _drain_locked(self, net: NetworkInfo) -> None:
+    def _drain_locked(self, net: NetworkRecord) -> None:
         with self._lock:
             ports = list(self._ready.pop(net.neutron_id, ()))
             self._wanted.pop(net.neutron_id, None)
             known = net.neutron_id in self._known
         for port in ports:
-            self._discard(port)
+            self._delete_pooled_port(port)
         if known or self.size_of(net) <= 0:
             return
         # Pooled ports this process may not know (made before a restart).
-        for port in self.ctx.neutron.ports(network_id=net.neutron_id,
-                                           device_owner=marks.POOL_DEVICE_OWNER,
-                                           binding_host_id=self.ctx.host):
-            if netlink.link_exists(VIF(port_id=port.id, mac=port.mac_address).container_ifname) \
-                    or not netlink.link_exists(VIF(port_id=port.id,
-                                                   mac=port.mac_address).host_ifname):
-                self._discard(_minimal(port))
+        for port in self.neutron.ports(network_id=net.neutron_id,
+                                       device_owner=marks.POOL_DEVICE_OWNER,
+                                       binding_host_id=self.host):
+            if self._is_free(port) or not self.binder.is_plugged(
+                    vif_of(port, None, self.default_bridge)):
+                self._delete_pooled_port(port)
+
+    def _is_free(self, port: Port) -> bool:
+        vif = vif_of(port, None, self.default_bridge)
+        return (port.device_owner == marks.POOL_DEVICE_OWNER and not port.device_id
+                and self.binder.is_plugged(vif) and self.binder.is_free(vif)
+                and self.binder.endpoint_of(vif) is None)
 
     def restore(self) -> int:
-        """Take back the free pooled ports of this host after a restart (1 GET)."""
-        from kuryr.libnetwork import ipam
+        """Take back the free pooled ports of this host after a restart (1 GET).
 
+        A port whose interface OVS says serves an endpoint, or whose device_id
+        names one, is in use even if its container end has not moved yet (Kuryr
+        was killed between CreateEndpoint and Docker moving the interface)."""
         free = 0
-        ports = self.ctx.neutron.ports(device_owner=marks.POOL_DEVICE_OWNER,
-                                       binding_host_id=self.ctx.host)
+        ports = self.neutron.ports(device_owner=marks.POOL_DEVICE_OWNER,
+                                   binding_host_id=self.host)
         with self._lock:
             self._known.update(p.network_id for p in ports)
         for port in ports:
-            vif = VIF(port_id=port.id, mac=port.mac_address)
-            if not netlink.link_exists(vif.host_ifname):
-                self._discard(_minimal(port))  # its veth is gone (host reboot, crash)
-            elif netlink.link_exists(vif.container_ifname):
+            if not self.binder.is_plugged(vif_of(port, None, self.default_bridge)):
+                self._delete_pooled_port(port)  # its veth is gone (host reboot, crash)
+            elif self._is_free(port):
                 with self._lock:
-                    self._ready.setdefault(port.network_id, collections.deque()).append(
-                        ipam.port_info(port))
+                    self._ready.setdefault(port.network_id, collections.deque()).append(port)
                 free += 1
-            # else: in use by a container; found through its OVS interface.
+            # else: in use by a container; found through its OVS interface or device_id.
         return free
-
-
-def _minimal(port: object) -> PortInfo:
-    return PortInfo(id=port.id, network_id=port.network_id, mac=port.mac_address,
-                    addresses={})

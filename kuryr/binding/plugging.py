@@ -1,0 +1,349 @@
+"""One plug path and one unplug path for container ports, dispatched by VIF type.
+
+``build_binder`` chooses the Binder from [DEFAULT] port_driver once, at
+start-up; the veth Binder then dispatches each VIF by its ``vif_type`` (as
+Neutron's binding says) to the way that type joins the host's switch:
+
+=================  ===========================================================
+vif_type           what plug does with the veth's host end
+=================  ===========================================================
+ovs, unbound       port on the OVS bridge ``vif.bridge``, with the external_ids
+                   OVN binds by (iface-id, attached-mac, ...)
+bridge             enslaved to the Linux bridge ``vif.bridge``
+binding_failed     nothing: BackendUnavailable naming the port and this host
+anything else      nothing: InvalidInput naming the type
+=================  ===========================================================
+
+Binding never calls Neutron: for VIF types whose wiring cannot be seen
+locally, ``wait_wired`` returns None and the caller asks Neutron.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Protocol
+
+from kuryr import errors
+from kuryr.binding import UnsupportedDriver, netlink
+from kuryr.binding.ovs import ENDPOINT_KEY, OVS
+from kuryr.binding.vif import VIF
+
+__all__ = ["DRIVERS", "Binder", "BinderFactory", "HostLinks", "Links", "Switch",
+           "UnsupportedDriver", "VethBinder", "build_binder"]
+
+LOG = logging.getLogger(__name__)
+
+
+class Binder(Protocol):
+    """Plugs and unplugs the host side of container ports (what the core calls)."""
+
+    def plug(self, vif: VIF, endpoint_id: str = "") -> None:
+        """Make the VIF's interfaces and attach the host end; idempotent.
+
+        On failure nothing this call made is left behind.
+        """
+
+    def unplug(self, vif: VIF) -> None:
+        """Detach and delete the VIF's interfaces; best effort, never raises."""
+
+    def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
+        """True once traffic can flow, False at the timeout, None when it cannot
+        be seen on this host (then Neutron's port status is the answer)."""
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        """The VIF no longer serves an endpoint (its port goes back to a pool)."""
+
+    def endpoint_of(self, vif: VIF) -> str | None:
+        """The endpoint recorded on the VIF's interface at plug time (local read)."""
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        """The Neutron port id plugged for ``endpoint_id`` (local read)."""
+
+    def is_plugged(self, vif: VIF) -> bool:
+        """The VIF's host end exists."""
+
+    def is_free(self, vif: VIF) -> bool:
+        """The VIF's container end is still in the host's namespace (no container took it)."""
+
+
+# -- the host operations a Binder is made of --------------------------------------------------
+
+class Links(Protocol):
+    """Network interfaces in the host's namespace; failures raise netlink.LinkError."""
+
+    def create_veth(self, vif: VIF) -> bool:
+        """Make the VIF's veth pair, host end up; True when this call made it."""
+
+    def delete_link(self, ifname: str) -> bool:
+        """Delete a link (and its veth peer); False when there was none."""
+
+    def link_exists(self, ifname: str) -> bool: ...
+
+    def attach_to_linux_bridge(self, ifname: str, bridge: str) -> None: ...
+
+
+class Switch(Protocol):
+    """What a Binder needs of Open vSwitch (kuryr.binding.ovs.OVS); failures raise."""
+
+    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "") -> None: ...
+
+    def unplug(self, ifname: str, bridge: str | None = None) -> None: ...
+
+    def forget_endpoint(self, ifname: str) -> None: ...
+
+    def interface_external_ids(self, ifname: str) -> dict[str, str]: ...
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None: ...
+
+    def wait_installed(self, ifname: str, timeout: float) -> bool: ...
+
+
+class HostLinks:
+    """Links through netlink (pyroute2); every failure becomes a netlink.LinkError."""
+
+    def create_veth(self, vif: VIF) -> bool:
+        with _as_link_error(f"cannot create veth {vif.host_ifname}"):
+            return netlink.create_veth(vif)
+
+    def delete_link(self, ifname: str) -> bool:
+        with _as_link_error(f"cannot delete {ifname}"):
+            return netlink.delete_link(ifname)
+
+    def link_exists(self, ifname: str) -> bool:
+        with _as_link_error(f"cannot look up {ifname}"):
+            return netlink.link_exists(ifname)
+
+    def attach_to_linux_bridge(self, ifname: str, bridge: str) -> None:
+        with _as_link_error(f"cannot attach {ifname} to Linux bridge {bridge}"):
+            netlink.attach_to_linux_bridge(ifname, bridge)
+
+
+@contextlib.contextmanager
+def _as_link_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except netlink.LinkError:
+        raise
+    except Exception as exc:  # pyroute2 raises NetlinkError, OSError, IndexError...
+        raise netlink.LinkError(f"{what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _ovs_failure(what: str) -> Iterator[None]:
+    """Any failure of Open vSwitch (ovsdbapp raises RuntimeError, TimeoutException,
+    OVSError, ...) is BackendUnavailable, its message saying what was being done."""
+    try:
+        yield
+    except errors.KuryrError:
+        raise
+    except Exception as exc:
+        raise errors.BackendUnavailable(f"Open vSwitch: {what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _link_failure() -> Iterator[None]:
+    """A netlink failure is the host's: a KuryrError (500) naming the interface."""
+    try:
+        yield
+    except netlink.LinkError as exc:
+        raise errors.KuryrError(str(exc)) from exc
+
+
+# -- how each VIF type joins the host's switch ------------------------------------------------
+
+class _Wiring(Protocol):
+    """The attachment of a veth's host end for one family of VIF types."""
+
+    def attach(self, vif: VIF, endpoint_id: str) -> None: ...
+
+    def detach(self, vif: VIF) -> None:
+        """Undo attach (may raise: the binder logs)."""
+
+    def wait(self, vif: VIF, timeout: float) -> bool | None: ...
+
+    def forget_endpoint(self, vif: VIF) -> None: ...
+
+    def endpoint_of(self, vif: VIF) -> str | None: ...
+
+
+class _OvsWiring:
+    """A port on an OVS bridge that OVN (or the OVS agent) binds by its external_ids."""
+
+    def __init__(self, switch: Switch) -> None:
+        self._switch = switch
+
+    def attach(self, vif: VIF, endpoint_id: str) -> None:
+        with _ovs_failure(f"cannot plug {vif.host_ifname} (port {vif.port_id}) "
+                          f"into bridge {vif.bridge}"):
+            self._switch.plug(vif, endpoint_id=endpoint_id)
+
+    def detach(self, vif: VIF) -> None:
+        self._switch.unplug(vif.host_ifname)
+
+    def wait(self, vif: VIF, timeout: float) -> bool:
+        with _ovs_failure(f"cannot watch {vif.host_ifname}"):
+            return self._switch.wait_installed(vif.host_ifname, timeout)
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        with _ovs_failure(f"cannot clear the endpoint of {vif.host_ifname}"):
+            self._switch.forget_endpoint(vif.host_ifname)
+
+    def endpoint_of(self, vif: VIF) -> str | None:
+        with _ovs_failure(f"cannot read {vif.host_ifname}"):
+            return self._switch.interface_external_ids(vif.host_ifname).get(ENDPOINT_KEY)
+
+
+class _LinuxBridgeWiring:
+    """A port of a Linux bridge (ML2/linuxbridge): nothing local says when it is wired."""
+
+    def __init__(self, links: Links) -> None:
+        self._links = links
+
+    def attach(self, vif: VIF, endpoint_id: str) -> None:
+        with _link_failure():
+            self._links.attach_to_linux_bridge(vif.host_ifname, vif.bridge)
+
+    def detach(self, vif: VIF) -> None:
+        """Deleting the veth takes it off the bridge."""
+
+    def wait(self, vif: VIF, timeout: float) -> None:
+        return None
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        """No endpoint is recorded on a Linux bridge port."""
+
+    def endpoint_of(self, vif: VIF) -> None:
+        return None
+
+
+# -- the veth Binder -------------------------------------------------------------------------
+
+class VethBinder:
+    """Containers on a host that is itself a Neutron/OVN chassis: a veth pair per port,
+    its host end on the host's switch, its container end handed to the runtime."""
+
+    def __init__(self, host: str, switch: Switch, links: Links | None = None) -> None:
+        self.host = host
+        self._switch = switch
+        self._links: Links = links if links is not None else HostLinks()
+        ovs = _OvsWiring(switch)
+        self._ovs = ovs
+        self._wirings: Mapping[str, _Wiring] = MappingProxyType({
+            "ovs": ovs,
+            "unbound": ovs,  # no binding yet: OVN binds it once it appears on br-int
+            "bridge": _LinuxBridgeWiring(self._links),
+        })
+        # Types Neutron reports but nothing on this host can plug.
+        self._refusals: Mapping[str, Callable[[VIF], errors.KuryrError]] = MappingProxyType({
+            "binding_failed": self._binding_failed,
+        })
+
+    # -- plug / unplug ----------------------------------------------------------------------
+    def plug(self, vif: VIF, endpoint_id: str = "") -> None:
+        wiring = self._wiring_to_plug(vif)  # refusals come before anything is made
+        with _link_failure():
+            made = self._links.create_veth(vif)
+        try:
+            wiring.attach(vif, endpoint_id)
+        except BaseException:
+            if made:
+                self._remove(vif, wiring)
+            raise
+
+    def unplug(self, vif: VIF) -> None:
+        # A VIF of unknown or refused type may still have been plugged into OVS
+        # (a stale or default vif_type): removing an absent OVS port is a no-op.
+        self._remove(vif, self._wirings.get(vif.vif_type, self._ovs))
+
+    def _remove(self, vif: VIF, wiring: _Wiring) -> None:
+        """Best effort: logged, never raised (the garbage collector retries)."""
+        try:
+            wiring.detach(vif)
+        except Exception as exc:  # noqa: BLE001 - the veth must go regardless
+            LOG.warning("could not detach %s (port %s) from bridge %s: %s",
+                        vif.host_ifname, vif.port_id, vif.bridge, exc)
+        try:
+            self._links.delete_link(vif.host_ifname)
+        except Exception as exc:  # noqa: BLE001
+            LOG.warning("could not delete %s (port %s): %s", vif.host_ifname, vif.port_id, exc)
+
+    def _wiring_to_plug(self, vif: VIF) -> _Wiring:
+        refuse = self._refusals.get(vif.vif_type)
+        if refuse is not None:
+            raise refuse(vif)
+        wiring = self._wirings.get(vif.vif_type)
+        if wiring is None:
+            raise errors.InvalidInput(
+                f"Neutron bound port {vif.port_id} as vif_type {vif.vif_type!r}, which Kuryr "
+                f"cannot plug on this host (it plugs {', '.join(sorted(self._wirings))})")
+        return wiring
+
+    def _binding_failed(self, vif: VIF) -> errors.KuryrError:
+        return errors.BackendUnavailable(
+            f"Neutron could not bind port {vif.port_id} to host {self.host}: is this host "
+            "an OVN chassis (or running a Neutron agent) under that name? ([DEFAULT] host)")
+
+    # -- waiting and local state -------------------------------------------------------------
+    def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
+        wiring = self._wirings.get(vif.vif_type)
+        return None if wiring is None else wiring.wait(vif, timeout)
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        self._wirings.get(vif.vif_type, self._ovs).forget_endpoint(vif)
+
+    def endpoint_of(self, vif: VIF) -> str | None:
+        return self._wirings.get(vif.vif_type, self._ovs).endpoint_of(vif)
+
+    def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        with _ovs_failure(f"cannot look up endpoint {endpoint_id[:12]}"):
+            return self._switch.port_of_endpoint(endpoint_id)
+
+    def is_plugged(self, vif: VIF) -> bool:
+        with _link_failure():
+            return self._links.link_exists(vif.host_ifname)
+
+    def is_free(self, vif: VIF) -> bool:
+        with _link_failure():
+            return self._links.link_exists(vif.container_ifname)
+
+
+# -- the registry: [DEFAULT] port_driver -> Binder ---------------------------------------------
+
+BinderFactory = Callable[[OVS, str], Binder]
+"""(the host's OVS, this host's name as Neutron knows it) -> a Binder."""
+
+
+def _veth(ovs: OVS, host: str) -> Binder:
+    return VethBinder(host, ovs)
+
+
+def _not_implemented(driver: str, what: str) -> BinderFactory:
+    def refuse(ovs: OVS, host: str) -> Binder:
+        raise UnsupportedDriver(
+            f"[DEFAULT] port_driver = {driver} ({what}) is not implemented in this version "
+            "of Kuryr, which refuses to start rather than plug containers another way. "
+            "Use port_driver = veth, on a host that is itself an OVN chassis (or runs a "
+            "Neutron agent) under the name [DEFAULT] host; containers inside a Nova VM "
+            "need kuryr-libnetwork's nested drivers for now.")
+    return refuse
+
+
+DRIVERS: Mapping[str, BinderFactory] = MappingProxyType({
+    "veth": _veth,
+    "nested-vlan": _not_implemented("nested-vlan", "containers in a VM on trunk subports"),
+    "nested-macvlan": _not_implemented("nested-macvlan",
+                                       "containers in a VM as macvlans of its port"),
+})
+
+
+def build_binder(port_driver: str, ovs: OVS, host: str) -> Binder:
+    """The Binder for [DEFAULT] port_driver; UnsupportedDriver when there is none."""
+    factory = DRIVERS.get(port_driver)
+    if factory is None:
+        raise UnsupportedDriver(
+            f"[DEFAULT] port_driver = {port_driver!r} is unknown: "
+            f"choose one of {', '.join(DRIVERS)}")
+    return factory(ovs, host)

@@ -1,0 +1,454 @@
+"""A Neutron port's life, from "reserve an address" to "gone", for every front end.
+
+    reserve  (Docker RequestAddress)   a ready pooled port, a new port, or a
+                                       user's pre-created one; a lease with a
+                                       generation is handed out
+    attach   (CreateEndpoint)          the lease serves an endpoint: addresses
+                                       fitted, endpoint recorded, veth plugged
+    join     (Join)                    plugged (again if lost) and wired
+    detach   (DeleteEndpoint)          back to the pool, deleted, or given back
+    release  (ReleaseAddress)          Docker lets go of an address; only a lease
+                                       that is still current may touch its port
+
+Whose port it is (ownership.py) is decided here and only here.  Neutron
+requests on a container's path: none with a ready pooled port (the endpoint
+is recorded in the background); one POST without.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+from kuryr import errors
+from kuryr.core import ownership
+from kuryr.core.background import Background
+from kuryr.core.binder import Binder, vif_of
+from kuryr.core.model import Lease, NetworkRecord
+from kuryr.core.pool import PortPool
+from kuryr.core.state import State
+from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron
+from kuryr.neutron.types import IPV4, IPV6, NewPort, Port, Subnet
+from kuryr.publish import spec
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    default_bridge: str
+    dns_enabled: bool = False
+    wait_for_refill: float = 0.0
+    plug_timeout: float = 30.0
+    plug_is_fatal: bool = True
+
+
+@dataclass(frozen=True)
+class PortExtras:
+    """What a front end sets on an endpoint's port beyond the endpoint itself."""
+
+    security_group_ids: tuple[str, ...] = ()  # added to the port's own
+    description: str | None = None
+    expose_group: str | None = None  # made for this endpoint: deleted with the port
+    mac_address: str = ""  # the user's MAC (docker run --mac-address)
+
+
+def _version(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def _address_in(port: Port, subnet_id: str) -> str | None:
+    return next((f.ip_address for f in port.fixed_ips if f.subnet_id == subnet_id), None)
+
+
+class PortLifecycle:
+    def __init__(self, neutron: Neutron, binder: Binder, pool: PortPool | None,
+                 background: Background, state: State, settings: Settings) -> None:
+        self.neutron = neutron
+        self.binder = binder
+        self.pool = pool
+        self.background = background
+        self.state = state
+        self.settings = settings
+        # Host-side cleanup of containers that are gone (OVS + veth removal): one
+        # thread of its own, so it never waits behind Neutron writes.
+        self._unplugger = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="unplug")
+
+    def stop(self) -> None:
+        self._unplugger.shutdown(wait=True)
+
+    # -- reserve -------------------------------------------------------------------------
+    def reserve(self, net: NetworkRecord, subnet: Subnet, wanted: str | None = None,
+                name: str = "", mac: str = "") -> str:
+        """An address of ``subnet`` for a container that is about to be created."""
+        if net.pairs_families and subnet.ip_version == IPV6:
+            partner = self._reserve_partner(net, subnet, wanted)
+            if partner is not None:
+                return partner
+        port, from_pool = self._ready_or_new_port(net, subnet, wanted, name, mac)
+        lease = self.state.hand_out(port, net.neutron_id, from_pool)
+        address = wanted or _address_in(port, subnet.id)
+        if address is None:  # cannot happen: the port was made on this subnet
+            raise errors.BackendUnavailable(f"port {port.id} has no address on {subnet.cidr}")
+        self.state.hold(lease, address)
+        if net.pairs_families and subnet.ip_version == IPV4:
+            self.state.await_v6(lease)
+        return address
+
+    def _reserve_partner(self, net: NetworkRecord, subnet: Subnet,
+                         wanted: str | None) -> str | None:
+        """The IPv6 half of a dual-stack request: the IPv6 address of a port whose
+        IPv4 address was just handed out.  Nothing blocks: if concurrent starts
+        interleave and a container gets another one's IPv6 address, attach()
+        moves the addresses to the right ports."""
+        lease = self.state.next_awaiting_v6(net.neutron_id)
+        if lease is None:
+            return None
+        address = wanted or _address_in(lease.port, subnet.id)
+        if address is None:
+            return None
+        self.state.hold(lease, address)
+        return address
+
+    def _ready_or_new_port(self, net: NetworkRecord, subnet: Subnet, wanted: str | None,
+                           name: str, mac: str) -> tuple[Port, bool]:
+        if wanted is None and not mac and self.pool is not None:
+            pooled = self.pool.take(net, wait=self.settings.wait_for_refill)
+            if pooled is not None:
+                return pooled, True
+        fixed: list[dict[str, str]] = [
+            {"subnet_id": subnet.id, **({"ip_address": wanted} if wanted else {})}]
+        if net.pairs_families:
+            # Take the other family's address in the same request, so Docker's
+            # second RequestAddress costs nothing.
+            fixed += [{"subnet_id": s.id} for s in net.subnets
+                      if s.ip_version != subnet.ip_version]
+        return self._create_or_adopt(net, fixed, wanted, name, mac), False
+
+    def _create_or_adopt(self, net: NetworkRecord, fixed_ips: list[dict[str, str]],
+                         wanted: str | None, name: str, mac: str,
+                         endpoint_id: str = "") -> Port:
+        new = NewPort(network_id=net.neutron_id, fixed_ips=tuple(fixed_ips),
+                      device_owner=marks.UNBOUND_DEVICE_OWNER,
+                      binding_host_id=self.settings.host,
+                      name=marks.PORT_NAME_PREFIX + (name or endpoint_id[:12] or "docker"),
+                      mac_address=mac,
+                      dns_name=name if name and self.settings.dns_enabled else "")
+        try:
+            return self.neutron.create_port(new)
+        except errors.Conflict as exc:
+            if wanted is None:
+                raise
+            return self._take_holder(net, wanted, mac, endpoint_id, exc)
+
+    def _take_holder(self, net: NetworkRecord, address: str, mac: str, endpoint_id: str,
+                     conflict: errors.Conflict) -> Port:
+        """``address`` is taken in Neutron: use its port only if ownership allows."""
+        holders = self.neutron.ports(network_id=net.neutron_id, ip_address=address)
+        if not holders:
+            raise errors.Conflict(f"address {address} is already in use") from conflict
+        holder = holders[0]
+        try:
+            claim = ownership.claim(holder, self.settings.host, endpoint_id)
+        except errors.Conflict as exc:
+            raise errors.Conflict(f"address {address}: {exc}") from conflict
+        if claim is ownership.Claim.OURS:
+            return self._take_our_port(net, holder, address, endpoint_id)
+        return self._adopt_precreated(holder, mac)
+
+    def _take_our_port(self, net: NetworkRecord, port: Port, address: str,
+                       endpoint_id: str) -> Port:
+        """A port this host's Kuryr made holds the address: usable only if no
+        request or container of this process (or, after a restart, of OVS's
+        record) uses it."""
+        if port.device_id == endpoint_id and endpoint_id:
+            return port
+        if self.state.live_lease(port.id) is not None:
+            raise errors.Conflict(f"address {address} is being given to another container "
+                                  f"(port {port.id})")
+        if port.device_owner == marks.POOL_DEVICE_OWNER and self.pool is not None:
+            self.pool.claim(net.neutron_id, port.id)
+        recorded = self.binder.endpoint_of(vif_of(port, net.mtu, self.settings.default_bridge))
+        if recorded and recorded != endpoint_id:
+            raise errors.Conflict(f"address {address} is used by endpoint {recorded[:12]} "
+                                  f"(port {port.id})")
+        return port
+
+    def _adopt_precreated(self, holder: Port, mac: str) -> Port:
+        """A port a user made for Kuryr (no owner): tag it first, so a crash never
+        leaves a user's port that looks like Kuryr's own (the garbage collector
+        deletes those), then bind it only if nobody changed it meanwhile."""
+        tags = sorted({*holder.tags, marks.PORT_EXISTING_TAG})
+        self.neutron.set_port_tags(holder.id, tags)
+        try:
+            bound = self.neutron.update_port(
+                holder.id, binding_host_id=self.settings.host,
+                device_owner=marks.UNBOUND_DEVICE_OWNER,
+                mac_address=mac if mac and mac != holder.mac_address else None,
+                # The tag update above is one revision.
+                if_revision=holder.revision_number + 1)
+        except errors.KuryrError as exc:
+            self.neutron.set_port_tags(holder.id, list(holder.tags))
+            raise errors.Conflict(f"pre-created {ownership.describe(holder)} changed while "
+                                  f"Kuryr was taking it: {exc}") from exc
+        LOG.info("adopted pre-created port %s", holder.id)
+        return dataclasses.replace(bound, tags=tuple(tags))
+
+    # -- attach ----------------------------------------------------------------------------
+    def attach(self, net: NetworkRecord, endpoint_id: str, addresses: list[str],
+               extras: PortExtras | None = None) -> Lease:
+        """The endpoint's port: the lease its addresses came from (or, with another
+        IPAM driver, a port made or adopted now), fitted, recorded and plugged."""
+        known = self.state.endpoint(endpoint_id)
+        if known is not None:
+            return known  # Docker replays
+        lease = next((found for a in addresses
+                      if (found := self.state.unattached_lease(net.neutron_id, a))), None)
+        if lease is None:
+            lease = self._lease_for_other_ipam(net, endpoint_id, addresses, extras)
+        self.state.stop_awaiting_v6(lease)
+        if not self.state.attach(lease, endpoint_id):
+            return self.state.endpoint(endpoint_id) or lease
+        try:
+            self._fit_addresses(net, lease, addresses)
+            self._record_endpoint(net, lease, endpoint_id, extras or PortExtras())
+            self._plug(net, lease, endpoint_id)
+        except Exception:
+            self.state.unattach(lease)
+            if not lease.held:  # nobody will release it: Docker's own IPAM, or none
+                self._dispose(net, lease)
+            raise
+        return lease
+
+    def _lease_for_other_ipam(self, net: NetworkRecord, endpoint_id: str,
+                              addresses: list[str], extras: PortExtras | None) -> Lease:
+        """Docker's own IPAM chose the addresses (or Kuryr restarted since it
+        handed them out): make the port, or take the one holding them if
+        ownership allows."""
+        fixed: list[dict[str, str]] = []
+        for address in addresses:
+            subnet = net.subnet_of(address)
+            if subnet is None:
+                raise errors.InvalidInput(f"address {address} is in no subnet of Neutron "
+                                          f"network {net.neutron_id}")
+            fixed.append({"subnet_id": subnet.id, "ip_address": address})
+        mac = extras.mac_address if extras else ""
+        port = self._create_or_adopt(net, fixed, addresses[0] if addresses else None, "",
+                                     mac, endpoint_id)
+        return self.state.hand_out(port, net.neutron_id)
+
+    def _fit_addresses(self, net: NetworkRecord, lease: Lease, addresses: list[str]) -> None:
+        """Make the port hold exactly the addresses Docker gave the endpoint.
+
+        Only after interleaved dual-stack starts (or --ip6 on a paired network)
+        do they differ: take each missing address from the in-flight port that
+        holds it (a PUT each), then set the port's own (one PUT)."""
+        missing = [a for a in addresses if a not in lease.port.addresses]
+        if not missing:
+            return
+        for address in missing:
+            other = self.state.in_flight_lease_of_port(net.neutron_id, address)
+            if other is not None and other is not lease:
+                keep = [{"subnet_id": s, "ip_address": ip}
+                        for ip, s in other.port.addresses.items() if ip != address]
+                other.port = self.neutron.update_port(other.port.id, fixed_ips=keep)
+        families = {_version(a) for a in missing}
+        fixed = [{"subnet_id": s, "ip_address": ip} for ip, s in lease.port.addresses.items()
+                 if _version(ip) not in families]
+        for address in missing:
+            subnet = net.subnet_of(address)
+            if subnet is None:
+                raise errors.InvalidInput(f"address {address} is in no subnet of Neutron "
+                                          f"network {net.neutron_id}")
+            fixed.append({"subnet_id": subnet.id, "ip_address": address})
+        lease.port = self.neutron.update_port(lease.port.id, fixed_ips=fixed)
+        LOG.info("port %s re-paired to %s", lease.port.id, ", ".join(addresses))
+
+    def _record_endpoint(self, net: NetworkRecord, lease: Lease, endpoint_id: str,
+                         extras: PortExtras) -> None:
+        port = lease.port
+        mac = extras.mac_address.lower()
+        if mac == port.mac_address.lower():
+            mac = ""
+        if not (extras.security_group_ids or extras.description is not None or mac):
+            lease.plain = not lease.adopted
+            # The port is bound to this host since it was reserved: recording the
+            # endpoint changes nothing about its packets, so the container does not wait.
+            host = self.settings.host
+            self.background.submit(
+                port.id, f"record endpoint {endpoint_id[:12]} on port {port.id}",
+                lambda: self.neutron.update_port(
+                    port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
+                    binding_host_id=host),
+                group=net.neutron_id)
+            return
+        # Security groups must be in place before the container starts.
+        lease.plain = False
+        lease.expose_group = extras.expose_group
+        groups = [*port.security_group_ids,
+                  *(g for g in extras.security_group_ids if g not in port.security_group_ids)]
+        old_vif = vif_of(port, net.mtu, self.settings.default_bridge)
+        lease.port = self.neutron.update_port(
+            port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
+            binding_host_id=self.settings.host,
+            security_group_ids=groups if extras.security_group_ids else None,
+            description=extras.description, mac_address=mac or None)
+        if mac:
+            self.binder.unplug(old_vif)  # a pooled veth has the old MAC
+
+    def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str) -> None:
+        vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
+        self.binder.plug(vif, endpoint_id)
+
+    # -- join ------------------------------------------------------------------------------
+    def join(self, net: NetworkRecord, endpoint_id: str, netns: str) -> Lease:
+        """Return only when traffic can flow, so the container never starts deaf."""
+        lease = self.endpoint(net, endpoint_id)
+        lease.netns = netns or lease.netns
+        vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
+        if not self.binder.is_plugged(vif):
+            self.binder.plug(vif, endpoint_id)  # lost: host reboot, manual cleanup
+        timeout = self.settings.plug_timeout
+        started = time.monotonic()
+        wired = self.binder.wait_wired(vif, timeout)
+        if wired is None:  # not visible on this host: ask Neutron
+            wired = self._wait_active(lease.port.id, timeout)
+        if wired:
+            LOG.debug("port %s wired in %.3f s", vif.port_id, time.monotonic() - started)
+            return lease
+        message = (f"port {vif.port_id} was not wired within {timeout} s "
+                   "(is ovn-controller running and connected?)")
+        if self.settings.plug_is_fatal:
+            raise errors.BackendUnavailable(message)
+        LOG.warning("%s; starting the container anyway", message)
+        return lease
+
+    def _wait_active(self, port_id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.neutron.get_port(port_id).status == "ACTIVE":
+                return True
+            time.sleep(0.5)
+        return False
+
+    def endpoint(self, net: NetworkRecord, endpoint_id: str) -> Lease:
+        """The endpoint's lease: known, else found by device_id (1 GET after a
+        restart) or, before Neutron recorded it, through its OVS interface."""
+        known = self.state.endpoint(endpoint_id)
+        if known is not None:
+            return known
+        found = self.neutron.ports(network_id=net.neutron_id, device_id=endpoint_id)
+        if not found:
+            port_id = self.binder.port_of_endpoint(endpoint_id)
+            found = [self.neutron.get_port(port_id)] if port_id else []
+        if not found or found[0].network_id != net.neutron_id:
+            raise errors.NotFound(f"endpoint {endpoint_id[:12]} has no Neutron port")
+        port = found[0]
+        lease = self.state.hand_out(port, net.neutron_id)
+        lease.expose_group = spec.decode(port.description)[0]
+        lease.plain = not ownership.is_adopted(port) and not port.description
+        if not self.state.attach(lease, endpoint_id):
+            return self.state.endpoint(endpoint_id) or lease
+        return lease
+
+    # -- detach ----------------------------------------------------------------------------
+    def detach(self, net: NetworkRecord | None, endpoint_id: str) -> Lease | None:
+        """The endpoint is gone: its port goes back to the pool when it can serve
+        the next container as it is, else it is deleted (or, a user's, given back).
+        None when the endpoint was already gone (Docker replays)."""
+        lease = self.state.endpoint(endpoint_id)
+        if lease is None and net is not None:
+            try:
+                lease = self.endpoint(net, endpoint_id)
+            except errors.NotFound:
+                return None
+        if lease is None:
+            return None
+        self.state.detach(endpoint_id)
+        if net is not None and lease.plain and not lease.adopted and self.pool is not None \
+                and self.pool.recycle(net, lease.port):
+            # Back in the pool, still bound and plugged: the next container takes it
+            # with no Neutron request, and no port is deleted and created again.
+            port_id = lease.port.id
+            self.background.submit(
+                port_id, f"return port {port_id} to the pool",
+                lambda: self.neutron.update_port(port_id, device_id="",
+                                                 device_owner=marks.POOL_DEVICE_OWNER),
+                group=lease.network_id)
+            return lease
+        # The container has left: removing its veth and OVS port (~40 ms of OVSDB
+        # and netlink) is cleanup Docker need not wait for.  A crash in between
+        # leaves a veth without a port, which the garbage collector removes.
+        mtu = net.mtu if net else None
+        self._unplugger.submit(self.binder.unplug,
+                               vif_of(lease.port, mtu, self.settings.default_bridge))
+        self._dispose(net, lease)
+        return lease
+
+    def _dispose(self, net: NetworkRecord | None, lease: Lease) -> None:
+        """Delete Kuryr's port, or give a user's back unbound and ownerless, and
+        delete the endpoint's own security group.  In the background: the
+        container is already unplugged."""
+        self.state.end(lease)
+        port = lease.port
+        group = lease.expose_group
+        lease.expose_group = None
+        self.background.cancel(port.id)
+        if lease.adopted:
+            groups = [g for g in port.security_group_ids if g != group]
+            self.background.submit(
+                port.id, f"give back adopted port {port.id}",
+                lambda: self.neutron.update_port(
+                    port.id, binding_host_id="", device_owner="", device_id="",
+                    security_group_ids=groups, description=""),
+                group=lease.network_id)
+        else:
+            self.background.submit(port.id, f"delete port {port.id}",
+                                   lambda: self.neutron.delete_port(port.id),
+                                   group=lease.network_id)
+        if group:
+            self.background.submit(port.id, f"delete security group {group}",
+                                   lambda: self.neutron.delete_security_group(group),
+                                   group=lease.network_id)
+
+    # -- release ---------------------------------------------------------------------------
+    def release(self, net: NetworkRecord, address: str) -> None:
+        """Docker released ``address``.  Only a lease that never served an endpoint
+        frees its port here (DeleteEndpoint did for the others), and only while
+        it is the port's current hand-out: a late release never touches a port
+        that went back to the pool and on to the next container."""
+        lease = self.state.release_hold(net.neutron_id, address)
+        if lease is None:
+            self._release_unknown(net, address)
+            return
+        if lease.ended or lease.endpoint_id is not None or lease.held:
+            return
+        if not self.state.is_current(lease):
+            LOG.info("late release of %s: port %s has moved on", address, lease.port.id)
+            return
+        self.state.stop_awaiting_v6(lease)
+        self.state.end(lease)
+        if lease.from_pool and self.pool is not None and self.pool.recycle(net, lease.port):
+            return  # never left the pool's state in Neutron: nothing to write
+        vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
+        if lease.from_pool:
+            self._unplugger.submit(self.binder.unplug, vif)
+        self._dispose(net, lease)
+
+    def _release_unknown(self, net: NetworkRecord, address: str) -> None:
+        """A release this process has no lease for (Kuryr restarted since it handed
+        the address out): free only a reservation of this host that no endpoint
+        took (1 GET)."""
+        for port in self.neutron.ports(network_id=net.neutron_id, ip_address=address):
+            if port.device_owner != marks.UNBOUND_DEVICE_OWNER or port.device_id \
+                    or port.binding_host_id != self.settings.host:
+                continue
+            lease = self.state.hand_out(port, net.neutron_id)
+            self._dispose(net, lease)

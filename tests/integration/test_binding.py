@@ -1,0 +1,79 @@
+"""The veth Binder on the real stack: a Neutron port bound to this host is plugged by
+its VIF type, and OVN's ovn-installed mark is seen through an OVSDB row event."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+
+from kuryr.binding.plugging import build_binder
+from kuryr.binding.vif import VIF
+
+
+def test_binder_plugs_a_bound_port_and_sees_it_wired(neutron, ovs, stack, tenant_net,
+                                                     cleanup, unique):
+    net, _ = tenant_net
+    port = neutron.api.create_port(network_id=net.id, binding_host_id=stack.host,
+                                   device_owner="compute:kuryr-test")
+    cleanup(lambda: neutron.api.delete_port(port.id, ignore_missing=True))
+    assert port.binding_vif_type == "ovs"
+    binder = build_binder("veth", ovs, stack.host)
+    vif = VIF(port_id=port.id, mac=port.mac_address, vif_type=port.binding_vif_type,
+              bridge=port.binding_vif_details["bridge_name"], mtu=net.mtu)
+    endpoint_id = f"ep-{unique}"
+    cleanup(lambda: binder.unplug(vif))
+
+    binder.plug(vif, endpoint_id=endpoint_id)
+    started = time.monotonic()
+    # At once after plug: ovn-controller has yet to claim the port, so the answer
+    # comes from the row event, not from the first read.
+    assert binder.wait_wired(vif, timeout=15) is True
+    print(f"ovn-installed {time.monotonic() - started:.3f} s after plug")
+
+    binder.plug(vif, endpoint_id=endpoint_id)  # idempotent
+    assert binder.is_plugged(vif)
+    assert binder.is_free(vif)
+    assert binder.endpoint_of(vif) == endpoint_id
+    assert binder.port_of_endpoint(endpoint_id) == port.id
+    started = time.monotonic()
+    assert binder.wait_wired(vif, timeout=15) is True  # already installed: at once
+    assert time.monotonic() - started < 0.5, f"second wait took {time.monotonic() - started}"
+
+    binder.forget_endpoint(vif)
+    assert binder.endpoint_of(vif) is None
+    binder.unplug(vif)
+    assert not binder.is_plugged(vif)
+    assert vif.host_ifname not in ovs.managed_interfaces()
+
+
+def test_wait_wired_is_false_at_the_timeout_for_a_port_ovn_never_binds(ovs, stack, cleanup):
+    # A port id Neutron never made: OVN has no logical port for it, so
+    # ovn-controller never marks the interface installed.
+    binder = build_binder("veth", ovs, stack.host)
+    vif = VIF(port_id=str(uuid.uuid4()), mac="fa:16:3e:12:34:56", vif_type="ovs")
+    cleanup(lambda: binder.unplug(vif))
+    binder.plug(vif)
+    started = time.monotonic()
+    assert binder.wait_wired(vif, timeout=1.0) is False
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 2.0, f"took {elapsed:.2f} s"
+
+
+def test_wait_wired_wakes_on_the_ovsdb_change_itself(ovs, stack, cleanup):
+    # Deterministic: the mark is set by hand 0.3 s into the wait (OVN never binds
+    # this port id), so only the row event can end the wait early.
+    binder = build_binder("veth", ovs, stack.host)
+    vif = VIF(port_id=str(uuid.uuid4()), mac="fa:16:3e:12:34:57", vif_type="ovs")
+    cleanup(lambda: binder.unplug(vif))
+    binder.plug(vif)
+    timer = threading.Timer(0.3, lambda: subprocess.run(
+        ["ovs-vsctl", "set", "Interface", vif.host_ifname,
+         "external_ids:ovn-installed=true"], check=True))
+    timer.start()
+    cleanup(timer.cancel)
+    started = time.monotonic()
+    assert binder.wait_wired(vif, timeout=10) is True
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 1.5, f"took {elapsed:.2f} s"
