@@ -104,8 +104,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     publishing = Publishing(neutron, Forwarder(), floating, host,
                             conf.process_external_connectivity, conf.docker_netns_dir)
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
-        host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
-        tags_on_create="tag-creation" in extensions))
+        host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp))
     ipam = Ipam(neutron, state, networks, lifecycle, defaults, models.AddressSpaces(
         LocalDefaultAddressSpace=conf.local_default_address_space,
         GlobalDefaultAddressSpace=conf.global_default_address_space))
@@ -116,7 +115,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
                     scope=conf.capability_scope)
 
     def in_use() -> set[str]:
-        return state.live_port_ids() | (pool.held() if pool else set())
+        return state.live_port_ids(conf.gc.grace) | (pool.held() if pool else set())
 
     daemon = Daemon()
     daemon.start("background writer", background.start,
@@ -127,6 +126,9 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         free = pool.restore()
         if free:
             LOG.info("took back %d ready pooled ports", free)
+    lost = lifecycle.record_lost_endpoints()
+    if lost:
+        LOG.info("recording %d endpoints again whose record was lost with the process", lost)
     scope = gc_scope(conf, neutron, ovs, host, in_use)
     removed = gc.run_once(scope, conf.gc.grace)
     if removed:

@@ -4,6 +4,7 @@ of a port to whoever asked for an address."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 from kuryr.neutron import marks
@@ -75,6 +76,7 @@ class Lease:
     netns: str | None = None  # the container's namespace, known from Join
     plain: bool = True  # nothing endpoint-specific was set: it can serve the next one
     ended: bool = False  # the endpoint is gone: the port was recycled, deleted or given back
+    made_at: float = field(default_factory=time.monotonic)
 
     @property
     def adopted(self) -> bool:

@@ -37,6 +37,9 @@ from kuryr.neutron.types import IPV4, IPV6, NewPort, Port, Subnet
 from kuryr.publish import spec
 
 LOG = logging.getLogger(__name__)
+# dockerd asks for an endpoint's IPv6 address milliseconds after its IPv4 one; a
+# lease still waiting this long was dropped (a refused --ip6 sends no release).
+ABANDONED_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class PortLifecycle:
     def reserve(self, net: NetworkRecord, subnet: Subnet, wanted: str | None = None,
                 name: str = "", mac: str = "") -> str:
         """An address of ``subnet`` for a container that is about to be created."""
+        if net.pairs_families:
+            for lease in self.state.abandoned_v6_partners(net.neutron_id, ABANDONED_AFTER):
+                LOG.info("port %s: its container's start was abandoned after the IPv4 "
+                         "address; freeing it", lease.port.id)
+                self._free_unattached(net, lease)
         if net.pairs_families and subnet.ip_version == IPV6:
             partner = self._reserve_partner(net, subnet, wanted)
             if partner is not None:
@@ -281,13 +289,7 @@ class PortLifecycle:
             lease.plain = not lease.adopted
             # The port is bound to this host since it was reserved: recording the
             # endpoint changes nothing about its packets, so the container does not wait.
-            host = self.settings.host
-            self.background.submit(
-                port.id, f"record endpoint {endpoint_id[:12]} on port {port.id}",
-                lambda: self.neutron.update_port(
-                    port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
-                    binding_host_id=host),
-                group=net.neutron_id)
+            self._record_endpoint_later(port.id, endpoint_id, net.neutron_id)
             return
         # Security groups must be in place before the container starts.
         lease.plain = False
@@ -302,6 +304,15 @@ class PortLifecycle:
             description=extras.description, mac_address=mac or None)
         if mac:
             self.binder.unplug(old_vif)  # a pooled veth has the old MAC
+
+    def _record_endpoint_later(self, port_id: str, endpoint_id: str, network_id: str) -> None:
+        host = self.settings.host
+        self.background.submit(
+            port_id, f"record endpoint {endpoint_id[:12]} on port {port_id}",
+            lambda: self.neutron.update_port(port_id, device_id=endpoint_id,
+                                             device_owner=marks.DEVICE_OWNER,
+                                             binding_host_id=host),
+            group=network_id)
 
     def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str) -> None:
         vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
@@ -418,6 +429,24 @@ class PortLifecycle:
                                    lambda: self.neutron.delete_security_group(group),
                                    group=lease.network_id)
 
+    # -- restarts ----------------------------------------------------------------------------
+    def record_lost_endpoints(self) -> int:
+        """After a crash: endpoints OVS knows whose record in Neutron never landed
+        (the background write was lost with the process), written again (1 GET,
+        then 1 PUT each in the background)."""
+        lost = 0
+        for port in self.neutron.ports(binding_host_id=self.settings.host):
+            if port.device_id or port.device_owner not in (marks.POOL_DEVICE_OWNER,
+                                                           marks.UNBOUND_DEVICE_OWNER):
+                continue
+            endpoint_id = self.binder.endpoint_of(vif_of(port, None,
+                                                         self.settings.default_bridge))
+            if not endpoint_id:
+                continue
+            lost += 1
+            self._record_endpoint_later(port.id, endpoint_id, port.network_id)
+        return lost
+
     # -- release ---------------------------------------------------------------------------
     def release(self, net: NetworkRecord, address: str) -> None:
         """Docker released ``address``.  Only a lease that never served an endpoint
@@ -433,6 +462,11 @@ class PortLifecycle:
         if not self.state.is_current(lease):
             LOG.info("late release of %s: port %s has moved on", address, lease.port.id)
             return
+        self._free_unattached(net, lease)
+
+    def _free_unattached(self, net: NetworkRecord, lease: Lease) -> None:
+        """A lease no endpoint took: its port goes back to the pool or away."""
+        self.state.forget_holds(lease)
         self.state.stop_awaiting_v6(lease)
         self.state.end(lease)
         if lease.from_pool and self.pool is not None and self.pool.recycle(net, lease.port):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from kuryr.core.model import Lease, NetworkRecord, PendingPool
 from kuryr.neutron.types import Port
@@ -177,14 +178,30 @@ class State:
             self._awaiting_v6.setdefault(lease.network_id, collections.deque()).append(lease)
 
     def next_awaiting_v6(self, network_id: str) -> Lease | None:
-        """The oldest lease whose IPv4 address was handed out without its IPv6 one."""
+        """The newest lease whose IPv4 address was handed out without its IPv6 one:
+        dockerd asks for an endpoint's IPv6 address right after its IPv4 one, and
+        sends a network's pairs one after another (an older lease still waiting
+        is one whose IPv6 call dockerd dropped, e.g. a refused --ip6)."""
         with self._lock:
             waiting = self._awaiting_v6.get(network_id)
             while waiting:
-                lease = waiting.popleft()
+                lease = waiting.pop()
                 if not lease.ended and lease.endpoint_id is None:
                     return lease
             return None
+
+    def abandoned_v6_partners(self, network_id: str, older_than: float) -> list[Lease]:
+        """Leases still waiting for an IPv6 call ``older_than`` seconds after their
+        IPv4 one: dockerd dropped the start without releasing the address."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            waiting = self._awaiting_v6.get(network_id)
+            if not waiting:
+                return []
+            old = [lease for lease in waiting if lease.made_at < cutoff]
+            for lease in old:
+                waiting.remove(lease)
+            return [lease for lease in old if not lease.ended and lease.endpoint_id is None]
 
     def stop_awaiting_v6(self, lease: Lease) -> None:
         with self._lock:
@@ -247,10 +264,15 @@ class State:
         with self._lock:
             return set(self._endpoints)
 
-    def live_port_ids(self) -> set[str]:
-        """Ports handed out by this process and not yet done with."""
+    def live_port_ids(self, unattached_for: float) -> set[str]:
+        """Ports handed out by this process and not yet done with: serving an
+        endpoint, or handed out less than ``unattached_for`` seconds ago (older
+        unattached ones were abandoned by their caller: fair game for the
+        garbage collector)."""
+        cutoff = time.monotonic() - unattached_for
         with self._lock:
-            return set(self._live)
+            return {port_id for port_id, lease in self._live.items()
+                    if lease.endpoint_id is not None or lease.made_at >= cutoff}
 
     def ports_in_use(self) -> set[str]:
         with self._lock:

@@ -1,8 +1,8 @@
 """Docker networks as Neutron networks.
 
-Neutron requests: CreateNetwork 2 (POST network with its tags, POST subnet;
-one more POST per extra subnet; +1 PUT for tags on a Neutron without
-tag-creation); DeleteNetwork 1 DELETE when the network is known to this
+Neutron requests: CreateNetwork 3 (POST network, PUT tags, POST subnet; one
+more POST per extra subnet; Neutron 29 takes no tags in a network's POST);
+DeleteNetwork 1 DELETE when the network is known to this
 process, 2 after a restart.
 """
 
@@ -39,7 +39,6 @@ class NetworkSettings:
     host: str
     default_bridge: str
     enable_dhcp: bool = False
-    tags_on_create: bool = True  # Neutron has tag-creation
 
 
 def _truthy(value: object) -> bool:
@@ -155,12 +154,9 @@ class Networks:
         # forgot (a DeleteNetwork that failed, a crash mid-CreateNetwork).
         tags = [*marks.network_tags(docker_id), marks.host_tag(self.settings.host),
                 *extra_tags]
-        on_create = self.settings.tags_on_create
-        net = self.neutron.create_network(marks.network_name(docker_id), shared,
-                                          tags=tags if on_create else ())
+        net = self.neutron.create_network(marks.network_name(docker_id), shared)
         try:
-            if not on_create:
-                self.neutron.set_network_tags(net.id, tags)
+            self.neutron.set_network_tags(net.id, tags)
             subnets = tuple(self._create_subnet(net.id, pool, pending)
                             for pool, pending in zip(pools, claimed, strict=True))
         except Exception:

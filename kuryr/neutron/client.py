@@ -247,14 +247,11 @@ class Neutron:
         self.conn.close()
 
     # -- networks ----------------------------------------------------------
-    def create_network(self, name: str, shared: bool = False,
-                       tags: Iterable[str] = ()) -> Network:
-        """1 POST (tags in the same request need the tag-creation extension)."""
+    def create_network(self, name: str, shared: bool = False) -> Network:
+        """1 POST (Neutron takes no tags here: set_network_tags)."""
         attrs: dict[str, object] = {"name": name, "is_admin_state_up": True}
         if shared:
             attrs["is_shared"] = True
-        if tags:
-            attrs["tags"] = sorted(set(tags))
         with translated_errors(f"create network {name}"):
             return Network.from_sdk(self.api.create_network(**attrs))
 

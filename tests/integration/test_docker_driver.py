@@ -76,7 +76,7 @@ def test_two_containers_ping_and_exchange_tcp(neutron, docker, make_network, run
                      check=False)
     assert "kuryr-ok" in got.stdout, got.stderr
     # The container's port in Neutron: bound here, owned by Kuryr, ACTIVE.
-    (port,) = neutron.ports(fixed_ips=[f"ip_address={docker.ip_of(client, name)}"])
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={docker.ip_of(client, name)}"])
     assert helpers.wait_until(  # recorded in the background
         lambda: neutron.get_port(port.id).device_owner == marks.DEVICE_OWNER, 10)
     assert port.binding_host_id
@@ -118,7 +118,7 @@ def test_connect_and_disconnect(neutron, docker, make_network, run_container):
     assert docker.run("exec", container, "ping", "-c", "1", "-W", "2", peer_ip,
                       check=False).returncode == 0
     ip = docker.ip_of(container, second)
-    assert neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    assert neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
     endpoint = docker.out("inspect", "-f", "{{(index .NetworkSettings.Networks \""
                           + second + "\").EndpointID}}", container)
     docker.run("network", "disconnect", second, container)
@@ -126,7 +126,7 @@ def test_connect_and_disconnect(neutron, docker, make_network, run_container):
     # the endpoint's in Neutron either way.
     assert helpers.wait_until(lambda: all(
         p.device_owner == marks.POOL_DEVICE_OWNER and p.device_id != endpoint
-        for p in neutron.ports(network_id=neutron_network_of(neutron, docker, second).id,
+        for p in neutron.api.ports(network_id=neutron_network_of(neutron, docker, second).id,
                                fixed_ips=[f"ip_address={ip}"])), 10)
     assert "eth1" not in docker.out("exec", container, "ip", "link")
 
@@ -134,9 +134,9 @@ def test_connect_and_disconnect(neutron, docker, make_network, run_container):
 # -- adoption ----------------------------------------------------------------------------
 def test_existing_network_adopted_and_left_intact(neutron, docker, make_network,
                                                   run_container, cleanup, unique):
-    net = neutron.create_network(name=f"user-net-{unique}")
+    net = neutron.api.create_network(name=f"user-net-{unique}")
     cleanup(lambda: helpers.delete_network(neutron, net.id))
-    subnet = neutron.create_subnet(network_id=net.id, ip_version=4, cidr="10.69.0.0/24",
+    subnet = neutron.api.create_subnet(network_id=net.id, ip_version=4, cidr="10.69.0.0/24",
                                    is_dhcp_enabled=False, name=f"user-subnet-{unique}")
     name = make_network("--subnet", "10.69.0.0/24", "-o", f"neutron.net.uuid={net.id}")
     docker_id = docker.network_id(name)
@@ -156,7 +156,7 @@ def test_precreated_port_adopted_and_kept(neutron, docker, make_network, run_con
     name = make_network("--subnet", "10.70.0.0/24")
     net = neutron_network_of(neutron, docker, name)
     (subnet,) = neutron.subnets(network_id=net.id)
-    port = neutron.create_port(network_id=net.id, name="user-port",
+    port = neutron.api.create_port(network_id=net.id, name="user-port",
                                fixed_ips=[{"subnet_id": subnet.id, "ip_address": "10.70.0.77"}])
     try:
         container = run_container(name, "--ip", "10.70.0.77")

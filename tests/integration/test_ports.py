@@ -90,7 +90,7 @@ def test_publish_all_picks_host_ports_and_reports_them(stack, docker, net, run_c
                                                        neutron):
     container = web(run_container, net, "--expose", "80", "-P")
     ip = docker.ip_of(container, net)
-    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
     _, published = spec.decode(port.description)
     assert [(p.proto, p.container_port) for p in published] == [("tcp", 80)]
     assert published[0].host_port > 0
@@ -122,14 +122,14 @@ def test_exposed_port_open_and_others_closed(neutron, ovs, stack, docker, net, r
                                              cleanup, unique):
     container = web(run_container, net, "--expose", "9999", ports="9999 8888")
     ip = docker.ip_of(container, net)
-    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
     assert any(g.startswith("kuryr-expose-") for g in expose_groups(neutron))
     assert len(port.security_group_ids) == 2
     # A client outside the container's security groups.
     group = neutron.create_security_group(f"outsider-{unique}")
     cleanup(lambda: neutron.delete_security_group(group.id))
     net_id = neutron.networks_tagged(marks.network_tags(docker.network_id(net)))[0].id
-    client = neutron.create_port(network_id=net_id, binding_host_id=stack.host,
+    client = neutron.api.create_port(network_id=net_id, binding_host_id=stack.host,
                                  device_owner="compute:kuryr-test",
                                  security_group_ids=[group.id])
     cleanup(lambda: neutron.delete_port(client.id))
@@ -173,7 +173,7 @@ def test_floating_ip_port_forwarding_from_outside(docker, net, run_container, ne
     namespace on br-ex reaches the container through FIP:HostPort."""
     container = web(run_container, net, "-p", "127.0.0.1:18186:80")
     ip = docker.ip_of(container, net)
-    (port,) = neutron.ports(fixed_ips=[f"ip_address={ip}"])
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
     fips = [f for f in neutron.floating_ips() if (f.description or "").startswith(
         "kuryr-publish:")]
     assert len(fips) == 1

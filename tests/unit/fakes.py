@@ -76,7 +76,7 @@ class FakeNeutron:
 
     # -- the facade ---------------------------------------------------------------------
     def extensions(self) -> set[str]:
-        return {"tag-creation"}
+        return {"dns-integration"}
 
     def create_port(self, new: NewPort) -> Port:
         self.calls["create_port"] += 1
@@ -147,9 +147,8 @@ class FakeNeutron:
             found = [p for p in found if ip_address in p.addresses]
         return found
 
-    def create_network(self, name: str, shared: bool = False, tags: object = ()) -> Network:
-        net = Network(id=str(uuid.uuid4()), name=name, mtu=1442,
-                      tags=tuple(sorted(set(tags))))  # type: ignore[call-overload]
+    def create_network(self, name: str, shared: bool = False) -> Network:
+        net = Network(id=str(uuid.uuid4()), name=name, mtu=1442)
         self.networks[net.id] = net
         return net
 
