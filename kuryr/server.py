@@ -6,6 +6,7 @@ import grp
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -224,10 +225,23 @@ def serve(conf: cfg.ConfigOpts) -> int:
     listen = listen_args(conf)  # first: an insecure listener is refused before any work
     service = build(conf)
     LOG.info("kuryr serving %s for host %s", conf.kuryr_uri, service.host)
+    # uvicorn answers the calls in flight on SIGTERM, then raises the signal again
+    # with the handler it found: this one, so the threads are stopped in order
+    # below instead of the process dying with them.
+    signal.signal(signal.SIGTERM, _stop_serving)
     try:
-        # uvicorn returns on SIGTERM/SIGINT once in-flight calls are answered.
         uvicorn.run(build_app(service.plugin), log_level="warning",
                     timeout_graceful_shutdown=5, **listen)
+    except _Stopping:
+        pass
     finally:
         service.daemon.stop()
     return 0
+
+
+class _Stopping(Exception):
+    """SIGTERM arrived."""
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise _Stopping

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -195,6 +196,22 @@ class Bench:
                 "p95_ms": round(percentile(ok, 0.95) * 1000) if ok else None}
 
 
+# What Kuryr logs for every plugin call: "<Method>: <n> Neutron requests {...} in <ms> ms".
+CALL_LINE = re.compile(r" INFO kuryr\.libnetwork\.app: (\S+): \d+ Neutron requests .* in (\d+) ms$")
+
+
+def handler_ms(log_lines: Sequence[str], containers: int) -> dict:
+    """Kuryr's own handler time per container, from the per-call durations it logs
+    while ``containers`` containers started and stopped: total and by call."""
+    by_call: dict[str, float] = {}
+    for line in log_lines:
+        match = CALL_LINE.search(line)
+        if match:
+            by_call[match.group(1)] = by_call.get(match.group(1), 0.0) + float(match.group(2))
+    per_container = {call: round(ms / containers, 1) for call, ms in sorted(by_call.items())}
+    return {"total": round(sum(by_call.values()) / containers, 1), "by_call": per_container}
+
+
 def kuryr_process_stats() -> tuple[float, float]:
     """(RSS in MB, CPU seconds) of the running Kuryr plugin."""
     pid = read_pid(Layout.default().pidfile("kuryr"))
@@ -262,9 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.sleep(3)  # let the pool fill
         rss_before, cpu_before = kuryr_process_stats()
         log(f"docker run --rm latency, {runs} runs each ...")
+        kuryr_log = layout.log("kuryr")
+        logged_before = len(kuryr_log.read_text().splitlines())
         result["docker_run_ms"]["kuryr"] = bench.run_latency(["--net", nets["kuryr"]], runs)
         _, cpu_after = kuryr_process_stats()
         result["kuryr_cpu_s_per_start"] = round((cpu_after - cpu_before) / (runs + 1), 3)
+        time.sleep(1)  # the last container's stop calls
+        result["kuryr_handler_ms_per_container"] = handler_ms(
+            kuryr_log.read_text().splitlines()[logged_before:], runs + 1)
         result["docker_run_ms"]["kuryr (no pool)"] = bench.run_latency(
             ["--net", nets["kuryr (no pool)"]], runs)
         if "kuryr-libnetwork" in nets:
@@ -359,8 +381,11 @@ def table(result: dict) -> str:
         for row in rows:
             lines.append(f"  {name:20} {row['size']:>3}: {row['succeeded']:>3} ok, "
                          f"wall {row['wall_s']} s, p95 {row['p95_ms']} ms")
+    handlers = result.get("kuryr_handler_ms_per_container", {})
     lines += ["", (f"kuryr RSS {result.get('kuryr_rss_mb')} MB, CPU "
                    f"{result.get('kuryr_cpu_s_per_start')} s per container start"),
+              (f"kuryr handler time per container: {handlers.get('total')} ms "
+               f"{json.dumps(handlers.get('by_call', {}))}"),
               f"ratios: {json.dumps(result.get('ratios', {}))}", ""]
     return "\n".join(lines)
 

@@ -27,13 +27,15 @@ class Daemon:
         LOG.debug("started %s", name)
 
     def stop(self) -> None:
+        stopped = []
         while self._started:
             item = self._started.pop()
             try:
                 item.stop()
-                LOG.debug("stopped %s", item.name)
+                stopped.append(item.name)
             except Exception as exc:  # noqa: BLE001 - stop the others regardless
                 LOG.warning("stopping %s failed: %s", item.name, exc)
+        LOG.info("stopped, in order: %s", ", ".join(stopped) or "nothing")
 
     @property
     def running(self) -> list[str]:

@@ -31,27 +31,24 @@ def describe(port: Port) -> str:
 
 
 def claim(port: Port, host: str, endpoint_id: str = "") -> Claim:
-    """May Kuryr on ``host`` use ``port`` for ``endpoint_id``?  Conflict naming the
-    port and its owner when not."""
+    """May Kuryr on ``host`` use ``port`` for ``endpoint_id``?  When not, a Conflict
+    whose message names the holder: the port and its owner."""
     if port.device_owner.startswith(NEUTRON_OWNER_PREFIX):
-        raise errors.Conflict(f"address is held by Neutron's own {describe(port)}: "
-                              "it is never a container's")
+        raise errors.Conflict(f"Neutron's own {describe(port)}, never a container's")
     if endpoint_id and port.device_id == endpoint_id:
         return Claim.OURS  # Docker replays CreateEndpoint after a Kuryr restart
     if port.device_owner in marks.KURYR_DEVICE_OWNERS:
         if port.binding_host_id != host:
-            raise errors.Conflict(f"address is used by a container of another host: "
-                                  f"{describe(port)}")
+            raise errors.Conflict(f"a container of another host: {describe(port)}")
         if port.device_id:
-            raise errors.Conflict(f"address is used by another endpoint: {describe(port)}")
+            raise errors.Conflict(f"another endpoint: {describe(port)}")
         return Claim.OURS
     if not port.device_owner and not port.device_id:
         if port.binding_host_id and port.binding_host_id != host:
-            raise errors.Conflict(f"address is held by a port bound elsewhere: "
-                                  f"{describe(port)}")
+            raise errors.Conflict(f"a port bound elsewhere: {describe(port)}")
         return Claim.USER_PRECREATED
-    raise errors.Conflict(f"address is in use by {describe(port)}: Kuryr uses only ports "
-                          "it made or ports made for it without an owner")
+    raise errors.Conflict(f"{describe(port)}; Kuryr uses only ports it made or ports "
+                          "made for it without an owner")
 
 
 def is_adopted(port: Port) -> bool:

@@ -66,6 +66,14 @@ def _version(address: str) -> int:
     return ipaddress.ip_address(address).version
 
 
+def _fixed_ip(net: NetworkRecord, address: str) -> dict[str, str]:
+    subnet = net.subnet_of(address)
+    if subnet is None:
+        raise errors.InvalidInput(f"address {address} is in no subnet of Neutron "
+                                  f"network {net.neutron_id}")
+    return {"subnet_id": subnet.id, "ip_address": address}
+
+
 def _address_in(port: Port, subnet_id: str) -> str | None:
     return next((f.ip_address for f in port.fixed_ips if f.subnet_id == subnet_id), None)
 
@@ -166,7 +174,8 @@ class PortLifecycle:
         try:
             claim = ownership.claim(holder, self.settings.host, endpoint_id)
         except errors.Conflict as exc:
-            raise errors.Conflict(f"address {address}: {exc}") from conflict
+            raise errors.Conflict(f"address {address} is already in use by {exc}") \
+                from conflict
         if claim is ownership.Claim.OURS:
             return self._take_our_port(net, holder, address, endpoint_id)
         return self._adopt_precreated(holder, mac)
@@ -178,8 +187,11 @@ class PortLifecycle:
         record) uses it."""
         if port.device_id == endpoint_id and endpoint_id:
             return port
-        if self.state.live_lease(port.id) is not None:
-            raise errors.Conflict(f"address {address} is being given to another container "
+        live = self.state.live_lease(port.id)
+        if live is not None:
+            user = f"endpoint {live.endpoint_id[:12]}" if live.endpoint_id \
+                else "a container being created"
+            raise errors.Conflict(f"address {address} is already in use by {user} "
                                   f"(port {port.id})")
         if port.device_owner == marks.POOL_DEVICE_OWNER and self.pool is not None:
             self.pool.claim(net.neutron_id, port.id)
@@ -240,14 +252,8 @@ class PortLifecycle:
         """Docker's own IPAM chose the addresses (or Kuryr restarted since it
         handed them out): make the port, or take the one holding them if
         ownership allows."""
-        fixed: list[dict[str, str]] = []
-        for address in addresses:
-            subnet = net.subnet_of(address)
-            if subnet is None:
-                raise errors.InvalidInput(f"address {address} is in no subnet of Neutron "
-                                          f"network {net.neutron_id}")
-            fixed.append({"subnet_id": subnet.id, "ip_address": address})
         mac = extras.mac_address if extras else ""
+        fixed = [_fixed_ip(net, a) for a in addresses]
         port = self._create_or_adopt(net, fixed, addresses[0] if addresses else None, "",
                                      mac, endpoint_id)
         return self.state.hand_out(port, net.neutron_id)
@@ -270,12 +276,7 @@ class PortLifecycle:
         families = {_version(a) for a in missing}
         fixed = [{"subnet_id": s, "ip_address": ip} for ip, s in lease.port.addresses.items()
                  if _version(ip) not in families]
-        for address in missing:
-            subnet = net.subnet_of(address)
-            if subnet is None:
-                raise errors.InvalidInput(f"address {address} is in no subnet of Neutron "
-                                          f"network {net.neutron_id}")
-            fixed.append({"subnet_id": subnet.id, "ip_address": address})
+        fixed += [_fixed_ip(net, a) for a in missing]
         lease.port = self.neutron.update_port(lease.port.id, fixed_ips=fixed)
         LOG.info("port %s re-paired to %s", lease.port.id, ", ".join(addresses))
 

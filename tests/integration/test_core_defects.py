@@ -798,3 +798,25 @@ def test_item8_unbuilt_port_driver_is_refused_at_start(stack, tmp_path, unique, 
     assert proc.returncode not in (0, None), f"kuryr serve exited {proc.returncode}"
     assert took < 20, f"kuryr serve took {took:.1f} s to exit:\n{output[-800:]}"
     assert "port_driver" in output, output[-800:]
+
+
+def test_sigterm_stops_every_thread_in_order(stack, docker, make_network, run_container):
+    """One object starts and stops Kuryr's threads: SIGTERM ends the process
+    promptly and cleanly, with the background writes of a container's stop done."""
+    name = make_network("--subnet", "10.183.0.0/24", "-o", "kuryr.pool.size=2")
+    container = run_container(name)
+    docker.run("rm", "-f", container)
+    pid = kuryr_pid(stack)
+    log = stack.log("kuryr")
+    logged = len(log.read_text().splitlines())
+    started = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    gone = helpers.wait_until(lambda: not Path(f"/proc/{pid}").exists()
+                              or "State:\tZ" in Path(f"/proc/{pid}/status").read_text(), 40)
+    took = time.monotonic() - started
+    tail = "\n".join(log.read_text().splitlines()[logged:])
+    start_kuryr()
+    assert gone, f"kuryr serve still running {took:.0f} s after SIGTERM:\n{tail[-1500:]}"
+    assert "Traceback" not in tail, tail[-3000:]
+    order = "garbage collector, port pool, port cleanup, background writer"
+    assert f"stopped, in order: {order}" in tail, tail[-1500:]

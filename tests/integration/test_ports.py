@@ -174,10 +174,10 @@ def test_floating_ip_port_forwarding_from_outside(docker, net, run_container, ne
     container = web(run_container, net, "-p", "127.0.0.1:18186:80")
     ip = docker.ip_of(container, net)
     (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
-    fips = [f for f in neutron.floating_ips() if (f.description or "").startswith(
+    fips = [f for f in neutron.api.ips() if (f.description or "").startswith(
         "kuryr-publish:")]
     assert len(fips) == 1
-    forwardings = neutron.port_forwardings(fips[0].id, internal_port_id=port.id)
+    forwardings = neutron.api.port_forwardings(fips[0].id, internal_port_id=port.id)
     assert [(f.external_port, f.internal_port) for f in forwardings] == [(18186, 80)]
     hostname = docker.out("inspect", "-f", "{{.Config.Hostname}}", container)
     got = helpers.wait_until(lambda: http_get_from_namespace(

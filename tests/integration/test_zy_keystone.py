@@ -121,9 +121,10 @@ def exercise_kuryr(stack: Layout, docker: helpers.Docker, admin, ovs, unique: st
                 f"{src} cannot ping {dst}"
 
         # Everything Kuryr made is in its own project: it used its own token.
-        (network,) = admin.networks_tagged(marks.network_tags(docker.network_id(net)))
+        tags = ",".join(marks.network_tags(docker.network_id(net)))
+        (network,) = admin.api.networks(tags=tags)
         assert network.project_id == service_project
-        (port,) = admin.ports(fixed_ips=[f"ip_address={web_ip}"])
+        (port,) = admin.api.ports(fixed_ips=[f"ip_address={web_ip}"])
         assert port.project_id == service_project
         assert port.binding_host_id == stack.host
         assert port.binding_vif_type == "ovs"
@@ -131,10 +132,10 @@ def exercise_kuryr(stack: Layout, docker: helpers.Docker, admin, ovs, unique: st
         hostname = docker.out("inspect", "-f", "{{.Config.Hostname}}", web)
         assert helpers.wait_until(lambda: fetch(HOST_PORT), 15) == f"hello-{hostname}"
         # The port forwarding: what needs neutron_policy_override() for the service role.
-        fips = [f for f in admin.floating_ips(project_id=service_project)
+        fips = [f for f in admin.api.ips(project_id=service_project)
                 if (f.description or "").startswith("kuryr-publish:")]
         assert len(fips) == 1, fips
-        forwardings = admin.port_forwardings(fips[0].id, internal_port_id=port.id)
+        forwardings = admin.api.port_forwardings(fips[0].id, internal_port_id=port.id)
         assert [(f.external_port, f.internal_port) for f in forwardings] == [(HOST_PORT, 80)]
         got = helpers.wait_until(lambda: http_get_from_namespace(
             OUTSIDE_NETNS, fips[0].floating_ip_address, HOST_PORT), 20)

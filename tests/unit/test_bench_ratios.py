@@ -39,3 +39,20 @@ def test_a_burst_with_failures_gets_no_ratio():
 def test_percentile_picks_the_nearest_rank():
     assert percentile([5, 1, 4, 2, 3], 0.95) == 5
     assert percentile([5, 1, 4, 2, 3], 0.5) == 3
+
+
+def test_handler_time_per_container_sums_what_kuryr_logged():
+    from kuryr.bench.run import handler_ms
+
+    lines = [
+        ("2026-11-30 10:00:00,001 INFO kuryr.libnetwork.app: NetworkDriver.CreateEndpoint: "
+        "0 Neutron requests {} in 4 ms"),
+        ("2026-11-30 10:00:00,002 INFO kuryr.libnetwork.app: NetworkDriver.Join: "
+        "0 Neutron requests {} in 3 ms"),
+        ("2026-11-30 10:00:00,003 INFO kuryr.core.background: background record endpoint: "
+        "1 Neutron requests {'PUT': 1} in 300 ms"),  # not a handler: not counted
+        ("2026-11-30 10:00:01,001 INFO kuryr.libnetwork.app: NetworkDriver.CreateEndpoint: "
+        "1 Neutron requests {'POST': 1} in 6 ms"),
+    ]
+    assert handler_ms(lines, 2) == {
+        "total": 6.5, "by_call": {"NetworkDriver.CreateEndpoint": 5.0, "NetworkDriver.Join": 1.5}}

@@ -267,13 +267,20 @@ def test_a_vms_port_holding_the_address_is_never_taken(driver):
     assert kuryr_ports(d.neutron) == []
 
 
+def adopted_with_user_port(d: Driver, cidr: str, address: str) -> tuple[Port, str, str]:
+    """A user's network with an owner-less port on ``address``, adopted by Docker
+    with Kuryr's IPAM: (the port, Docker network id, pool id)."""
+    neutron_net = d.neutron.add_network("tenant")
+    d.neutron.add_subnet(neutron_net.id, cidr, str(next(ipaddress.ip_network(cidr).hosts())))
+    mine = d.neutron.add_port(neutron_net.id, address)
+    docker_id, (pool_id,) = d.create_network(
+        (cidr, ""), options={"neutron.net.uuid": neutron_net.id})
+    return mine, docker_id, pool_id
+
+
 def test_a_user_precreated_port_is_adopted_and_given_back(driver):
     d = driver()
-    neutron_net = d.neutron.add_network("tenant")
-    d.neutron.add_subnet(neutron_net.id, "10.76.0.0/24", "10.76.0.1")
-    mine = d.neutron.add_port(neutron_net.id, "10.76.0.60")
-    docker_id, (pool_id,) = d.create_network(
-        ("10.76.0.0/24", ""), options={"neutron.net.uuid": neutron_net.id})
+    mine, docker_id, pool_id = adopted_with_user_port(d, "10.76.0.0/24", "10.76.0.60")
     endpoint, _ = d.start(docker_id, pool_id, "10.76.0.60")
     port = d.port_of(endpoint)
     assert port.id == mine.id
@@ -289,11 +296,7 @@ def test_a_user_precreated_port_is_adopted_and_given_back(driver):
 
 def test_a_precreated_port_changed_meanwhile_is_not_taken(driver):
     d = driver()
-    neutron_net = d.neutron.add_network("tenant")
-    d.neutron.add_subnet(neutron_net.id, "10.77.0.0/24", "10.77.0.1")
-    mine = d.neutron.add_port(neutron_net.id, "10.77.0.61")
-    _docker_id, (pool_id,) = d.create_network(
-        ("10.77.0.0/24", ""), options={"neutron.net.uuid": neutron_net.id})
+    mine, _docker_id, pool_id = adopted_with_user_port(d, "10.77.0.0/24", "10.77.0.61")
     real_tags = d.neutron.set_port_tags
 
     def racing_tag(port_id: str, tags: list[str]) -> None:
@@ -406,3 +409,66 @@ def test_delete_network_conflict_path_deletes_only_this_hosts_unused_ports(drive
         d.networks.delete(models.NetworkRequest(NetworkID=net))
     assert theirs.id in d.neutron.ports_
     assert ours.id not in d.neutron.ports_
+
+
+def test_an_abandoned_dual_stack_start_is_freed_and_never_pairs(driver, monkeypatch):
+    """dockerd drops a start after the IPv4 address when it refuses --ip6 itself:
+    no IPv6 call and no release follow.  The next start must pair with its own
+    port, and the abandoned one is freed once it is clearly abandoned."""
+    from kuryr.core import ports as ports_module
+
+    d = driver()
+    net, (pool4, pool6) = d.create_network(("10.84.0.0/24", ""), ("fd84::/64", ""),
+                                           ipv6=True)
+    d.request(pool4)  # abandoned
+    a4, a6 = d.request(pool4), d.request(pool6)
+    endpoint = d.create_endpoint(net, a4, a6)
+    d.settle()
+    assert d.neutron.calls["update_port"] == 1, "no re-pairing PUTs"
+    assert set(d.port_of(endpoint).addresses) == {a4, a6}
+    monkeypatch.setattr(ports_module, "ABANDONED_AFTER", 0.0)
+    b4 = d.request(pool4)  # the next start sweeps the abandoned lease away
+    d.settle()
+    assert len(kuryr_ports(d.neutron)) == 2  # the endpoint's and b4's
+    assert any(b4 in p.addresses for p in kuryr_ports(d.neutron))
+
+
+def test_endpoints_whose_record_died_with_the_process_are_recorded_again(driver):
+    d = driver()
+    net, (pool_id,) = d.create_network(("10.85.0.0/24", ""))
+    ip = d.request(pool_id)
+    endpoint = d.create_endpoint(net, ip)
+    d.settle()
+    port_id = d.state.endpoint(endpoint).port.id
+    d.neutron.update_port(port_id, device_id="", device_owner=marks.UNBOUND_DEVICE_OWNER)
+    fresh = driver(neutron=d.neutron, binder=d.binder)
+    assert fresh.ports.record_lost_endpoints() == 1
+    fresh.settle()
+    assert d.neutron.get_port(port_id).device_id == endpoint
+
+
+def test_the_daemon_stops_what_it_started_in_reverse_even_after_a_failure():
+    from kuryr.core.daemon import Daemon
+
+    events: list[str] = []
+    daemon = Daemon()
+    daemon.start("a", lambda: events.append("start a"), lambda: events.append("stop a"))
+
+    def broken_stop() -> None:
+        raise RuntimeError("b will not stop")
+
+    daemon.start("b", lambda: events.append("start b"), broken_stop)
+    daemon.start("c", lambda: events.append("start c"), lambda: events.append("stop c"))
+    assert daemon.running == ["a", "b", "c"]
+    daemon.stop()
+    assert events == ["start a", "start b", "start c", "stop c", "stop a"]
+    assert daemon.running == []
+
+
+def test_kuryr_refuses_to_start_with_a_port_driver_it_does_not_have():
+    from kuryr import config, server
+
+    conf = config.load([], [])
+    conf.set_override("port_driver", "nested-vlan")
+    with pytest.raises(SystemExit, match="port_driver"):
+        server.build(conf, neutron=FakeNeutron())  # type: ignore[arg-type]
