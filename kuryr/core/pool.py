@@ -28,6 +28,7 @@ from kuryr.neutron.types import NewPort, Port
 LOG = logging.getLogger(__name__)
 
 MAX_BULK = 64  # ports per bulk request
+RETURN_WAIT = 10.0  # a drain waits this long at most for ports still coming back
 
 
 class _Waiter:
@@ -54,6 +55,9 @@ class PortPool:
         self._net_locks: dict[str, threading.Lock] = {}  # a fill and a drain never overlap
         self._drained: set[str] = set()  # networks being deleted: never fill again
         self._waiters: dict[str, list[_Waiter]] = {}  # requests waiting for the next fill
+        # Accepted back, endpoint not yet cleared in OVS: port id -> network id.
+        self._returning: dict[str, str] = {}
+        self._back = threading.Condition(self._lock)  # a returning port arrived
         self._thread = threading.Thread(target=self._run, name="port-pool", daemon=True)
 
     def start(self) -> None:
@@ -101,10 +105,15 @@ class PortPool:
             return port
 
     def recycle(self, net: NetworkRecord, port: Port) -> bool:
-        """Take back the port of a container that left, if it can serve the next one
-        as it is: its veth back in the host namespace (Docker moves it out of the
-        container's), and the pool not already holding twice its size.  The
-        caller knows the port is plain (nothing endpoint-specific set on it)."""
+        """Take back a port now, if it can serve the next container as it is."""
+        return self.accepts(net, port) and self.take_back(net, port)
+
+    def accepts(self, net: NetworkRecord, port: Port) -> bool:
+        """Will the pool take back this port of a container that left?  Yes when its
+        veth is back in the host namespace (Docker moves it out of the
+        container's) and the pool holds less than twice its size.  The caller
+        knows the port is plain (nothing endpoint-specific set on it), and must
+        call take_back next: until then the port counts as held."""
         vif = vif_of(port, net.mtu, self.default_bridge)
         if self.size_of(net) <= 0 or not self.binder.is_free(vif):
             return False
@@ -112,12 +121,31 @@ class PortPool:
             ready = self._ready.setdefault(net.neutron_id, collections.deque())
             if net.neutron_id in self._drained or len(ready) >= 2 * self.size_of(net):
                 return False
-        try:
-            self.binder.forget_endpoint(vif)
-        except Exception as exc:  # noqa: BLE001 - then it is simply not recycled
-            LOG.warning("pool port %s: cannot clear its endpoint in OVS: %s", port.id, exc)
-            return False
+            self._returning[port.id] = net.neutron_id
+            return True
+
+    def take_back(self, net: NetworkRecord, port: Port) -> bool:
+        """Clear the port's endpoint in OVS (one OVSDB transaction) and make it ready
+        (or, its network being deleted meanwhile, delete it); False when OVS
+        refuses (the caller deletes the port)."""
         with self._lock:
+            drained = net.neutron_id in self._drained
+        try:
+            if drained:
+                self._delete_pooled_port(port)
+                return True
+            self.binder.forget_endpoint(vif_of(port, net.mtu, self.default_bridge))
+        except Exception as exc:  # noqa: BLE001 - then it is simply not recycled
+            LOG.warning("pool port %s: cannot take it back: %s", port.id, exc)
+            if not drained:
+                self._returned(port.id)
+            return False
+        finally:
+            if drained:
+                self._returned(port.id)
+        with self._lock:
+            self._returning.pop(port.id, None)
+            self._back.notify_all()
             waiters = self._waiters.get(net.neutron_id, [])
             if waiters:
                 waiter = waiters.pop(0)
@@ -127,10 +155,16 @@ class PortPool:
                 self._ready.setdefault(net.neutron_id, collections.deque()).append(port)
         return True
 
-    def held(self) -> set[str]:
-        """Ids of the ports ready in the pool."""
+    def _returned(self, port_id: str) -> None:
         with self._lock:
-            return {port.id for ready in self._ready.values() for port in ready}
+            self._returning.pop(port_id, None)
+            self._back.notify_all()
+
+    def held(self) -> set[str]:
+        """Ids of the ports ready in the pool, or on their way back to it."""
+        with self._lock:
+            return {port.id for ready in self._ready.values() for port in ready} \
+                | set(self._returning)
 
     def size_of(self, net: NetworkRecord) -> int:
         return net.pool_size(self.default_size)
@@ -223,6 +257,10 @@ class PortPool:
         """Delete the network's unused pooled ports (before the network itself)."""
         with self._lock:
             self._drained.add(net.neutron_id)
+            # Ports on their way back (cleared in OVS by the unplug thread) are
+            # deleted there, now that the network is drained: wait for them.
+            self._back.wait_for(lambda: net.neutron_id not in self._returning.values(),
+                                timeout=RETURN_WAIT)
         with self._net_lock(net.neutron_id):
             self._drain_locked(net)
 

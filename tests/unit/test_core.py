@@ -7,6 +7,7 @@ tests/integration/test_core_defects.py."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 import tracemalloc
 
@@ -472,3 +473,23 @@ def test_kuryr_refuses_to_start_with_a_port_driver_it_does_not_have():
     conf.set_override("port_driver", "nested-vlan")
     with pytest.raises(SystemExit, match="port_driver"):
         server.build(conf, neutron=FakeNeutron())  # type: ignore[arg-type]
+
+
+def test_a_port_on_its_way_back_when_its_network_goes_is_deleted_not_pooled(driver):
+    d = driver(pool_size=1)
+    net, (pool_id,) = d.create_network(("10.86.0.0/24", ""))
+    wait_for(lambda: len(d.pool.held()) == 1)
+    endpoint, _ = d.start(net, pool_id)
+    port_id = d.port_of(endpoint).id
+    record = d.state.network(net)
+    d.binder.container_leaves(port_id)
+    port = d.port_of(endpoint)
+    assert d.pool.accepts(record, port)  # on its way back ...
+    back = threading.Timer(0.2, d.pool.take_back, (record, port))
+    back.start()
+    started = time.monotonic()
+    d.pool.drain(record)  # ... when the network goes: the drain waits for it
+    assert time.monotonic() - started < 5
+    back.join()
+    assert port_id not in d.pool.held()
+    assert port_id not in d.neutron.ports_
