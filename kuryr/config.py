@@ -101,8 +101,14 @@ core_opts = [
     cfg.StrOpt(
         "port_driver",
         default="veth",
-        choices=["veth", "nested-vlan", "nested-macvlan"],
-        help="How container ports are wired: 'veth' plugs into the host's switch.",
+        choices=[("veth", ("a veth pair into the host's switch (OVS or a Linux bridge, as "
+                  "Neutron's binding says)")),
+                 ("nested-vlan", ("containers inside a VM on trunk subports: not built yet, "
+                  "refused at start-up")),
+                 ("nested-macvlan", ("containers inside a VM on macvlan + allowed address "
+                  "pairs: not built yet, refused at start-up"))],
+        help="How container ports are wired.  Kuryr refuses to start with a driver this "
+        "version does not have, rather than silently plugging another way.",
     ),
     cfg.StrOpt(
         "docker_netns_dir",

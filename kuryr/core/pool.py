@@ -98,6 +98,9 @@ class PortPool:
         """Take a specific ready port out of the pool (a request whose address a
         restarted Kuryr put back in the pool before Docker's retry arrived)."""
         with self._lock:
+            # One on its way back is ready within milliseconds: wait for it, so it
+            # is never handed out both to this caller and from the ready list.
+            self._back.wait_for(lambda: port_id not in self._returning, timeout=RETURN_WAIT)
             ready = self._ready.get(network_id, collections.deque())
             port = next((p for p in ready if p.id == port_id), None)
             if port is not None:
