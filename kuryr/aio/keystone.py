@@ -29,7 +29,7 @@ from openstack import exceptions as os_exceptions
 
 from kuryr.aio import procs, venvs
 from kuryr.aio.layout import KEYSTONE_PORT, KEYSTONE_VERSION, Layout
-from kuryr.aio.neutron_server import MariaDB, template
+from kuryr.aio.mariadb import MariaDB, template
 from kuryr.neutron.client import Neutron, RequestCounter
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from kuryr.aio import procs
 from kuryr.aio.docker import Docker
 from kuryr.aio.keystone import Keystone, admin_env
 from kuryr.aio.layout import Layout
-from kuryr.aio.neutron_server import MariaDB, NeutronServer
+from kuryr.aio.mariadb import MariaDB
+from kuryr.aio.neutron_server import NeutronServer
 from kuryr.aio.outside import Outside
 from kuryr.aio.packages import Packages
 from kuryr.aio.plugin import KuryrPlugin
