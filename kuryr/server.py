@@ -93,8 +93,9 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     state = State()
     background = Background(neutron.counter.operation)
     bridge = conf.binding.ovs_bridge
-    pool = PortPool(neutron, binder, background, host, conf.pool.ports_per_network, bridge) \
-        if conf.pool.ports_per_network > 0 else None
+    # Always a pool: ports_per_network = 0 only sets the default, and a network
+    # can still ask for ready ports (-o kuryr.pool.size=N).
+    pool = PortPool(neutron, binder, background, host, conf.pool.ports_per_network, bridge)
     lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
         host=host, default_bridge=bridge, dns_enabled="dns-integration" in extensions,
         wait_for_refill=conf.pool.wait_for_refill,
@@ -116,17 +117,16 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
                     scope=conf.capability_scope)
 
     def in_use() -> set[str]:
-        return state.live_port_ids(conf.gc.grace) | (pool.held() if pool else set())
+        return state.live_port_ids(conf.gc.grace) | pool.held()
 
     daemon = Daemon()
     daemon.start("background writer", background.start,
                  lambda: background.stop(STOP_WRITES_TIMEOUT))
     daemon.start("port cleanup", lambda: None, lifecycle.stop)
-    if pool is not None:
-        daemon.start("port pool", pool.start, pool.stop)
-        free = pool.restore()
-        if free:
-            LOG.info("took back %d ready pooled ports", free)
+    daemon.start("port pool", pool.start, pool.stop)
+    free = pool.restore()
+    if free:
+        LOG.info("took back %d ready pooled ports", free)
     lost = lifecycle.record_lost_endpoints()
     if lost:
         LOG.info("recording %d endpoints again whose record was lost with the process", lost)

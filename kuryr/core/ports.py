@@ -79,7 +79,7 @@ def _address_in(port: Port, subnet_id: str) -> str | None:
 
 
 class PortLifecycle:
-    def __init__(self, neutron: Neutron, binder: Binder, pool: PortPool | None,
+    def __init__(self, neutron: Neutron, binder: Binder, pool: PortPool,
                  background: Background, state: State, settings: Settings) -> None:
         self.neutron = neutron
         self.binder = binder
@@ -135,7 +135,7 @@ class PortLifecycle:
 
     def _ready_or_new_port(self, net: NetworkRecord, subnet: Subnet, wanted: str | None,
                            name: str, mac: str) -> tuple[Port, bool]:
-        if wanted is None and not mac and self.pool is not None:
+        if wanted is None and not mac:
             pooled = self.pool.take(net, wait=self.settings.wait_for_refill)
             if pooled is not None:
                 return pooled, True
@@ -193,7 +193,7 @@ class PortLifecycle:
                 else "a container being created"
             raise errors.Conflict(f"address {address} is already in use by {user} "
                                   f"(port {port.id})")
-        if port.device_owner == marks.POOL_DEVICE_OWNER and self.pool is not None:
+        if port.device_owner == marks.POOL_DEVICE_OWNER:
             self.pool.claim(net.neutron_id, port.id)
         recorded = self.binder.endpoint_of(vif_of(port, net.mtu, self.settings.default_bridge))
         if recorded and recorded != endpoint_id:
@@ -384,7 +384,7 @@ class PortLifecycle:
         if lease is None:
             return None
         self.state.detach(endpoint_id)
-        if net is not None and lease.plain and not lease.adopted and self.pool is not None \
+        if net is not None and lease.plain and not lease.adopted \
                 and self.pool.accepts(net, lease.port):
             # Back to the pool, still bound and plugged: the next container takes it
             # with no Neutron request, and no port is deleted and created again.
@@ -410,7 +410,7 @@ class PortLifecycle:
 
     def _return_to_pool(self, net: NetworkRecord, lease: Lease) -> None:
         """In the unplug thread: the port is ready again, or (OVS refused) deleted."""
-        if self.pool is None or not self.pool.take_back(net, lease.port):
+        if not self.pool.take_back(net, lease.port):
             self.binder.unplug(vif_of(lease.port, net.mtu, self.settings.default_bridge))
             self._dispose(net, lease)  # cancels the queued return first
 
@@ -480,7 +480,7 @@ class PortLifecycle:
         self.state.forget_holds(lease)
         self.state.stop_awaiting_v6(lease)
         self.state.end(lease)
-        if lease.from_pool and self.pool is not None and self.pool.recycle(net, lease.port):
+        if lease.from_pool and self.pool.recycle(net, lease.port):
             return  # never left the pool's state in Neutron: nothing to write
         vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
         if lease.from_pool:

@@ -46,7 +46,7 @@ def _truthy(value: object) -> bool:
 
 
 class Networks:
-    def __init__(self, neutron: Neutron, state: State, pool: PortPool | None,
+    def __init__(self, neutron: Neutron, state: State, pool: PortPool,
                  background: Background, binder: Binder, floating: FloatingPublisher,
                  settings: NetworkSettings) -> None:
         self.neutron = neutron
@@ -125,8 +125,7 @@ class Networks:
                                   _truthy(options.get("neutron.net.shared", "")), tags)
         for pool in pools:
             self.state.unreserve_cidr(pool.Pool)
-        if self.pool is not None:
-            self.pool.refill_soon(record)
+        self.pool.refill_soon(record)
 
     @staticmethod
     def _feature_tags(req: models.CreateNetworkRequest, options: dict[str, object]) -> list[str]:
@@ -227,8 +226,7 @@ class Networks:
             record = self.by_docker_id(req.NetworkID)
         except errors.NotFound:
             return  # already gone: Docker retries and replays
-        if self.pool is not None:
-            self.pool.drain(record)
+        self.pool.drain(record)
         # Ports being deleted would keep the network in use.
         self.background.wait_group(record.neutron_id, timeout=WAIT_FOR_WRITES)
         subnet_ids = [s.id for s in record.subnets]

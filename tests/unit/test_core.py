@@ -44,9 +44,8 @@ class Driver:
         self.background = Background()
         self.background.start()
         self.pool = PortPool(self.neutron, self.binder, self.background, HOST, pool_size,
-                             "br-int") if pool_size else None
-        if self.pool:
-            self.pool.start()
+                             "br-int")
+        self.pool.start()
         self.ports = PortLifecycle(self.neutron, self.binder, self.pool, self.background,
                                    self.state, Settings(host=HOST, default_bridge="br-int",
                                                         plug_timeout=1))
@@ -66,8 +65,7 @@ class Driver:
 
     def close(self) -> None:
         self.settle()
-        if self.pool:
-            self.pool.stop()
+        self.pool.stop()
         self.background.stop(5)
         self.ports.stop()
 
