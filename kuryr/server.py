@@ -103,7 +103,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         plug_is_fatal=conf.neutron.vif_plugging_is_fatal))
     floating = FloatingPublisher(neutron, host, conf.publish.floating_ip_network,
                                  conf.publish.router_name)
-    publishing = Publishing(neutron, Forwarder(), floating, host,
+    forwarder = Forwarder()
+    publishing = Publishing(neutron, forwarder, floating, host,
                             conf.process_external_connectivity, conf.docker_netns_dir)
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
         host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp))
@@ -123,6 +124,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     daemon.start("background writer", background.start,
                  lambda: background.stop(STOP_WRITES_TIMEOUT))
     daemon.start("port cleanup", lambda: None, lifecycle.stop)
+    daemon.start("published ports", forwarder.start, forwarder.stop)
     daemon.start("port pool", pool.start, pool.stop)
     free = pool.restore()
     if free:

@@ -83,7 +83,21 @@ class Forwarder:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.loop.run_forever, name="publish",
                                         daemon=True)
+
+    def start(self) -> None:
+        """The forwarder's event loop and the thread that opens sockets in
+        containers' namespaces (started by the daemon, kuryr/core/daemon.py)."""
+        self.sockets.start()
         self._thread.start()
+
+    def stop(self) -> None:
+        """Close every listener (the host ports are free again), then the threads."""
+        for endpoint_id in list(self.published()):
+            self.unpublish(endpoint_id)
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+        self.sockets.close()
 
     # -- public API (any thread) ---------------------------------------------------------
     def publish(self, endpoint_id: str, target: Target,

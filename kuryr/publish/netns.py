@@ -34,6 +34,8 @@ class SocketFactory:
     def __init__(self) -> None:
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="netns-sockets", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
@@ -65,7 +67,9 @@ class SocketFactory:
         return future.result(timeout=10)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
 
 
 def netns_has_mac(netns_path: str, mac: str) -> bool:

@@ -111,6 +111,14 @@ def start_kuryr() -> None:
     assert up.returncode == 0, up.stdout + up.stderr
 
 
+def start_sleeper(docker, cleanup, unique: str, network: str, tag: str) -> str:
+    """A container that stays (removed at the test's end)."""
+    container = f"kc-{unique}-{tag}"
+    cleanup(lambda: docker.run("rm", "-f", container, check=False))
+    docker.run("run", "-d", "--name", container, "--net", network, "busybox", "sleep", "600")
+    return container
+
+
 def run_many(docker, jobs: list[tuple[str, ...]], timeout: float = 120) -> list:
     """Run docker commands concurrently: [(CompletedProcess, seconds)] in order."""
 
@@ -600,10 +608,7 @@ def test_item4_a_late_release_never_deletes_the_port_that_moved_on(
     net_id = neutron_net_of(neutron, docker, name).id
 
     def start(tag: str) -> str:
-        container = f"kc-{unique}-{tag}"
-        cleanup(lambda: docker.run("rm", "-f", container, check=False))
-        docker.run("run", "-d", "--name", container, "--net", name, "busybox", "sleep", "600")
-        return container
+        return start_sleeper(docker, cleanup, unique, name, tag)
 
     def pool_ready() -> int:
         return sum(netlink.link_exists(VIF(port_id=p.id, mac=p.mac_address).container_ifname)
@@ -693,10 +698,7 @@ def test_item6_after_kill9_no_port_serves_two_containers(
     net_id = neutron_net_of(neutron, docker, name).id
 
     def start(tag: str) -> str:
-        container = f"kc-{unique}-{tag}"
-        cleanup(lambda: docker.run("rm", "-f", container, check=False))
-        docker.run("run", "-d", "--name", container, "--net", name, "busybox", "sleep", "600")
-        return container
+        return start_sleeper(docker, cleanup, unique, name, tag)
 
     before = [start(f"a{i}") for i in range(3)]
     helpers.wait_until(lambda: len(list(neutron.api.ports(
@@ -818,5 +820,6 @@ def test_sigterm_stops_every_thread_in_order(stack, docker, make_network, run_co
     start_kuryr()
     assert gone, f"kuryr serve still running {took:.0f} s after SIGTERM:\n{tail[-1500:]}"
     assert "Traceback" not in tail, tail[-3000:]
-    order = "garbage collector, port pool, port cleanup, background writer"
+    order = ("garbage collector, port pool, published ports, port cleanup, "
+             "background writer")
     assert f"stopped, in order: {order}" in tail, tail[-1500:]

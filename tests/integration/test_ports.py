@@ -61,6 +61,7 @@ def test_published_udp_port_echoes(docker, net, run_container):
     sandbox = docker.out("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
     # busybox-static has no UDP server: open one inside the container's namespace.
     factory = SocketFactory()
+    factory.start()
     server = factory.create(sandbox, socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("0.0.0.0", 5353))
     server.settimeout(10)
