@@ -31,7 +31,9 @@ class FloatingPublisher:
         self.host = host
         self.external_network = external_network
         self.router_name = router_name
-        self._lock = threading.Lock()  # guards the set-up below, made once
+        self._lock = threading.Lock()  # guards the fields below; never held across a request
+        self._ready = threading.Event()  # the router and floating IP are known
+        self._setting_up = False
         self._router: str | None = None
         self._fip: str | None = None
         self._subnets: set[str] = set()  # attached to the router by this process
@@ -41,24 +43,41 @@ class FloatingPublisher:
         return bool(self.external_network)
 
     def _setup(self) -> tuple[str, str]:
-        """(router id, floating IP id), found or created once.  The lock is held
-        across these requests on purpose: they run once per process, and a second
-        publisher must wait for them rather than make a second router."""
-        with self._lock:
-            if self._router is not None and self._fip is not None:
-                return self._router, self._fip
-            external = self.neutron.find_network(self.external_network)
-            router = self.neutron.find_router(self.router_name)
-            if router is None:
-                router = self.neutron.create_router(self.router_name, external.id)
-            description = f"kuryr-publish:{self.host}"
-            fips = self.neutron.floating_ips(description, external.id)
-            fip = fips[0] if fips else self.neutron.create_floating_ip(external.id,
-                                                                       description)
-            self._router, self._fip = router.id, fip.id
-            LOG.info("publishing through floating IP %s (router %s)",
-                     fip.floating_ip_address, router.id)
-            return router.id, fip.id
+        """(router id, floating IP id), found or created once per process: the first
+        caller makes the requests, the others wait for its result (a second
+        publisher must not make a second router)."""
+        while True:
+            with self._lock:
+                if self._router is not None and self._fip is not None:
+                    return self._router, self._fip
+                mine = not self._setting_up
+                if mine:
+                    self._setting_up = True
+                    self._ready.clear()
+            if mine:
+                break
+            self._ready.wait(timeout=60)
+        try:
+            router_id, fip_id = self._find_or_make()
+            with self._lock:
+                self._router, self._fip = router_id, fip_id
+            return router_id, fip_id
+        finally:
+            with self._lock:
+                self._setting_up = False
+            self._ready.set()  # done, or failed: a waiter tries again
+
+    def _find_or_make(self) -> tuple[str, str]:
+        external = self.neutron.find_network(self.external_network)
+        router = self.neutron.find_router(self.router_name)
+        if router is None:
+            router = self.neutron.create_router(self.router_name, external.id)
+        description = f"kuryr-publish:{self.host}"
+        fips = self.neutron.floating_ips(description, external.id)
+        fip = fips[0] if fips else self.neutron.create_floating_ip(external.id, description)
+        LOG.info("publishing through floating IP %s (router %s)", fip.floating_ip_address,
+                 router.id)
+        return router.id, fip.id
 
     def _attach_subnets(self, router_id: str, port: Port) -> None:
         for subnet_id in {f.subnet_id for f in port.fixed_ips}:

@@ -491,3 +491,38 @@ def test_a_port_on_its_way_back_when_its_network_goes_is_deleted_not_pooled(driv
     back.join()
     assert port_id not in d.pool.held()
     assert port_id not in d.neutron.ports_
+
+
+def test_floating_ip_publishing_is_set_up_once_and_no_lock_waits_on_neutron():
+    from types import SimpleNamespace
+
+    from kuryr.neutron.types import FloatingIP, Network, Router
+
+    made: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def create_router(name: str, external: str) -> Router:
+        made.append(name)
+        inside.set()
+        assert release.wait(5)
+        return Router(id="r1", name=name)
+
+    neutron = SimpleNamespace(
+        find_network=lambda ref: Network(id="ext"), find_router=lambda name: None,
+        create_router=create_router, floating_ips=lambda description, network: [],
+        create_floating_ip=lambda network, description: FloatingIP("f1", "198.51.100.9"))
+    publisher = FloatingPublisher(neutron, HOST, "public", "kuryr-publish")  # type: ignore[arg-type]
+    results: list[tuple[str, str]] = []
+    threads = [threading.Thread(target=lambda: results.append(publisher._setup()))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert inside.wait(5)
+    assert publisher._lock.acquire(timeout=1), "a lock is held across a Neutron request"
+    publisher._lock.release()
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert made == ["kuryr-publish"]
+    assert results == [("r1", "f1")] * 3
