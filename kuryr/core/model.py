@@ -28,9 +28,6 @@ class NetworkRecord:
         that carry nothing in common: the port must hold both."""
         return marks.NET_IPV6_TAG in self.tags and {s.ip_version for s in self.subnets} == {4, 6}
 
-    def subnet(self, subnet_id: str) -> Subnet | None:
-        return next((s for s in self.subnets if s.id == subnet_id), None)
-
     def subnet_of(self, address: str) -> Subnet | None:
         ip = ipaddress.ip_address(address)
         return next((s for s in self.subnets if ip in ipaddress.ip_network(s.cidr)), None)

@@ -42,16 +42,6 @@ class State:
         with self._lock:
             return self._networks.get(docker_id)
 
-    def network_of_neutron(self, neutron_id: str) -> NetworkRecord | None:
-        with self._lock:
-            return next((n for n in self._networks.values() if n.neutron_id == neutron_id),
-                        None)
-
-    def network_with_subnet(self, subnet_id: str) -> NetworkRecord | None:
-        with self._lock:
-            return next((n for n in self._networks.values()
-                         if any(s.id == subnet_id for s in n.subnets)), None)
-
     def networks_with_cidr(self, cidr: str) -> list[NetworkRecord]:
         with self._lock:
             return [n for n in self._networks.values() if any(s.cidr == cidr for s in n.subnets)]
@@ -160,18 +150,6 @@ class State:
                         del self._holds[(lease.network_id, address)]
             lease.held.clear()
 
-    def move_hold(self, lease: Lease, old: str, new: str) -> None:
-        """Docker holds ``new`` instead of ``old`` from ``lease`` (a re-paired address)."""
-        with self._lock:
-            holds = self._holds.get((lease.network_id, old))
-            if holds and lease in holds:
-                holds.remove(lease)
-                if not holds:
-                    del self._holds[(lease.network_id, old)]
-            lease.held.discard(old)
-            lease.held.add(new)
-            self._holds.setdefault((lease.network_id, new), collections.deque()).append(lease)
-
     # -- dual-stack pairing ----------------------------------------------------------------
     def await_v6(self, lease: Lease) -> None:
         with self._lock:
@@ -259,10 +237,6 @@ class State:
         lease.ended = True
         if self._live.get(lease.port.id) is lease:
             del self._live[lease.port.id]
-
-    def endpoint_ids(self) -> set[str]:
-        with self._lock:
-            return set(self._endpoints)
 
     def live_port_ids(self, unattached_for: float) -> set[str]:
         """Ports handed out by this process and not yet done with: serving an
