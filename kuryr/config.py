@@ -226,12 +226,14 @@ publish_opts = [
 
 pool_opts = [
     cfg.IntOpt(
-        "ports_per_network",
+        "size",
         default=3,
         min=0,
+        deprecated_name="ports_per_network",
         help="Ports kept ready (created, bound to this host and plugged) for each "
-        "Kuryr network, so a container start makes no Neutron request. 0 disables; "
-        "a network can override it with -o kuryr.pool.size=N.",
+        "Kuryr network, so a container start makes no Neutron request. 0 disables: "
+        "one Neutron port per container and nothing else, as kuryr-libnetwork. "
+        "A network can override it with -o kuryr.pool.size=N.",
     ),
     cfg.FloatOpt(
         "wait_for_refill",

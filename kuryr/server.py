@@ -38,8 +38,10 @@ from kuryr.publish.forwarder import Forwarder
 
 LOG = logging.getLogger(__name__)
 
-# Kuryr's default pools cover every address of their family, so every subnet
-# Kuryr creates comes from one pool and Neutron itself refuses overlaps.
+# Kuryr's default pools cover every address of their family, so the subnets
+# Docker asks Kuryr to choose come from one pool and Neutron itself refuses
+# overlaps among them; a --subnet gets a kuryrPool-<cidr> pool of its own
+# (kuryr-libnetwork's layout) and is checked against these before it is made.
 COVER_ALL = {4: ("0.0.0.0/0", 24), 6: ("::/0", 64)}
 MIN_PREFIXLEN = {4: 8, 6: 48}
 STOP_WRITES_TIMEOUT = 30.0
@@ -60,7 +62,8 @@ def ensure_subnetpools(neutron: Neutron, conf: cfg.ConfigOpts) -> DefaultPools:
         pools[version] = pool
     return DefaultPools(pools=pools, fallback_prefixes={
         4: conf.neutron.default_subnetpool_v4_prefix,
-        6: conf.neutron.default_subnetpool_v6_prefix})
+        6: conf.neutron.default_subnetpool_v6_prefix},
+        user_pool_prefix=conf.subnetpool_name_prefix)
 
 
 def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
@@ -93,9 +96,9 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     state = State()
     background = Background(neutron.counter.operation)
     bridge = conf.binding.ovs_bridge
-    # Always a pool: ports_per_network = 0 only sets the default, and a network
+    # Always a pool: [pool] size = 0 only sets the default, and a network
     # can still ask for ready ports (-o kuryr.pool.size=N).
-    pool = PortPool(neutron, binder, background, host, conf.pool.ports_per_network, bridge)
+    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge)
     lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
         host=host, default_bridge=bridge, dns_enabled="dns-integration" in extensions,
         wait_for_refill=conf.pool.wait_for_refill,
@@ -149,7 +152,7 @@ def _unix_socket(path: Path, group: str) -> socket.socket:
     root-only (0600), or 0660 for ``group``.  Whoever can write to it creates
     Neutron ports with Kuryr's credentials."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -166,6 +169,23 @@ def _unix_socket(path: Path, group: str) -> socket.socket:
         path.chmod(0o660)
     sock.listen(128)
     return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a Kuryr that died is removed; one that answers is a
+    Kuryr still serving, and taking its path would cut dockerd off from it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise SystemExit(f"kuryr: another process is serving on {path}: stop it first "
+                     "(or set kuryr_uri to another socket)")
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,6 +28,12 @@ class NetworkRecord:
         that carry nothing in common: the port must hold both."""
         return marks.NET_IPV6_TAG in self.tags and {s.ip_version for s in self.subnets} == {4, 6}
 
+    def subnet_of_pool(self, cidr: str, ip_range: str = "") -> Subnet | None:
+        """The subnet behind a Docker pool: the pool's CIDR, else its --ip-range
+        (an adopted subnet laid out as kuryr-libnetwork does: subnet = range)."""
+        return next((s for s in self.subnets if s.cidr == cidr), None) or next(
+            (s for s in self.subnets if ip_range and s.cidr == ip_range), None)
+
     def subnet_of(self, address: str) -> Subnet | None:
         ip = ipaddress.ip_address(address)
         return next((s for s in self.subnets if ip in ipaddress.ip_network(s.cidr)), None)
@@ -52,6 +58,9 @@ class PendingPool:
     subnetpool_id: str | None = None
     existing_subnet_id: str | None = None
     gateway: str | None = None  # the existing subnet's, answered to Docker's gateway request
+    # Kuryr's subnetpools whose subnets may overlap ``cidr``: a new subnet is
+    # checked against theirs first (Neutron refuses overlaps only in a network).
+    overlap_pools: tuple[str, ...] = ()
 
 
 @dataclass

@@ -227,7 +227,7 @@ class PortPool:
         created = self.neutron.create_ports([NewPort(
             network_id=net.neutron_id, fixed_ips=fixed_ips,
             device_owner=marks.POOL_DEVICE_OWNER, binding_host_id=self.host,
-            name=f"{marks.PORT_NAME_PREFIX}pool") for _ in range(missing)])
+            name=marks.POOL_PORT_NAME) for _ in range(missing)])
         ready = []
         for port in created:
             try:

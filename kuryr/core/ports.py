@@ -290,7 +290,7 @@ class PortLifecycle:
             lease.plain = not lease.adopted
             # The port is bound to this host since it was reserved: recording the
             # endpoint changes nothing about its packets, so the container does not wait.
-            self._record_endpoint_later(port.id, endpoint_id, net.neutron_id)
+            self._record_endpoint_later(port, endpoint_id, net.neutron_id)
             return
         # Security groups must be in place before the container starts.
         lease.plain = False
@@ -300,19 +300,20 @@ class PortLifecycle:
         old_vif = vif_of(port, net.mtu, self.settings.default_bridge)
         lease.port = self.neutron.update_port(
             port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
-            binding_host_id=self.settings.host,
+            binding_host_id=self.settings.host, name=_name_for(port, endpoint_id),
             security_group_ids=groups if extras.security_group_ids else None,
             description=extras.description, mac_address=mac or None)
         if mac:
             self.binder.unplug(old_vif)  # a pooled veth has the old MAC
 
-    def _record_endpoint_later(self, port_id: str, endpoint_id: str, network_id: str) -> None:
+    def _record_endpoint_later(self, port: Port, endpoint_id: str, network_id: str) -> None:
         host = self.settings.host
+        name = _name_for(port, endpoint_id)
         self.background.submit(
-            port_id, f"record endpoint {endpoint_id[:12]} on port {port_id}",
-            lambda: self.neutron.update_port(port_id, device_id=endpoint_id,
+            port.id, f"record endpoint {endpoint_id[:12]} on port {port.id}",
+            lambda: self.neutron.update_port(port.id, device_id=endpoint_id,
                                              device_owner=marks.DEVICE_OWNER,
-                                             binding_host_id=host),
+                                             binding_host_id=host, name=name),
             group=network_id)
 
     def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str) -> None:
@@ -395,7 +396,8 @@ class PortLifecycle:
             self.background.submit(
                 port_id, f"return port {port_id} to the pool",
                 lambda: self.neutron.update_port(port_id, device_id="",
-                                                 device_owner=marks.POOL_DEVICE_OWNER),
+                                                 device_owner=marks.POOL_DEVICE_OWNER,
+                                                 name=marks.POOL_PORT_NAME),
                 group=lease.network_id)
             self._unplugger.submit(self._return_to_pool, net, lease)
             return lease
@@ -455,7 +457,7 @@ class PortLifecycle:
             if not endpoint_id:
                 continue
             lost += 1
-            self._record_endpoint_later(port.id, endpoint_id, port.network_id)
+            self._record_endpoint_later(port, endpoint_id, port.network_id)
         return lost
 
     # -- release ---------------------------------------------------------------------------
@@ -497,3 +499,11 @@ class PortLifecycle:
                 continue
             lease = self.state.hand_out(port, net.neutron_id)
             self._dispose(net, lease)
+
+
+def _name_for(port: Port, endpoint_id: str) -> str | None:
+    """A pooled port taken by a container is named after its endpoint, so Neutron
+    tells containers' ports from ready ones by name too; any other port keeps its
+    name (a user's pre-created port is the user's to name)."""
+    return marks.container_port_name(endpoint_id) if port.name == marks.POOL_PORT_NAME \
+        else None

@@ -42,6 +42,10 @@ class State:
         with self._lock:
             return self._networks.get(docker_id)
 
+    def networks_tagged(self, tag: str) -> list[NetworkRecord]:
+        with self._lock:
+            return [n for n in self._networks.values() if tag in n.tags]
+
     def networks_with_cidr(self, cidr: str) -> list[NetworkRecord]:
         with self._lock:
             return [n for n in self._networks.values() if any(s.cidr == cidr for s in n.subnets)]

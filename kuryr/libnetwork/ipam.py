@@ -11,6 +11,7 @@ Neutron requests (see docs/performance.md):
 from __future__ import annotations
 
 import ipaddress
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ POOL_V6_OPTIONS = ("neutron.pool.v6.uuid", "neutron.pool.v6.name")
 SUBNET_OPTIONS = ("neutron.subnet.uuid", "neutron.subnet.name")
 SUBNET_V6_OPTIONS = ("neutron.subnet.v6.uuid", "neutron.subnet.v6.name")
 DEFAULT_PREFIXLEN = {4: 24, 6: 64}
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,12 @@ class DefaultPools:
 
     pools: dict[int, SubnetPool]
     fallback_prefixes: dict[int, str]  # when a pool is missing
+    user_pool_prefix: str = "kuryrPool"  # kuryrPool-<cidr>: the pool of a user's --subnet
 
-    def covering(self, version: int, cidr: str) -> str | None:
-        """Kuryr's default pool when it covers ``cidr``: allocating from it makes
-        Neutron itself refuse overlapping subnets, atomically and for free."""
-        pool = self.pools.get(version)
-        net = ipaddress.ip_network(cidr)
-        if pool and any(net.subnet_of(ipaddress.ip_network(p))  # type: ignore[arg-type]
-                        for p in pool.prefixes):
-            return pool.id
-        return None
+    def is_kuryrs(self, pool: SubnetPool) -> bool:
+        """A default pool, or the pool of a user's --subnet (by kuryr-libnetwork's name)."""
+        return pool.id in {p.id for p in self.pools.values()} \
+            or pool.name.startswith(f"{self.user_pool_prefix}-")
 
 
 def _first_option(options: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -117,21 +115,52 @@ class Ipam:
         subnetpool = self.neutron.find_subnetpool(pool_ref) if pool_ref else None
         if pool_ref and subnetpool is None:
             raise errors.NotFound(f"Neutron subnetpool {pool_ref!r} does not exist")
-        if req.Pool:
-            cidr = _network(req.Pool, "pool")
-            if cidr.version != version:
-                raise errors.InvalidInput(f"pool {req.Pool} is not an IPv{version} CIDR")
-            if req.SubPool and not _network(req.SubPool, "ip-range").subnet_of(
-                    cidr):  # type: ignore[arg-type]
-                raise errors.InvalidInput(f"ip-range {req.SubPool} is not inside {req.Pool}")
-            cidr_text = str(cidr)
-        else:
+        if not req.Pool:
             cidr_text = self._pick_free_cidr(version, subnetpool)
-        pool_id = subnetpool.id if subnetpool else self.defaults.covering(version, cidr_text)
+            default = self.defaults.pools.get(version)
+            pool_id = subnetpool.id if subnetpool else default.id if default else None
+            self.state.add_pending_pool(PendingPool(token=token, cidr=cidr_text,
+                                                    subnetpool_id=pool_id))
+            return models.RequestPoolResponse(
+                PoolID=str(marks.PoolId(cidr_text, "", token)), Pool=cidr_text)
+        cidr = _network(req.Pool, "pool")
+        if cidr.version != version:
+            raise errors.InvalidInput(f"pool {req.Pool} is not an IPv{version} CIDR")
+        if req.SubPool and not _network(req.SubPool, "ip-range").subnet_of(
+                cidr):  # type: ignore[arg-type]
+            raise errors.InvalidInput(f"ip-range {req.SubPool} is not inside {req.Pool}")
+        cidr_text = str(cidr)
+        if subnetpool is not None:  # the user's pool: never Kuryr's to remove
+            self.state.add_pending_pool(PendingPool(
+                token=token, cidr=cidr_text, ip_range=req.SubPool,
+                subnetpool_id=subnetpool.id))
+            return models.RequestPoolResponse(
+                PoolID=str(marks.PoolId(cidr_text, req.SubPool, token)), Pool=cidr_text)
+        own, overlapping = self._user_subnet_pool(version, cidr_text)
         self.state.add_pending_pool(PendingPool(
-            token=token, cidr=cidr_text, ip_range=req.SubPool, subnetpool_id=pool_id))
+            token=token, cidr=cidr_text, ip_range=req.SubPool, subnetpool_id=own.id,
+            overlap_pools=overlapping))
         return models.RequestPoolResponse(
-            PoolID=str(marks.PoolId(cidr_text, req.SubPool, token)), Pool=cidr_text)
+            PoolID=str(marks.PoolId(cidr_text, req.SubPool, token, own.id)), Pool=cidr_text)
+
+    def _user_subnet_pool(self, version: int, cidr: str) -> tuple[SubnetPool, tuple[str, ...]]:
+        """kuryr-libnetwork's subnetpool for a user's --subnet, ``kuryrPool-<cidr>``,
+        found by name or made (1 GET, 1 POST when made), and the ids of Kuryr's pools
+        whose subnets could overlap ``cidr``, which CreateNetwork checks before it
+        makes a subnet (Neutron refuses overlaps only inside one network)."""
+        name = marks.subnetpool_name(self.defaults.user_pool_prefix, cidr)
+        net = ipaddress.ip_network(cidr)
+        pools = self.neutron.subnetpools(ip_version=version)
+        own = next((p for p in pools if p.name == name), None)
+        overlapping = tuple(p.id for p in pools if self.defaults.is_kuryrs(p) and any(
+            net.overlaps(ipaddress.ip_network(prefix)) for prefix in p.prefixes))
+        if own is None:
+            own = self.neutron.create_subnetpool(
+                name=name, prefixes=[cidr], default_prefix_length=net.prefixlen,
+                minimum_prefix_length=net.prefixlen,
+                description="Kuryr: the subnet of a Docker network's --subnet")
+            overlapping = (*overlapping, own.id)
+        return own, overlapping
 
     def _pick_free_cidr(self, version: int, subnetpool: SubnetPool | None) -> str:
         """A CIDR of the default size not used by any subnet of the pool (1 GET)."""
@@ -142,6 +171,10 @@ class Ipam:
             or DEFAULT_PREFIXLEN[version]
         used = [ipaddress.ip_network(s.cidr) for s in self.neutron.subnets(
             subnet_pool_id=pool.id if pool else None, ip_version=version)]
+        # Users' --subnet pools (kuryrPool-<cidr>): their CIDRs are taken too.
+        used += [ipaddress.ip_network(prefix) for p in self.neutron.subnetpools(version)
+                 if p.name.startswith(f"{self.defaults.user_pool_prefix}-")
+                 for prefix in p.prefixes]
         used += [ipaddress.ip_network(c) for c in self.state.reserved_cidrs()]
         for prefix in prefixes:
             for candidate in ipaddress.ip_network(prefix).subnets(new_prefix=prefixlen):
@@ -151,7 +184,8 @@ class Ipam:
         raise errors.Conflict(f"no free /{prefixlen} left in {', '.join(prefixes)}")
 
     def release_pool(self, req: models.ReleasePoolRequest) -> None:
-        """Nothing to do in Neutron: the subnet goes with the network (DeleteNetwork)."""
+        """The subnet went with the network (DeleteNetwork comes first); what is
+        left is the kuryrPool-<cidr> subnetpool of a --subnet (1 DELETE)."""
         try:
             pool = marks.parse_pool_id(req.PoolID)
         except ValueError:
@@ -159,6 +193,13 @@ class Ipam:
         if pool.token:
             self.state.drop_pending_pool(pool.token)
         self.state.unreserve_cidr(pool.cidr)
+        if pool.subnetpool:
+            try:
+                self.neutron.delete_subnetpool(pool.subnetpool)
+            except errors.Conflict:
+                # Another network (one adopted with the same CIDR) still has a
+                # subnet in it; the last ReleasePool of that CIDR removes it.
+                LOG.info("subnetpool %s is still in use: kept", pool.subnetpool)
 
     # -- addresses --------------------------------------------------------------------------
     def request_address(self, req: models.RequestAddressRequest) -> models.RequestAddressResponse:
@@ -170,15 +211,20 @@ class Ipam:
             return models.RequestAddressResponse(
                 Address=f"{wanted or self._gateway_for(pool)}/{prefixlen}")
         net = self.networks.by_pool(pool)
-        subnet = next((s for s in net.subnets if s.cidr == pool.cidr), None) if net else None
+        subnet = net.subnet_of_pool(pool.cidr, pool.ip_range) if net else None
         if net is None or subnet is None:
             raise errors.NotFound(
                 f"no Neutron subnet for pool {pool.cidr} yet: Kuryr IPAM needs the Kuryr "
                 "network driver (docker network create -d kuryr --ipam-driver kuryr)")
+        if wanted:
+            _check_address(wanted, subnet.cidr)
         address = self.ports.reserve(net, subnet, wanted,
                                      name=options.get(models.ENDPOINT_NAME_OPTION, ""),
                                      mac=options.get(models.MAC_OPTION, ""))
-        return models.RequestAddressResponse(Address=f"{address}/{prefixlen}")
+        # The subnet's own prefix: an adopted subnet may be the --ip-range only
+        # (the layout kuryr-libnetwork makes).
+        return models.RequestAddressResponse(
+            Address=f"{address}/{ipaddress.ip_network(subnet.cidr).prefixlen}")
 
     def _gateway_for(self, pool: marks.PoolId) -> str:
         pending = self.state.pending_pool(pool.token) if pool.token else None
@@ -192,7 +238,7 @@ class Ipam:
         net = self.networks.by_pool(pool)
         if net is None:
             return  # the network is gone, and its ports with it
-        subnet = next((s for s in net.subnets if s.cidr == pool.cidr), None)
+        subnet = net.subnet_of_pool(pool.cidr, pool.ip_range)
         if subnet is None or subnet.gateway_ip == address:
             return  # a gateway address is not a port
         self.ports.release(net, address)

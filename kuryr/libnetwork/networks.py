@@ -76,7 +76,7 @@ class Networks:
         ids of earlier versions name only a CIDR, which must then be unambiguous."""
         if pool.token:
             tag = marks.pool_token_tag(pool.token)
-            cached = [n for n in self.state.networks_with_cidr(pool.cidr) if tag in n.tags]
+            cached = self.state.networks_tagged(tag)
             if cached:
                 return cached[0]
             found = self.neutron.networks_tagged([tag])
@@ -175,6 +175,8 @@ class Networks:
                 "(-o neutron.net.uuid=...)")
         cidr = str(ipaddress.ip_network(pool.Pool))
         gateway = pool.Gateway.split("/")[0] if pool.Gateway else None
+        if pending is not None and pending.overlap_pools:
+            self._refuse_overlap(cidr, pending.overlap_pools)
         allocation = None
         if pending is not None and pending.ip_range:
             try:
@@ -186,6 +188,17 @@ class Networks:
             enable_dhcp=self.settings.enable_dhcp,
             subnet_pool_id=pending.subnetpool_id if pending else None,
             allocation_pools=allocation)
+
+    def _refuse_overlap(self, cidr: str, kuryr_pools: tuple[str, ...]) -> None:
+        """Two of Kuryr's networks never share addresses (1 GET).  Checked here,
+        not by Neutron: each --subnet has a subnetpool of its own."""
+        net = ipaddress.ip_network(cidr)
+        for subnet in self.neutron.subnets(subnet_pool_id=list(kuryr_pools),
+                                           ip_version=net.version):
+            if net.overlaps(ipaddress.ip_network(subnet.cidr)):
+                raise errors.Conflict(
+                    f"subnet {cidr} overlaps subnet {subnet.cidr} ({subnet.id}) of Neutron "
+                    f"network {subnet.network_id}, which Kuryr already uses")
 
     def _adopt(self, docker_id: str, ref: str, pools: list[models.IPAMData],
                claimed: list[PendingPool | None], extra_tags: list[str]) -> NetworkRecord:
@@ -202,8 +215,11 @@ class Networks:
         try:
             subnets = []
             for pool, pending in zip(pools, claimed, strict=True):
-                if pool.Pool in existing:
-                    subnets.append(existing[pool.Pool])
+                # The subnet is the --subnet, or (kuryr-libnetwork's layout) the --ip-range.
+                match = existing.get(pool.Pool) or (
+                    existing.get(pending.ip_range) if pending and pending.ip_range else None)
+                if match is not None:
+                    subnets.append(match)
                 else:
                     created.append(self._create_subnet(net.id, pool, pending))
                     subnets.append(created[-1])

@@ -331,9 +331,9 @@ class Neutron:
         return Subnet.from_sdk(self._find("subnet", name_or_id))
 
     def subnets(self, network_id: str | None = None, cidr: str | None = None,
-                subnet_pool_id: str | None = None,
+                subnet_pool_id: str | list[str] | None = None,
                 ip_version: int | None = None) -> list[Subnet]:
-        """1 GET."""
+        """1 GET (a list of pool ids: the subnets of any of them)."""
         filters = _filters(network_id=network_id, cidr=cidr, subnet_pool_id=subnet_pool_id,
                            ip_version=ip_version)
         with translated_errors("list subnets"):
@@ -368,6 +368,17 @@ class Neutron:
         except Exception:  # noqa: BLE001 - no-auth sessions have no project
             return None
         return str(project) if project else None
+
+    def subnetpools(self, ip_version: int | None = None) -> list[SubnetPool]:
+        """1 GET: every subnetpool this user sees (a handful in any cloud)."""
+        with translated_errors("list subnetpools"):
+            return [SubnetPool.from_sdk(p)
+                    for p in self.api.subnet_pools(**_filters(ip_version=ip_version))]
+
+    def delete_subnetpool(self, pool_id: str) -> None:
+        """1 DELETE; absent is fine; Conflict while a subnet uses it."""
+        with translated_errors(f"delete subnetpool {pool_id}"):
+            self.api.delete_subnet_pool(pool_id, ignore_missing=True)
 
     def create_subnetpool(self, name: str, prefixes: list[str], default_prefix_length: int,
                           minimum_prefix_length: int, description: str) -> SubnetPool:
@@ -474,14 +485,14 @@ class Neutron:
                     device_owner: str | None = None, binding_host_id: str | None = None,
                     security_group_ids: list[str] | None = None,
                     description: str | None = None, mac_address: str | None = None,
-                    fixed_ips: list[dict[str, str]] | None = None,
+                    fixed_ips: list[dict[str, str]] | None = None, name: str | None = None,
                     if_revision: int | None = None) -> Port:
         """1 PUT of the given attributes (None: unchanged).  With ``if_revision``
         Neutron applies it only to that revision of the port (Conflict otherwise)."""
         attrs = _filters(device_id=device_id, device_owner=device_owner,
                          binding_host_id=binding_host_id,
                          security_group_ids=security_group_ids, description=description,
-                         mac_address=mac_address, fixed_ips=fixed_ips)
+                         mac_address=mac_address, fixed_ips=fixed_ips, name=name)
         with translated_errors(f"update port {port_id}"):
             return Port.from_sdk(self.api.update_port(port_id, if_revision=if_revision,
                                                       **attrs))

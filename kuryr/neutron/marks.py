@@ -24,6 +24,11 @@ EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed
 NETWORK_NAME_PREFIX = "kuryr-net-"
 SUBNET_NAME_PREFIX = "kuryr-subnet-"
 PORT_NAME_PREFIX = "kuryr-port-"
+POOL_PORT_NAME = "kuryr-port-pool"  # a ready port no container has yet
+
+
+def container_port_name(endpoint_id: str) -> str:
+    return PORT_NAME_PREFIX + endpoint_id[:12]
 
 DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,16 +56,27 @@ def docker_network_id_from_tags(tags: list[str]) -> str | None:
     return low + high if low and high else None
 
 
-# A pool id handed to Docker names the subnet's CIDR, its allocation range and a
-# token unique to this RequestPool:
-#   kuryr:<cidr>|<allocation range>|<token>  e.g. kuryr:10.1.0.0/16|10.1.5.0/24|4f0c2b9a81d3
+def subnetpool_name(prefix: str, cidr: str) -> str:
+    """kuryr-libnetwork's name of the subnetpool of a user's --subnet:
+    ``kuryrPool-10.1.0.0/16`` ([DEFAULT] subnetpool_name_prefix)."""
+    return f"{prefix}-{cidr}"
+
+
+# A pool id handed to Docker names the subnet's CIDR, its allocation range, a
+# token unique to this RequestPool and the Kuryr-named subnetpool
+# (kuryrPool-<cidr>) that ReleasePool removes:
+#   kuryr:<cidr>|<range>|<token>[|<subnetpool id>]
+#   e.g. kuryr:10.1.0.0/16|10.1.5.0/24|4f0c2b9a81d3|0d5e...
 # The network that CreateNetwork makes or adopts for the pool carries the tag
 # kuryr.pool:<token>, so an address request finds its subnet even when several
 # networks (adopted ones) share the CIDR.  Pool ids of earlier versions have
-# no token (kuryr:<cidr>[|<range>]) and are still understood.
+# no token (kuryr:<cidr>[|<range>]) and are still understood; kuryr-libnetwork's
+# pool ids are subnetpool UUIDs (see parse_pool_id).
 POOL_ID_PREFIX = "kuryr:"
 POOL_TOKEN_TAG = "kuryr.pool:"  # noqa: S105 - a tag prefix, not a secret
 POOL_TOKEN = re.compile(r"^[0-9a-f]{12}$")
+POOL_ID_FIELDS = ("cidr", "ip_range", "token", "subnetpool")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -68,11 +84,14 @@ class PoolId:
     cidr: str
     ip_range: str = ""
     token: str = ""
+    subnetpool: str = ""  # the kuryrPool-<cidr> subnetpool, removed at ReleasePool
 
     def __str__(self) -> str:
-        return POOL_ID_PREFIX + "|".join(
-            [self.cidr, self.ip_range, self.token] if self.token
-            else [self.cidr, *([self.ip_range] if self.ip_range else [])])
+        if not self.token:
+            return POOL_ID_PREFIX + "|".join(
+                [self.cidr, *([self.ip_range] if self.ip_range else [])])
+        fields = [self.cidr, self.ip_range, self.token]
+        return POOL_ID_PREFIX + "|".join([*fields, *([self.subnetpool] if self.subnetpool else [])])
 
 
 def pool_token_tag(token: str) -> str:
@@ -83,16 +102,17 @@ def parse_pool_id(value: str) -> PoolId:
     """ValueError when ``value`` is not a pool id Kuryr issued."""
     if not value.startswith(POOL_ID_PREFIX):
         raise ValueError(f"pool id {value!r} was not issued by Kuryr")
-    cidr, _, rest = value[len(POOL_ID_PREFIX):].partition("|")
-    ip_range, _, token = rest.partition("|")
-    if "|" in token:
+    fields = value[len(POOL_ID_PREFIX):].split("|")
+    if len(fields) > len(POOL_ID_FIELDS) or (
+            len(fields) == len(POOL_ID_FIELDS) and not UUID.match(fields[-1])):
         raise ValueError(f"pool id {value!r} was not issued by Kuryr")
+    cidr, ip_range, token, subnetpool = [*fields, "", "", ""][:len(POOL_ID_FIELDS)]
     ipaddress.ip_network(cidr)  # raises ValueError
     if ip_range:
         ipaddress.ip_network(ip_range)
     if token and not POOL_TOKEN.match(token):
         raise ValueError(f"pool id {value!r} has a malformed token")
-    return PoolId(cidr, ip_range, token)
+    return PoolId(cidr, ip_range, token, subnetpool)
 
 
 HOST_TAG = "kuryr.host:"  # on networks Kuryr created: which host's Docker owns them

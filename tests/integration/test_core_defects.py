@@ -764,7 +764,7 @@ def test_item8_unbuilt_port_driver_is_refused_at_start(stack, tmp_path, unique, 
     conf.set("DEFAULT", "host", f"kuryr-test-{unique}")
     if not conf.has_section("pool"):
         conf.add_section("pool")
-    conf.set("pool", "ports_per_network", "0")
+    conf.set("pool", "size", "0")
     path = tmp_path / "kuryr.conf"
     with path.open("w") as out:
         conf.write(out)

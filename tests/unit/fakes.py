@@ -18,7 +18,15 @@ from kuryr import errors
 from kuryr.binding.vif import VIF
 from kuryr.neutron import marks
 from kuryr.neutron.client import RequestCounter
-from kuryr.neutron.types import FixedIP, Network, NewPort, Port, SecurityGroup, Subnet
+from kuryr.neutron.types import (
+    FixedIP,
+    Network,
+    NewPort,
+    Port,
+    SecurityGroup,
+    Subnet,
+    SubnetPool,
+)
 
 
 class FakeNeutron:
@@ -28,6 +36,7 @@ class FakeNeutron:
         self.subnets_: dict[str, Subnet] = {}
         self.ports_: dict[str, Port] = {}
         self.groups: dict[str, SecurityGroup] = {}
+        self.subnetpools_: dict[str, SubnetPool] = {}
         self.calls: Counter[str] = Counter()
         self.delete_network_conflicts = 0  # the next N delete_network calls conflict
         self._macs = itertools.count(1)
@@ -193,13 +202,39 @@ class FakeNeutron:
         return subnet
 
     def subnets(self, network_id: str | None = None, cidr: str | None = None,
-                subnet_pool_id: str | None = None, ip_version: int | None = None) -> list[Subnet]:
+                subnet_pool_id: str | list[str] | None = None,
+                ip_version: int | None = None) -> list[Subnet]:
+        self.calls["subnets"] += 1
         found = list(self.subnets_.values())
         if network_id is not None:
             found = [s for s in found if s.network_id == network_id]
         if cidr is not None:
             found = [s for s in found if s.cidr == cidr]
+        if subnet_pool_id is not None:
+            pools = [subnet_pool_id] if isinstance(subnet_pool_id, str) else subnet_pool_id
+            found = [s for s in found if s.subnet_pool_id in pools]
+        if ip_version is not None:
+            found = [s for s in found if s.ip_version == ip_version]
         return found
+
+    def subnetpools(self, ip_version: int | None = None) -> list[SubnetPool]:
+        self.calls["subnetpools"] += 1
+        return [p for p in self.subnetpools_.values() if ip_version is None
+                or ipaddress.ip_network(p.prefixes[0]).version == ip_version]
+
+    def create_subnetpool(self, name: str, prefixes: list[str], default_prefix_length: int,
+                          minimum_prefix_length: int, description: str) -> SubnetPool:
+        self.calls["create_subnetpool"] += 1
+        pool = SubnetPool(id=str(uuid.uuid4()), name=name, prefixes=tuple(prefixes),
+                          default_prefix_length=default_prefix_length)
+        self.subnetpools_[pool.id] = pool
+        return pool
+
+    def delete_subnetpool(self, pool_id: str) -> None:
+        self.calls["delete_subnetpool"] += 1
+        if any(s.subnet_pool_id == pool_id for s in self.subnets_.values()):
+            raise errors.Conflict(f"subnetpool {pool_id} is in use")
+        self.subnetpools_.pop(pool_id, None)
 
     def get_subnet(self, subnet_id: str) -> Subnet:
         return self.subnets_[subnet_id]

@@ -90,13 +90,19 @@ def test_gateway_request_needs_no_neutron(client):
     assert resp.json()["Address"] == "10.1.0.1/24"
 
 
-def test_request_pool_with_subnet_needs_no_neutron(client):
-    resp = client.post("/IpamDriver.RequestPool", json={
-        "AddressSpace": "x", "Pool": "10.9.0.0/16", "SubPool": "10.9.1.0/24", "V6": False})
-    assert resp.status_code == 200
-    pool_id = marks.parse_pool_id(resp.json()["PoolID"])
+def test_request_pool_with_subnet_names_cidr_range_token_and_subnetpool():
+    from .fakes import FakeNeutron
+
+    driver = Driver(neutron=FakeNeutron())
+    try:
+        got = driver.ipam.request_pool(models.RequestPoolRequest(
+            AddressSpace="x", Pool="10.9.0.0/16", SubPool="10.9.1.0/24", V6=False))
+    finally:
+        driver.close()
+    pool_id = marks.parse_pool_id(got.PoolID)
     assert (pool_id.cidr, pool_id.ip_range) == ("10.9.0.0/16", "10.9.1.0/24")
     assert pool_id.token, "every requested pool gets a token of its own"
+    assert driver.neutron.subnetpools_[pool_id.subnetpool].name == "kuryrPool-10.9.0.0/16"
 
 
 @pytest.mark.parametrize(("path", "body", "status", "needle"), [

@@ -68,3 +68,11 @@ def test_bad_value_names_the_option(tmp_path):
     conf = config.load([], [str(path)])
     with pytest.raises(ValueError, match="capability_scope"):
         _ = conf.capability_scope
+
+
+def test_pool_size_is_read_under_its_name_and_its_old_one(tmp_path):
+    for name in ("size", "ports_per_network"):
+        path = tmp_path / f"{name}.conf"
+        path.write_text(f"[pool]\n{name} = 0\n")
+        assert config.load([], [str(path)]).pool.size == 0, name
+    assert config.load([], []).pool.size == 3

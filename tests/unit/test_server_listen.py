@@ -181,3 +181,30 @@ def test_tls_listener_requires_a_client_certificate(tmp_path, pki):
         server.should_exit = True
         thread.join(10)
     assert not (tmp_path / "spec" / "kuryr.spec").exists(), "a plain-HTTP spec for TLS"
+
+
+def test_a_socket_another_kuryr_serves_on_is_never_taken(tmp_path):
+    import socket
+
+    path = tmp_path / "kuryr.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(path))
+    live.listen(1)
+    try:
+        with pytest.raises(SystemExit, match="another process is serving on"):
+            listen_args(conf_with(kuryr_uri=f"unix://{path}"))
+        assert path.exists()
+    finally:
+        live.close()
+
+
+def test_a_stale_socket_file_is_replaced(tmp_path):
+    import os
+    import socket
+
+    path = tmp_path / "kuryr.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens
+    fd = listen_args(conf_with(kuryr_uri=f"unix://{path}"))["fd"]
+    os.close(fd)
