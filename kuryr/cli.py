@@ -13,7 +13,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="kuryr", description="Docker network and IPAM driver on OpenStack Neutron.",
-        epilog="Options such as --config-file FILE are read from the rest of the line.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="configuration (every command):\n"
+        "  --config-file FILE  read FILE (repeat for more; later files win)\n"
+        "  --config-dir DIR    also read DIR/*.conf, after the files\n"
+        f"Without --config-file: the file ${config.CONFIG_FILE_ENV} names (as set by\n"
+        '`eval "$(kuryr-aio env)"`; a missing one is an error), else\n'
+        f"{config.DEFAULT_CONFIG_FILE} when it exists. `kuryr status` first prints\n"
+        "which files it read.")
     parser.add_argument("command", choices=["serve", "ports", "gc", "status"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
                         "ports: list the ports published on this host (what `docker port` "
@@ -31,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="gc: collect networks dockerd does not have even when it "
                         "knows none of this host's Kuryr networks (docker_uri is right)")
     args, rest = parser.parse_known_args(argv)
-    conf = config.load(rest)
+    try:
+        conf = config.load(rest)
+    except (config.ConfigFileMissing, config.cfg.ConfigFilesNotFoundError,
+            config.cfg.ConfigFilesPermissionDeniedError, config.cfg.ConfigDirNotFoundError,
+            config.cfg.ConfigFileParseError) as exc:
+        print(f"kuryr: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         from kuryr.server import serve
 
@@ -93,6 +106,8 @@ def status(conf: config.cfg.ConfigOpts) -> int:
     # Client libraries log the very failures the checks report, as tracebacks
     # and retries; one line per check is the whole output.
     logging.disable(logging.CRITICAL)
+    # Which file was read comes first: a wrong one explains every failure below.
+    print(config.describe_sources(conf), flush=True)
     return checks.main(conf)
 
 

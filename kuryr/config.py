@@ -9,6 +9,7 @@ program starts, so drivers are chosen from the file that was actually given.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 DEFAULT_CONFIG_FILE = "/etc/kuryr/kuryr.conf"
+# Names the config file when the command line names none (`kuryr-aio env` sets it).
+CONFIG_FILE_ENV = "KURYR_CONFIG_FILE"
 NEUTRON_GROUP = "neutron"
 
 core_opts = [
@@ -296,17 +299,75 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
 
 
+class ConfigFileMissing(cfg.Error):
+    """KURYR_CONFIG_FILE names a file that is not there (never a silent fallback)."""
+
+
+def _explicit_config_file(args: Sequence[str]) -> bool:
+    # The test oslo.config itself makes to ignore its default config files.
+    return any(arg == "--config-file" or arg.startswith("--config-file=") for arg in args)
+
+
+def default_config_files() -> list[str]:
+    """The config files read when the command line names none.
+
+    $KURYR_CONFIG_FILE when set (it must exist), else /etc/kuryr/kuryr.conf when it
+    exists, else none.
+    """
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        if not Path(named).is_file():
+            what = "is not a file" if Path(named).exists() else "does not exist"
+            raise ConfigFileMissing(f"{CONFIG_FILE_ENV}={named}: {named} {what} (unset "
+                                    f"{CONFIG_FILE_ENV} or name the file with --config-file)")
+        return [named]
+    return [DEFAULT_CONFIG_FILE] if Path(DEFAULT_CONFIG_FILE).exists() else []
+
+
 def load(args: Sequence[str] = (), config_files: Sequence[str] | None = None) -> cfg.ConfigOpts:
     """Build a ConfigOpts from the command line and config files.
 
-    ``config_files`` None means: /etc/kuryr/kuryr.conf when it exists.
+    ``--config-file`` in ``args`` wins; otherwise ``config_files``, where None means
+    :func:`default_config_files` ($KURYR_CONFIG_FILE, else /etc/kuryr/kuryr.conf).
+    Raises :class:`ConfigFileMissing` when $KURYR_CONFIG_FILE is used and names no file.
     """
     conf = cfg.ConfigOpts()
     register_opts(conf)
     if config_files is None:
-        config_files = [DEFAULT_CONFIG_FILE] if Path(DEFAULT_CONFIG_FILE).exists() else []
+        config_files = [] if _explicit_config_file(args) else default_config_files()
     conf(list(args), project="kuryr", default_config_files=list(config_files))
     return conf
+
+
+def sources(conf: cfg.ConfigOpts) -> list[str]:
+    """The config files ``conf`` was read from, in reading order, each saying where
+    it came from (for `kuryr status`); [] when only built-in defaults apply."""
+    files = [str(f) for f in conf.config_file]
+    location = conf.get_location("config_file")
+    if location is not None and location.location is cfg.Locations.command_line:
+        origin = " (from --config-file)"
+    elif files and files == [os.environ.get(CONFIG_FILE_ENV)]:
+        origin = f" (from {CONFIG_FILE_ENV})"
+    elif files == [DEFAULT_CONFIG_FILE]:
+        origin = " (default)"
+    else:
+        origin = ""
+    read = [f"{f}{origin}" for f in files]
+    dirs = conf.config_dir
+    for directory in [dirs] if isinstance(dirs, str) else dirs or []:
+        # oslo.config reads every *.conf of a config dir, sorted, after the files.
+        read += [f"{f} (from {directory})" for f in sorted(
+            str(p) for p in Path(directory).expanduser().glob("*.conf"))]
+    return read
+
+
+def describe_sources(conf: cfg.ConfigOpts) -> str:
+    """One line naming the config files read, e.g. for the top of `kuryr status`."""
+    read = sources(conf)
+    if read:
+        return "config: " + ", ".join(read)
+    return (f"config: none, built-in defaults only (no --config-file, {CONFIG_FILE_ENV} "
+            f"unset, no {DEFAULT_CONFIG_FILE})")
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

@@ -7,6 +7,7 @@ Read-only: every test runs `kuryr status`, which only connects and asks.
 from __future__ import annotations
 
 import configparser
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import pytest
 
 from kuryr.aio.layout import Layout
 from kuryr.status import http_request
+
+from . import helpers
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plugin_answers(uri: str) -> bool:
@@ -84,6 +89,27 @@ def test_status_is_ok_on_the_running_stack(aio, conf_copy):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("neutron", "ovs", "plugin-discovery", "plugin", "docker"):
         assert lines(proc, name).startswith("OK    "), proc.stdout
+
+
+def test_status_finds_the_config_through_kuryr_aio_env(aio):
+    """`eval "$(kuryr-aio env)"; kuryr status` with nothing else: no --config-file, no
+    /etc/kuryr/kuryr.conf needed; KURYR_CONFIG_FILE names the stack's kuryr.conf."""
+    if "docker_uri" not in aio.kuryr_conf.read_text():
+        pytest.skip("the stack's kuryr.conf predates docker_uri: `kuryr-aio up` rewrites it")
+    exports = subprocess.run([helpers.aio_command(), "env"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    assert f"export KURYR_CONFIG_FILE={aio.kuryr_conf}\n" in exports
+    # The exports exactly as a shell evaluates them, and no other environment but PATH;
+    # `python -m kuryr.cli` in the repository runs the code under test.
+    proc = subprocess.run(["bash", "-c", exports + 'exec "$0" -m kuryr.cli status',
+                           sys.executable], env={"PATH": os.environ["PATH"]}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == \
+        f"config: {aio.kuryr_conf} (from KURYR_CONFIG_FILE)", proc.stdout
+    for name in ("neutron", "ovs", "plugin-discovery", "plugin", "docker"):
+        assert lines(proc, name).startswith("OK    "), proc.stdout
+    assert lines(proc, "docker") == f"OK    docker: dockerd answers at {aio.docker_host}"
 
 
 def test_neutron_on_a_closed_port_is_named_unreachable(conf_copy):

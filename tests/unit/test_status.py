@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import socket
 import socketserver
 import subprocess
@@ -373,5 +374,37 @@ def test_kuryr_status_command_exits_1_and_names_each_failure(tmp_path, short_dir
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
+    assert lines[0] == f"config: {path} (from --config-file)"
+    assert [line.split(":")[0] for line in lines[1:]] == [
         "FAIL  neutron", "FAIL  ovs", "FAIL  plugin-discovery", "FAIL  plugin", "FAIL  docker"]
+
+
+def test_kuryr_status_reads_kuryr_config_file_and_names_it(tmp_path, short_dir):
+    """What `eval "$(kuryr-aio env)"; kuryr status` does: no --config-file."""
+    plugin, docker = short_dir / "kuryr.sock", short_dir / "docker.sock"
+    path = tmp_path / "kuryr.conf"
+    path.write_text(no_auth(f"http://127.0.0.1:{closed_port()}",
+                            f"[DEFAULT]\nkuryr_uri = unix://{plugin}\n"
+                            f"docker_uri = unix://{docker}\nport_driver = nested-vlan"))
+    env = {**os.environ, "KURYR_CONFIG_FILE": str(path)}
+    with unix_server(docker, {("GET", "/_ping"): (200, "OK")}):
+        proc = subprocess.run([sys.executable, "-m", "kuryr.cli", "status"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"config: {path} (from KURYR_CONFIG_FILE)", proc.stdout + proc.stderr
+    # Every check used the file: its docker_uri answers, its Neutron endpoint does not.
+    assert lines[-1] == f"OK    docker: dockerd answers at unix://{docker}"
+    assert f"FAIL  plugin: the plugin does not answer on unix://{plugin}" in proc.stdout
+    assert "auth_type is not set" not in proc.stdout
+
+
+def test_kuryr_status_refuses_a_missing_kuryr_config_file(tmp_path):
+    missing = tmp_path / "kuryr.conf"
+    env = {**os.environ, "KURYR_CONFIG_FILE": str(missing)}
+    proc = subprocess.run([sys.executable, "-m", "kuryr.cli", "status"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (f"kuryr: error: KURYR_CONFIG_FILE={missing}: {missing} does not "
+                           "exist (unset KURYR_CONFIG_FILE or name the file with "
+                           "--config-file)\n")
