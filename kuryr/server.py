@@ -110,7 +110,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     publishing = Publishing(neutron, forwarder, floating, host,
                             conf.process_external_connectivity, conf.docker_netns_dir)
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
-        host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp))
+        host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
+        user_pool_prefix=conf.subnetpool_name_prefix))
     ipam = Ipam(neutron, state, networks, lifecycle, defaults, models.AddressSpaces(
         LocalDefaultAddressSpace=conf.local_default_address_space,
         GlobalDefaultAddressSpace=conf.global_default_address_space))

@@ -290,7 +290,7 @@ class PortLifecycle:
             lease.plain = not lease.adopted
             # The port is bound to this host since it was reserved: recording the
             # endpoint changes nothing about its packets, so the container does not wait.
-            self._record_endpoint_later(port, endpoint_id, net.neutron_id)
+            self._record_endpoint_later(port, endpoint_id, net.neutron_id, lease.adopted)
             return
         # Security groups must be in place before the container starts.
         lease.plain = False
@@ -300,15 +300,17 @@ class PortLifecycle:
         old_vif = vif_of(port, net.mtu, self.settings.default_bridge)
         lease.port = self.neutron.update_port(
             port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
-            binding_host_id=self.settings.host, name=_name_for(port, endpoint_id),
+            binding_host_id=self.settings.host,
+            name=_name_for(port, endpoint_id, lease.adopted),
             security_group_ids=groups if extras.security_group_ids else None,
             description=extras.description, mac_address=mac or None)
         if mac:
             self.binder.unplug(old_vif)  # a pooled veth has the old MAC
 
-    def _record_endpoint_later(self, port: Port, endpoint_id: str, network_id: str) -> None:
+    def _record_endpoint_later(self, port: Port, endpoint_id: str, network_id: str,
+                               adopted: bool = False) -> None:
         host = self.settings.host
-        name = _name_for(port, endpoint_id)
+        name = _name_for(port, endpoint_id, adopted)
         self.background.submit(
             port.id, f"record endpoint {endpoint_id[:12]} on port {port.id}",
             lambda: self.neutron.update_port(port.id, device_id=endpoint_id,
@@ -501,9 +503,12 @@ class PortLifecycle:
             self._dispose(net, lease)
 
 
-def _name_for(port: Port, endpoint_id: str) -> str | None:
-    """A pooled port taken by a container is named after its endpoint, so Neutron
-    tells containers' ports from ready ones by name too; any other port keeps its
-    name (a user's pre-created port is the user's to name)."""
-    return marks.container_port_name(endpoint_id) if port.name == marks.POOL_PORT_NAME \
-        else None
+def _name_for(port: Port, endpoint_id: str, adopted: bool) -> str | None:
+    """A port Kuryr made is named after the endpoint that now has it (a pooled
+    port was "kuryr-port-pool", one made at RequestAddress knew no endpoint yet),
+    so Neutron tells containers' ports from ready ones by name too.  A user's
+    pre-created port keeps the name the user gave it."""
+    if adopted or not port.name.startswith(marks.PORT_NAME_PREFIX):
+        return None
+    name = marks.container_port_name(endpoint_id)
+    return name if name != port.name else None

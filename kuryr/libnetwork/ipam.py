@@ -11,7 +11,6 @@ Neutron requests (see docs/performance.md):
 from __future__ import annotations
 
 import ipaddress
-import logging
 import secrets
 from dataclasses import dataclass
 
@@ -31,7 +30,6 @@ POOL_V6_OPTIONS = ("neutron.pool.v6.uuid", "neutron.pool.v6.name")
 SUBNET_OPTIONS = ("neutron.subnet.uuid", "neutron.subnet.name")
 SUBNET_V6_OPTIONS = ("neutron.subnet.v6.uuid", "neutron.subnet.v6.name")
 DEFAULT_PREFIXLEN = {4: 24, 6: 64}
-LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,8 +182,10 @@ class Ipam:
         raise errors.Conflict(f"no free /{prefixlen} left in {', '.join(prefixes)}")
 
     def release_pool(self, req: models.ReleasePoolRequest) -> None:
-        """The subnet went with the network (DeleteNetwork comes first); what is
-        left is the kuryrPool-<cidr> subnetpool of a --subnet (1 DELETE)."""
+        """dockerd releases a network's pools before it calls DeleteNetwork, so
+        the kuryrPool-<cidr> subnetpool of a --subnet still has the network's
+        subnet and DeleteNetwork removes it.  Removed here (1 GET, 1 DELETE) when
+        nothing is in it: a CreateNetwork that failed, an adopted network."""
         try:
             pool = marks.parse_pool_id(req.PoolID)
         except ValueError:
@@ -193,13 +193,8 @@ class Ipam:
         if pool.token:
             self.state.drop_pending_pool(pool.token)
         self.state.unreserve_cidr(pool.cidr)
-        if pool.subnetpool:
-            try:
-                self.neutron.delete_subnetpool(pool.subnetpool)
-            except errors.Conflict:
-                # Another network (one adopted with the same CIDR) still has a
-                # subnet in it; the last ReleasePool of that CIDR removes it.
-                LOG.info("subnetpool %s is still in use: kept", pool.subnetpool)
+        if pool.subnetpool and not self.neutron.subnets(subnet_pool_id=pool.subnetpool):
+            self.neutron.delete_subnetpool(pool.subnetpool)
 
     # -- addresses --------------------------------------------------------------------------
     def request_address(self, req: models.RequestAddressRequest) -> models.RequestAddressResponse:

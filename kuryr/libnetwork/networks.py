@@ -39,6 +39,7 @@ class NetworkSettings:
     host: str
     default_bridge: str
     enable_dhcp: bool = False
+    user_pool_prefix: str = "kuryrPool"  # kuryrPool-<cidr>: subnetpools of --subnet
 
 
 def _truthy(value: object) -> bool:
@@ -260,6 +261,21 @@ class Networks:
                 self._delete_unused_ports_of_this_host(record)
                 self.neutron.delete_network(record.neutron_id)
         self.state.drop_network(record.docker_id)
+        self._delete_emptied_user_pools(record.subnets)
+
+    def _delete_emptied_user_pools(self, subnets: tuple[Subnet, ...]) -> None:
+        """The kuryrPool-<cidr> subnetpools of the network's subnets, once empty
+        (2 GETs and 1 DELETE each; dockerd's ReleasePool came before the subnets
+        went).  A pool another subnet still uses (an adopted network's) stays."""
+        for pool_id in {s.subnet_pool_id for s in subnets if s.subnet_pool_id}:
+            pool = self.neutron.find_subnetpool(pool_id)
+            if pool is None or not pool.name.startswith(f"{self.settings.user_pool_prefix}-"):
+                continue  # a default pool or the user's own
+            if self.neutron.subnets(subnet_pool_id=pool_id):
+                LOG.info("subnetpool %s (%s) is still used by another subnet: kept",
+                         pool.name, pool.id)
+                continue
+            self.neutron.delete_subnetpool(pool_id)
 
     def _give_back(self, record: NetworkRecord) -> None:
         """An adopted network stays; Kuryr removes only its own marks and subnets."""

@@ -230,6 +230,10 @@ class FakeNeutron:
         self.subnetpools_[pool.id] = pool
         return pool
 
+    def find_subnetpool(self, name_or_id: str) -> SubnetPool | None:
+        return next((p for p in self.subnetpools_.values() if name_or_id in (p.id, p.name)),
+                    None)
+
     def delete_subnetpool(self, pool_id: str) -> None:
         self.calls["delete_subnetpool"] += 1
         if any(s.subnet_pool_id == pool_id for s in self.subnets_.values()):

@@ -27,9 +27,19 @@ def test_a_subnet_gets_its_kuryrpool_and_release_removes_it(driver):  # noqa: F8
     (subnet,) = d.state.network(docker_id).subnets
     assert (subnet.cidr, subnet.subnet_pool_id) == ("10.81.0.0/16", pool.id)
     assert subnet.allocation_pools == (("10.81.5.0", "10.81.5.255"),)
-    d.networks.delete(models.NetworkRequest(NetworkID=docker_id))
+    # dockerd's order: ReleasePool, then DeleteNetwork
     d.ipam.release_pool(models.ReleasePoolRequest(PoolID=pool_id))
+    assert pools_named(d, "kuryrPool-10.81.0.0/16"), "its subnet is still in it"
+    d.networks.delete(models.NetworkRequest(NetworkID=docker_id))
     assert not pools_named(d, "kuryrPool-10.81.0.0/16")
+
+
+def test_a_failed_create_leaves_no_kuryrpool(driver):  # noqa: F811
+    d = driver()
+    got = d.ipam.request_pool(models.RequestPoolRequest(Pool="10.90.0.0/24", V6=False))
+    assert pools_named(d, "kuryrPool-10.90.0.0/24")
+    d.ipam.release_pool(models.ReleasePoolRequest(PoolID=got.PoolID))
+    assert not pools_named(d, "kuryrPool-10.90.0.0/24")
 
 
 def test_an_existing_kuryrpool_is_found_by_name_not_made_twice(driver):  # noqa: F811
