@@ -67,8 +67,15 @@ core_opts = [
         "docker_uri",
         default="unix:///var/run/docker.sock",
         help="Where the local dockerd's API listens (unix:///path.sock or tcp://HOST:PORT). "
-        "Used only by `kuryr status` and garbage collection, never by the plugin itself: "
-        "dockerd calls the plugin, not the other way round.",
+        "Read by `kuryr status`, garbage collection and, for Neutron DNS, to learn "
+        "container names from dockerd's events (Docker sends a remote driver none).",
+    ),
+    cfg.BoolOpt(
+        "container_names_in_dns",
+        default=True,
+        help="Give each container's Neutron port the container's name as dns_name "
+        "(sanitised to a DNS label; renames follow), so Neutron's DNS resolves it on "
+        "the network. Needs Neutron's dns-integration extension and dockerd at docker_uri.",
     ),
     cfg.StrOpt(
         "capability_scope",

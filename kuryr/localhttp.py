@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
 
@@ -32,17 +32,21 @@ def http_request(uri: str, method: str, path: str, timeout: float,
                  limit: int | None = 4096) -> tuple[int, str]:
     """``method path`` on unix:///x.sock, tcp://HOST:PORT or http://HOST:PORT; the
     first ``limit`` bytes of the answer (None: all of it)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "unix":
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(parsed.path, timeout)
-    elif parsed.scheme in ("http", "tcp"):
-        conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
-                                          timeout=timeout)
-    else:
-        raise ValueError(f"{uri} is neither unix:// nor http://")
+    conn = connection(uri, timeout)
     try:
         conn.request(method, path, body=b"" if method == "POST" else None)
         response = conn.getresponse()
         return response.status, response.read(limit).decode(errors="replace")
     finally:
         conn.close()
+
+
+def connection(uri: str, timeout: float | None) -> http.client.HTTPConnection:
+    """An HTTP connection (not yet open) to unix:///x.sock, tcp:// or http://."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "unix":
+        return _UnixHTTPConnection(parsed.path, timeout)
+    if parsed.scheme in ("http", "tcp"):
+        return http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
+                                          timeout=timeout)
+    raise ValueError(f"{uri} is neither unix:// nor http://")

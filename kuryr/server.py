@@ -22,6 +22,7 @@ from kuryr.binding.ovs import OVS
 from kuryr.binding.plugging import UnsupportedDriver, build_binder
 from kuryr.core.background import Background
 from kuryr.core.daemon import Daemon
+from kuryr.core.naming import NoNames
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
@@ -30,6 +31,7 @@ from kuryr.libnetwork.app import Plugin, build_app
 from kuryr.libnetwork.endpoints import Endpoints
 from kuryr.libnetwork.floating import FloatingPublisher
 from kuryr.libnetwork.ipam import DefaultPools, Ipam
+from kuryr.libnetwork.names import DockerNames
 from kuryr.libnetwork.networks import Networks, NetworkSettings
 from kuryr.libnetwork.ports import Publishing
 from kuryr.neutron.client import Neutron, connect
@@ -99,11 +101,14 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     # Always a pool: [pool] size = 0 only sets the default, and a network
     # can still ask for ready ports (-o kuryr.pool.size=N).
     pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge)
+    dns_enabled = "dns-integration" in extensions
+    names = DockerNames(conf.docker_uri) if dns_enabled and conf.container_names_in_dns \
+        else None
     lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
-        host=host, default_bridge=bridge, dns_enabled="dns-integration" in extensions,
+        host=host, default_bridge=bridge, dns_enabled=dns_enabled,
         wait_for_refill=conf.pool.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout,
-        plug_is_fatal=conf.neutron.vif_plugging_is_fatal))
+        plug_is_fatal=conf.neutron.vif_plugging_is_fatal), names or NoNames())
     floating = FloatingPublisher(neutron, host, conf.publish.floating_ip_network,
                                  conf.publish.router_name)
     forwarder = Forwarder()
@@ -127,6 +132,9 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     daemon = Daemon()
     daemon.start("background writer", background.start,
                  lambda: background.stop(STOP_WRITES_TIMEOUT))
+    if names is not None:
+        daemon.start("container names", lambda: names.start(lifecycle.name_endpoint),
+                     names.stop)
     daemon.start("port cleanup", lambda: None, lifecycle.stop)
     daemon.start("published ports", forwarder.start, forwarder.stop)
     daemon.start("port pool", pool.start, pool.stop)

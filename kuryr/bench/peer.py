@@ -47,12 +47,14 @@ default_driver = kuryr.lib.binding.drivers.veth
 
 
 class KuryrLibnetwork:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, driver: str = DRIVER) -> None:
+        """``driver``: the name dockerd knows it by (``kuryr`` in the migration
+        test, where it stands where it stood before Kuryr replaced it)."""
         self.layout = layout
         self.venv = layout.base / "venvs" / f"kuryr-libnetwork-{VERSION}"
         self.conf = layout.base / "kuryr-libnetwork.conf"
         self.pidfile = layout.pidfile("kuryr-libnetwork")
-        self.spec = SPEC_DIR / f"{DRIVER}.spec"
+        self.spec = SPEC_DIR / f"{driver}.spec"
         self.log = layout.log("kuryr-libnetwork")
 
     def install(self) -> None:

@@ -29,6 +29,7 @@ from kuryr.core import ownership
 from kuryr.core.background import Background
 from kuryr.core.binder import Binder, vif_of
 from kuryr.core.model import Lease, NetworkRecord
+from kuryr.core.naming import Naming
 from kuryr.core.pool import PortPool
 from kuryr.core.state import State
 from kuryr.neutron import marks
@@ -80,13 +81,15 @@ def _address_in(port: Port, subnet_id: str) -> str | None:
 
 class PortLifecycle:
     def __init__(self, neutron: Neutron, binder: Binder, pool: PortPool,
-                 background: Background, state: State, settings: Settings) -> None:
+                 background: Background, state: State, settings: Settings,
+                 naming: Naming) -> None:
         self.neutron = neutron
         self.binder = binder
         self.pool = pool
         self.background = background
         self.state = state
         self.settings = settings
+        self.naming = naming
         # Host-side cleanup of containers that are gone (OVS + veth removal): one
         # thread of its own, so it never waits behind Neutron writes.
         self._unplugger = concurrent.futures.ThreadPoolExecutor(
@@ -290,7 +293,7 @@ class PortLifecycle:
             lease.plain = not lease.adopted
             # The port is bound to this host since it was reserved: recording the
             # endpoint changes nothing about its packets, so the container does not wait.
-            self._record_endpoint_later(port, endpoint_id, net.neutron_id, lease.adopted)
+            self._record_endpoint_later(port, endpoint_id, net.neutron_id, lease)
             return
         # Security groups must be in place before the container starts.
         lease.plain = False
@@ -308,15 +311,44 @@ class PortLifecycle:
             self.binder.unplug(old_vif)  # a pooled veth has the old MAC
 
     def _record_endpoint_later(self, port: Port, endpoint_id: str, network_id: str,
-                               adopted: bool = False) -> None:
+                               lease: Lease | None = None) -> None:
+        """device_id and the rest in one background PUT; with Neutron DNS, once the
+        container's name is known (or known not to come), so dns_name rides along.
+        ``lease``: the endpoint's, whose write is dropped if the endpoint went
+        meanwhile (its port may serve another container by then)."""
         host = self.settings.host
-        name = _name_for(port, endpoint_id, adopted)
-        self.background.submit(
-            port.id, f"record endpoint {endpoint_id[:12]} on port {port.id}",
-            lambda: self.neutron.update_port(port.id, device_id=endpoint_id,
-                                             device_owner=marks.DEVICE_OWNER,
-                                             binding_host_id=host, name=name),
-            group=network_id)
+        name = _name_for(port, endpoint_id, lease is not None and lease.adopted)
+
+        def record(dns_label: str) -> None:
+            def write() -> None:
+                if lease is not None and self.state.endpoint(endpoint_id) is not lease:
+                    return  # gone before its name came: nothing to record
+                self.neutron.update_port(port.id, device_id=endpoint_id,
+                                         device_owner=marks.DEVICE_OWNER,
+                                         binding_host_id=host, name=name,
+                                         dns_name=dns_label or None)
+            self.background.submit(port.id, f"record endpoint {endpoint_id[:12]} on port "
+                                   f"{port.id}", write, group=network_id)
+
+        if lease is None or lease.adopted or not self.settings.dns_enabled:
+            record("")  # a user's port keeps its own dns_name
+        else:
+            self.naming.when_named(endpoint_id, record)
+
+    def name_endpoint(self, endpoint_id: str, dns_label: str) -> None:
+        """The container was renamed (or named after its endpoint was recorded):
+        its port's dns_name follows (1 background PUT)."""
+        lease = self.state.endpoint(endpoint_id)
+        if lease is None or lease.adopted or not self.settings.dns_enabled:
+            return
+        port_id = lease.port.id
+
+        def write() -> None:
+            if self.state.endpoint(endpoint_id) is lease:
+                self.neutron.update_port(port_id, dns_name=dns_label)
+
+        self.background.submit(port_id, f"name endpoint {endpoint_id[:12]} {dns_label!r}",
+                               write, group=lease.network_id)
 
     def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str) -> None:
         vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)

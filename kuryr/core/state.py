@@ -42,6 +42,11 @@ class State:
         with self._lock:
             return self._networks.get(docker_id)
 
+    def network_by_neutron_id(self, neutron_id: str) -> NetworkRecord | None:
+        with self._lock:
+            return next((n for n in self._networks.values() if n.neutron_id == neutron_id),
+                        None)
+
     def networks_tagged(self, tag: str) -> list[NetworkRecord]:
         with self._lock:
             return [n for n in self._networks.values() if tag in n.tags]

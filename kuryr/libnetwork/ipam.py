@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 from kuryr import errors
 from kuryr.core import ranges
-from kuryr.core.model import PendingPool
+from kuryr.core.model import NetworkRecord, PendingPool
 from kuryr.core.ports import PortLifecycle
 from kuryr.core.state import State
 from kuryr.libnetwork import models
 from kuryr.libnetwork.networks import Networks
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
-from kuryr.neutron.types import SubnetPool
+from kuryr.neutron.types import Subnet, SubnetPool
 
 POOL_OPTIONS = ("neutron.pool.uuid", "neutron.pool.name")
 POOL_V6_OPTIONS = ("neutron.pool.v6.uuid", "neutron.pool.v6.name")
@@ -42,8 +42,12 @@ class DefaultPools:
 
     def is_kuryrs(self, pool: SubnetPool) -> bool:
         """A default pool, or the pool of a user's --subnet (by kuryr-libnetwork's name)."""
-        return pool.id in {p.id for p in self.pools.values()} \
-            or pool.name.startswith(f"{self.user_pool_prefix}-")
+        return pool.id in {p.id for p in self.pools.values()} or self.is_users_pool_of_kuryr(pool)
+
+    def is_users_pool_of_kuryr(self, pool: SubnetPool) -> bool:
+        """kuryrPool-<cidr>: made by Kuryr (or kuryr-libnetwork) for a --subnet."""
+        return pool.id not in {p.id for p in self.pools.values()} \
+            and pool.name.startswith(f"{self.user_pool_prefix}-")
 
 
 def _first_option(options: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -186,18 +190,26 @@ class Ipam:
         the kuryrPool-<cidr> subnetpool of a --subnet still has the network's
         subnet and DeleteNetwork removes it.  Removed here (1 GET, 1 DELETE) when
         nothing is in it: a CreateNetwork that failed, an adopted network."""
+        if marks.UUID.match(req.PoolID):  # kuryr-libnetwork's: the subnetpool itself
+            pool = self.neutron.find_subnetpool(req.PoolID)
+            if pool is not None and self.defaults.is_users_pool_of_kuryr(pool) \
+                    and not self.neutron.subnets(subnet_pool_id=pool.id):
+                self.neutron.delete_subnetpool(pool.id)
+            return
         try:
-            pool = marks.parse_pool_id(req.PoolID)
+            pool_id = marks.parse_pool_id(req.PoolID)
         except ValueError:
             return
-        if pool.token:
-            self.state.drop_pending_pool(pool.token)
-        self.state.unreserve_cidr(pool.cidr)
-        if pool.subnetpool and not self.neutron.subnets(subnet_pool_id=pool.subnetpool):
-            self.neutron.delete_subnetpool(pool.subnetpool)
+        if pool_id.token:
+            self.state.drop_pending_pool(pool_id.token)
+        self.state.unreserve_cidr(pool_id.cidr)
+        if pool_id.subnetpool and not self.neutron.subnets(subnet_pool_id=pool_id.subnetpool):
+            self.neutron.delete_subnetpool(pool_id.subnetpool)
 
     # -- addresses --------------------------------------------------------------------------
     def request_address(self, req: models.RequestAddressRequest) -> models.RequestAddressResponse:
+        if marks.UUID.match(req.PoolID):
+            return self._request_address_in_migrated_pool(req)
         pool = _parse_pool(req.PoolID)
         options = req.Options or {}
         prefixlen = ipaddress.ip_network(pool.cidr).prefixlen
@@ -221,6 +233,60 @@ class Ipam:
         return models.RequestAddressResponse(
             Address=f"{address}/{ipaddress.ip_network(subnet.cidr).prefixlen}")
 
+    # -- networks kuryr-libnetwork made (in-place migration, docs/migrating.md) -------------
+    # Its pool ids are Neutron subnetpool UUIDs, kept by dockerd for the networks
+    # it made: kuryrPool-<cidr> (one subnet), or a default pool (one subnet per
+    # network placed in it).
+    def _request_address_in_migrated_pool(
+            self, req: models.RequestAddressRequest) -> models.RequestAddressResponse:
+        wanted = req.Address.split("/", maxsplit=1)[0] if req.Address else None
+        net, subnet = self._migrated_subnet(req.PoolID, wanted)
+        prefixlen = ipaddress.ip_network(subnet.cidr).prefixlen
+        if wanted:
+            _check_address(wanted, subnet.cidr)
+        options = req.Options or {}
+        if options.get("RequestAddressType") == models.GATEWAY_REQUEST:
+            return models.RequestAddressResponse(
+                Address=f"{wanted or subnet.gateway_ip or ranges.first_host(subnet.cidr)}"
+                        f"/{prefixlen}")
+        address = self.ports.reserve(net, subnet, wanted,
+                                     name=options.get(models.ENDPOINT_NAME_OPTION, ""),
+                                     mac=options.get(models.MAC_OPTION, ""))
+        return models.RequestAddressResponse(Address=f"{address}/{prefixlen}")
+
+    def _migrated_subnet(self, subnetpool_id: str,
+                         address: str | None) -> tuple[NetworkRecord, Subnet]:
+        """The subnet of a Docker network in the subnetpool (1 GET; 1 more for a
+        network not seen since start-up)."""
+        found = []
+        for subnet in self.neutron.subnets(subnet_pool_id=subnetpool_id):
+            if address and ipaddress.ip_address(address) not in ipaddress.ip_network(
+                    subnet.cidr):
+                continue
+            net = self.networks.by_neutron_id(subnet.network_id)
+            if net is not None:
+                found.append((net, subnet))
+        if not found:
+            raise errors.NotFound(f"no subnet of a Docker network is in subnetpool "
+                                  f"{subnetpool_id} (a pool id of kuryr-libnetwork)")
+        if len(found) > 1:
+            raise errors.Conflict(
+                f"subnetpool {subnetpool_id} (a pool id of kuryr-libnetwork) has subnets "
+                f"of {len(found)} Docker networks "
+                f"({', '.join(subnet.cidr for _, subnet in found)}): which one this address "
+                "is for cannot be told; give the address (--ip) or re-create the network "
+                "with Kuryr (docs/migrating.md)")
+        return found[0]
+
+    def _release_address_in_migrated_pool(self, req: models.ReleaseAddressRequest) -> None:
+        address = req.Address.split("/", maxsplit=1)[0]
+        try:
+            net, subnet = self._migrated_subnet(req.PoolID, address)
+        except errors.NotFound:
+            return  # the network is gone, and its ports with it
+        if subnet.gateway_ip != address:
+            self.ports.release(net, address)
+
     def _gateway_for(self, pool: marks.PoolId) -> str:
         pending = self.state.pending_pool(pool.token) if pool.token else None
         if pending is not None and pending.gateway:
@@ -228,6 +294,9 @@ class Ipam:
         return ranges.first_host(pool.cidr)
 
     def release_address(self, req: models.ReleaseAddressRequest) -> None:
+        if marks.UUID.match(req.PoolID):
+            self._release_address_in_migrated_pool(req)
+            return
         pool = _parse_pool(req.PoolID)
         address = _check_address(req.Address, pool.cidr)
         net = self.networks.by_pool(pool)

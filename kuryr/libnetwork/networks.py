@@ -72,6 +72,19 @@ class Networks:
                 f"no Neutron network is marked with Docker network {docker_id}")
         return self._load(docker_id, found[0])
 
+    def by_neutron_id(self, neutron_id: str) -> NetworkRecord | None:
+        """The Docker network whose Neutron network this is (cached; else 2 GETs),
+        None when it is no Docker network's."""
+        known = self.state.network_by_neutron_id(neutron_id)
+        if known is not None:
+            return known
+        try:
+            net = self.neutron.get_network(neutron_id)
+        except errors.NotFound:
+            return None
+        docker_id = marks.docker_network_id_from_tags(list(net.tags))
+        return self._load(docker_id, net) if docker_id else None
+
     def by_pool(self, pool: marks.PoolId) -> NetworkRecord | None:
         """The network behind a pool id: by its token (1 GET after a restart); pool
         ids of earlier versions name only a CIDR, which must then be unambiguous."""

@@ -486,13 +486,14 @@ class Neutron:
                     security_group_ids: list[str] | None = None,
                     description: str | None = None, mac_address: str | None = None,
                     fixed_ips: list[dict[str, str]] | None = None, name: str | None = None,
-                    if_revision: int | None = None) -> Port:
+                    dns_name: str | None = None, if_revision: int | None = None) -> Port:
         """1 PUT of the given attributes (None: unchanged).  With ``if_revision``
         Neutron applies it only to that revision of the port (Conflict otherwise)."""
         attrs = _filters(device_id=device_id, device_owner=device_owner,
                          binding_host_id=binding_host_id,
                          security_group_ids=security_group_ids, description=description,
-                         mac_address=mac_address, fixed_ips=fixed_ips, name=name)
+                         mac_address=mac_address, fixed_ips=fixed_ips, name=name,
+                         dns_name=dns_name)
         with translated_errors(f"update port {port_id}"):
             return Port.from_sdk(self.api.update_port(port_id, if_revision=if_revision,
                                                       **attrs))

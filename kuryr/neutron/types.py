@@ -44,6 +44,7 @@ class Port:
     security_group_ids: tuple[str, ...] = ()
     description: str = ""
     name: str = ""
+    dns_name: str = ""
     status: str = ""
     created_at: str = ""
     updated_at: str = ""
@@ -69,8 +70,8 @@ class Port:
             tags=_tags(getattr(res, "tags", ())),
             security_group_ids=tuple(res.security_group_ids or ()),
             description=_text(res.description), name=_text(res.name),
-            status=_text(res.status), created_at=_text(res.created_at),
-            updated_at=_text(res.updated_at),
+            dns_name=_text(getattr(res, "dns_name", "")), status=_text(res.status),
+            created_at=_text(res.created_at), updated_at=_text(res.updated_at),
             revision_number=int(getattr(res, "revision_number", 0) or 0),
         )
 

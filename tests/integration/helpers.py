@@ -206,3 +206,47 @@ def remove_network(docker, stack, name: str) -> None:
         restart_dockerd(stack)
         proc = docker.run("network", "rm", name, check=False)
     assert proc.returncode == 0, f"docker network rm {name}: {proc.stderr.strip()}"
+
+
+def resolve_a(ns: str, server: str, name: str, timeout: float = 2.0) -> list[str]:
+    """The A records of ``name`` as ``server`` answers them to a query sent from
+    ``ns`` (one UDP datagram to port 53; [] for no answer or NXDOMAIN)."""
+    import secrets
+    import struct
+
+    query_id = secrets.randbits(16)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
+    packet = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + question + b"\0" \
+        + struct.pack("!HH", 1, 1)
+    sock = create_socket(ns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(packet, (server, 53))
+        data = sock.recv(1500)
+    except OSError:
+        return []
+    finally:
+        sock.close()
+    got_id, _flags, questions, answers, _, _ = struct.unpack("!HHHHHH", data[:12])
+    if got_id != query_id:
+        return []
+    offset = 12
+    for _ in range(questions):
+        offset = _skip_name(data, offset) + 4
+    found = []
+    for _ in range(answers):
+        offset = _skip_name(data, offset)
+        rtype, _cls, _ttl, length = struct.unpack("!HHIH", data[offset:offset + 10])
+        offset += 10
+        if rtype == 1 and length == 4:  # type A: an IPv4 address
+            found.append(socket.inet_ntoa(data[offset:offset + 4]))
+        offset += length
+    return found
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    while data[offset]:
+        if data[offset] & 0xC0 == 0xC0:  # a compression pointer ends the name
+            return offset + 2
+        offset += data[offset] + 1
+    return offset + 1

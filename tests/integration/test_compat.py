@@ -196,3 +196,43 @@ def test_pool_ports_are_recognisable_by_name_and_owner(stack, docker, neutron, m
     assert {p.name for p in pooled} == {marks.POOL_PORT_NAME}
     assert (used.name, used.device_owner) == (marks.container_port_name(endpoint),
                                               marks.DEVICE_OWNER)
+
+
+# -- 6. container names in Neutron DNS ------------------------------------------------------
+def test_a_containers_name_resolves_through_neutron_dns_and_follows_renames(
+        stack, docker, neutron, ovs, make_network, cleanup, unique):
+    """Something on the network that is not a container (a namespace plugged as a
+    Neutron port, as a VM would be) asks OVN's DNS responder for the container's
+    name and gets its address; after `docker rename` the new name does, and after
+    `docker rm` no name does."""
+    name = make_network("--subnet", "10.203.0.0/24", "--gateway", "10.203.0.1")
+    net = neutron_net_of(neutron, docker, name)
+    container = f"Web_{unique}.1"  # Docker allows what a DNS label does not
+    label = f"web-{unique}-1"
+    cleanup(lambda: docker.run("rm", "-f", container, check=False))
+    docker.run("run", "-d", "--name", container, "--net", name, "busybox", "sleep", "600")
+    address = container_net(docker, container, name)["IPAddress"]
+    port = neutron.api.create_port(network_id=net.id, binding_host_id=stack.host,
+                                   device_owner="compute:kuryr-test")
+    cleanup(lambda: neutron.api.delete_port(port.id, ignore_missing=True))
+    ns = helpers.make_netns(f"dns-{unique}", cleanup)
+    helpers.plug_port_into_netns(neutron, ovs, port, ns, cleanup, mtu=net.mtu)
+
+    def resolves(host: str) -> list[str]:
+        return helpers.resolve_a(ns, "10.203.0.1", host)
+
+    got = helpers.wait_until(lambda: resolves(label), 20)
+    endpoint = container_net(docker, container, name)["EndpointID"]
+    ports = [p for p in neutron.api.ports(network_id=net.id) if p.device_id == endpoint]
+    assert got == [address], (f"{label} -> {got}; its port's dns_name: "
+                              f"{[p.dns_name for p in ports]}")
+    assert helpers.resolve_a(ns, "10.203.0.1", f"{label}.kuryr.local") == [address]
+
+    renamed, new_label = f"db-{unique}", f"db-{unique}"
+    docker.run("rename", container, renamed)
+    cleanup(lambda: docker.run("rm", "-f", renamed, check=False))
+    assert helpers.wait_until(lambda: resolves(new_label) == [address], 20), \
+        resolves(new_label)
+    assert helpers.wait_until(lambda: resolves(label) == [], 20), resolves(label)
+    docker.run("rm", "-f", renamed)
+    assert helpers.wait_until(lambda: resolves(new_label) == [], 20), resolves(new_label)

@@ -10,6 +10,7 @@ import ipaddress
 import pytest
 
 from kuryr import errors
+from kuryr.core.naming import dns_label
 from kuryr.libnetwork import models
 from kuryr.neutron import marks
 
@@ -128,3 +129,107 @@ def test_a_users_precreated_port_keeps_its_name(driver):  # noqa: F811
     d.settle()
     assert d.port_of(endpoint).id == user_port.id
     assert d.port_of(endpoint).name == "my-port"
+
+
+# -- networks kuryr-libnetwork made: dockerd keeps its pool ids (subnetpool UUIDs) ------
+def anchor_network(d, cidr: str, pool_name: str) -> tuple[str, str, str]:
+    """What kuryr-libnetwork leaves: a tagged network, a kuryr-subnet-<cidr> subnet in
+    the subnetpool ``pool_name``; returns (docker id, pool id as dockerd has it,
+    Neutron network id)."""
+    pool = d.neutron.find_subnetpool(pool_name) or d.neutron.create_subnetpool(
+        pool_name, [cidr], 24, 24, "")
+    docker_id = d.new_id()
+    net = d.neutron.add_network(marks.network_name(docker_id),
+                                tags=tuple(marks.network_tags(docker_id)))
+    d.neutron.create_subnet(net.id, cidr, marks.subnet_name(cidr), None, False,
+                            subnet_pool_id=pool.id)
+    return docker_id, pool.id, net.id
+
+
+def test_a_migrated_network_takes_new_containers_and_cleans_up(driver):  # noqa: F811
+    d = driver()
+    docker_id, pool_uuid, net_id = anchor_network(d, "10.92.0.0/24", "kuryrPool-10.92.0.0/24")
+    got = d.ipam.request_address(models.RequestAddressRequest(PoolID=pool_uuid, Address=""))
+    address = got.Address.split("/")[0]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network("10.92.0.0/24")
+    endpoint = d.create_endpoint(docker_id, address)
+    assert d.port_of(endpoint).network_id == net_id
+    d.stop(docker_id, endpoint)
+    d.ipam.release_address(models.ReleaseAddressRequest(PoolID=pool_uuid, Address=address))
+    d.settle()
+    d.ipam.release_pool(models.ReleasePoolRequest(PoolID=pool_uuid))
+    d.networks.delete(models.NetworkRequest(NetworkID=docker_id))
+    assert not d.neutron.ports_
+    assert not d.neutron.subnets_
+    assert net_id not in d.neutron.networks
+    assert not pools_named(d, "kuryrPool-10.92.0.0/24")
+
+
+def test_a_default_pool_shared_by_migrated_networks_needs_the_address(driver):  # noqa: F811
+    d = driver()
+    d.neutron.create_subnetpool("kuryr", ["10.0.0.0/8"], 24, 8, "")
+    _a, pool_uuid, _net = anchor_network(d, "10.93.0.0/24", "kuryr")
+    anchor_network(d, "10.93.1.0/24", "kuryr")
+    with pytest.raises(errors.Conflict, match="cannot be told"):
+        d.ipam.request_address(models.RequestAddressRequest(PoolID=pool_uuid, Address=""))
+    got = d.ipam.request_address(models.RequestAddressRequest(PoolID=pool_uuid,
+                                                              Address="10.93.1.7"))
+    assert got.Address == "10.93.1.7/24"
+    d.ipam.release_pool(models.ReleasePoolRequest(PoolID=pool_uuid))
+    assert pools_named(d, "kuryr"), "a default pool is never removed"
+
+
+# -- container names in Neutron DNS ------------------------------------------------------
+@pytest.mark.parametrize(("name", "label"), [
+    ("web", "web"), ("/Web_Server.1", "web-server-1"), ("a__b", "a-b"),
+    ("_x_", "x"), ("x" * 70, "x" * 63), ("---", ""),
+])
+def test_container_names_become_dns_labels(name, label):
+    assert dns_label(name) == label
+
+
+class HeldNames:
+    """A Naming whose names the test hands out."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, object] = {}
+
+    def when_named(self, endpoint_id, write) -> None:
+        self.waiting[endpoint_id] = write
+
+    def name(self, endpoint_id: str, label: str) -> None:
+        self.waiting.pop(endpoint_id)(label)
+
+
+def test_the_name_rides_in_the_record_write(driver):  # noqa: F811
+    names = HeldNames()
+    d = driver(naming=names)
+    docker_id, (pool_id,) = d.create_network(("10.94.0.0/24", ""))
+    endpoint, _ip = d.start(docker_id, pool_id)
+    d.settle()
+    port = d.port_of(endpoint)
+    assert port.device_id == "", "recorded before its name came"
+    writes = d.neutron.calls["update_port"]
+    names.name(endpoint, "web-1")
+    d.settle()
+    port = d.port_of(endpoint)
+    assert (port.device_id, port.dns_name) == (endpoint, "web-1")
+    assert d.neutron.calls["update_port"] == writes + 1, "one PUT for both"
+    d.ports.name_endpoint(endpoint, "renamed")
+    d.settle()
+    assert d.port_of(endpoint).dns_name == "renamed"
+
+
+def test_a_name_that_comes_after_the_endpoint_went_writes_nothing(driver):  # noqa: F811
+    names = HeldNames()
+    d = driver(naming=names, pool_size=1)
+    docker_id, (pool_id,) = d.create_network(("10.95.0.0/24", ""))
+    wait_for(lambda: len(d.pool.held()) == 1)
+    first, _ip = d.start(docker_id, pool_id)
+    port_id = d.port_of(first).id
+    d.stop(docker_id, first)  # back to the pool
+    d.settle()
+    names.name(first, "late")
+    d.settle()
+    port = d.neutron.get_port(port_id)
+    assert (port.device_id, port.dns_name) == ("", ""), "a late name must not land"

@@ -16,6 +16,7 @@ import pytest
 from kuryr import errors
 from kuryr.core import ownership, ranges
 from kuryr.core.background import Background
+from kuryr.core.naming import Naming, NoNames
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
@@ -37,7 +38,7 @@ class Driver:
     """Kuryr's Docker driver over the fakes, built as the server builds it."""
 
     def __init__(self, pool_size: int = 0, neutron: FakeNeutron | None = None,
-                 binder: FakeBinder | None = None) -> None:
+                 binder: FakeBinder | None = None, naming: Naming | None = None) -> None:
         self.neutron = neutron or FakeNeutron()
         self.binder = binder or FakeBinder()
         self.state = State()
@@ -48,7 +49,9 @@ class Driver:
         self.pool.start()
         self.ports = PortLifecycle(self.neutron, self.binder, self.pool, self.background,
                                    self.state, Settings(host=HOST, default_bridge="br-int",
-                                                        plug_timeout=1))
+                                                        plug_timeout=1,
+                                                        dns_enabled=naming is not None),
+                                   naming or NoNames())
         floating = FloatingPublisher(self.neutron, HOST, "", "kuryr-publish")
         self.networks = Networks(self.neutron, self.state, self.pool, self.background,
                                  self.binder, floating, NetworkSettings(HOST, "br-int"))
