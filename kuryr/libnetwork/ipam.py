@@ -165,18 +165,14 @@ class Ipam:
         return own, overlapping
 
     def _pick_free_cidr(self, version: int, subnetpool: SubnetPool | None) -> str:
-        """A CIDR of the default size not used by any subnet of the pool (1 GET)."""
-        pool = subnetpool or self.defaults.pools.get(version)
+        """A CIDR of the default size that no subnet Kuryr's user can see uses
+        (1 GET): not the default pool's, not a --subnet's (each in a pool of its
+        own), not the user's other networks'."""
         prefixes = list(subnetpool.prefixes) if subnetpool else [
             self.defaults.fallback_prefixes[version]]
         prefixlen = (subnetpool.default_prefix_length if subnetpool else None) \
             or DEFAULT_PREFIXLEN[version]
-        used = [ipaddress.ip_network(s.cidr) for s in self.neutron.subnets(
-            subnet_pool_id=pool.id if pool else None, ip_version=version)]
-        # Users' --subnet pools (kuryrPool-<cidr>): their CIDRs are taken too.
-        used += [ipaddress.ip_network(prefix) for p in self.neutron.subnetpools(version)
-                 if p.name.startswith(f"{self.defaults.user_pool_prefix}-")
-                 for prefix in p.prefixes]
+        used = [ipaddress.ip_network(s.cidr) for s in self.neutron.subnets(ip_version=version)]
         used += [ipaddress.ip_network(c) for c in self.state.reserved_cidrs()]
         for prefix in prefixes:
             for candidate in ipaddress.ip_network(prefix).subnets(new_prefix=prefixlen):
