@@ -5,6 +5,7 @@ a CIDR, and the exact one-port-per-container footprint."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 
 from kuryr.neutron import marks
 
@@ -217,6 +218,12 @@ def test_a_containers_name_resolves_through_neutron_dns_and_follows_renames(
     cleanup(lambda: neutron.api.delete_port(port.id, ignore_missing=True))
     ns = helpers.make_netns(f"dns-{unique}", cleanup)
     helpers.plug_port_into_netns(neutron, ovs, port, ns, cleanup, mtu=net.mtu)
+    # The resolver the namespace asks is the gateway address, as a VM's would be
+    # the router's; no router here, so its MAC is given: OVN's responder answers
+    # any DNS query on the network before it is forwarded anywhere.
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "replace", "10.203.0.1",
+                    "lladdr", "02:00:00:00:02:03", "dev", "eth0", "nud", "permanent"],
+                   check=True)
 
     def resolves(host: str) -> list[str]:
         return helpers.resolve_a(ns, "10.203.0.1", host)
