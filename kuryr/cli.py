@@ -69,7 +69,8 @@ def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | N
     scope = gc.Scope(neutron=connect(conf), ovs=OVS(conf.binding.ovsdb_connection),
                      host=conf.host or socket.gethostname(), bridge=conf.binding.ovs_bridge,
                      docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
-                     trust_docker=trust_docker)
+                     trust_docker=trust_docker,
+                     user_pool_prefix=conf.subnetpool_name_prefix)
     garbage = gc.collect(scope, conf.gc.grace if grace is None else grace)
     failed = [] if dry_run else gc.remove(scope, garbage)
     verb = "would remove" if dry_run else "removed"

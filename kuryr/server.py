@@ -72,7 +72,7 @@ def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
              in_use: Callable[[], set[str]] = set) -> gc.Scope:
     return gc.Scope(neutron=neutron, ovs=ovs, host=host, bridge=conf.binding.ovs_bridge,
                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
-                    held=in_use)
+                    held=in_use, user_pool_prefix=conf.subnetpool_name_prefix)
 
 
 @dataclass

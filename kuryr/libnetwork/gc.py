@@ -33,6 +33,7 @@ from kuryr import errors
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
 from kuryr.binding.vif import CONTAINER_PREFIX, HOST_PREFIX, VIF
+from kuryr.libnetwork.networks import delete_emptied_user_pools
 from kuryr.localhttp import http_request
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
@@ -71,6 +72,7 @@ class Scope:
     # Ports the running daemon's pool holds (a recycled one may still carry its
     # last container's device_owner until the update lands).
     held: Callable[[], set[str]] = set
+    user_pool_prefix: str = "kuryrPool"  # [DEFAULT] subnetpool_name_prefix
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
@@ -216,7 +218,9 @@ def _remove_network(scope: Scope, network_id: str) -> None:
             scope.ovs.unplug(host_ifname)
             netlink.delete_link(host_ifname)
             scope.neutron.delete_port(port.id)
+    subnets = scope.neutron.subnets(network_id=network_id)
     scope.neutron.delete_network(network_id)
+    delete_emptied_user_pools(scope.neutron, subnets, scope.user_pool_prefix)
 
 
 def _remove_one(scope: Scope, item: Garbage) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kuryr import errors
@@ -274,21 +275,8 @@ class Networks:
                 self._delete_unused_ports_of_this_host(record)
                 self.neutron.delete_network(record.neutron_id)
         self.state.drop_network(record.docker_id)
-        self._delete_emptied_user_pools(record.subnets)
-
-    def _delete_emptied_user_pools(self, subnets: tuple[Subnet, ...]) -> None:
-        """The kuryrPool-<cidr> subnetpools of the network's subnets, once empty
-        (2 GETs and 1 DELETE each; dockerd's ReleasePool came before the subnets
-        went).  A pool another subnet still uses (an adopted network's) stays."""
-        for pool_id in {s.subnet_pool_id for s in subnets if s.subnet_pool_id}:
-            pool = self.neutron.find_subnetpool(pool_id)
-            if pool is None or not pool.name.startswith(f"{self.settings.user_pool_prefix}-"):
-                continue  # a default pool or the user's own
-            if self.neutron.subnets(subnet_pool_id=pool_id):
-                LOG.info("subnetpool %s (%s) is still used by another subnet: kept",
-                         pool.name, pool.id)
-                continue
-            self.neutron.delete_subnetpool(pool_id)
+        delete_emptied_user_pools(self.neutron, record.subnets,
+                                  self.settings.user_pool_prefix)
 
     def _give_back(self, record: NetworkRecord) -> None:
         """An adopted network stays; Kuryr removes only its own marks and subnets."""
@@ -318,3 +306,20 @@ class Networks:
                 continue  # its container end is in a container
             self.binder.unplug(vif)
             self.neutron.delete_port(port.id)
+
+
+def delete_emptied_user_pools(neutron: Neutron, subnets: Iterable[Subnet],
+                              user_pool_prefix: str) -> None:
+    """The kuryrPool-<cidr> subnetpools of a deleted network's subnets, once empty
+    (2 GETs and 1 DELETE each; dockerd's ReleasePool came before the subnets
+    went).  A pool another subnet still uses (an adopted network's) stays, and a
+    default pool or the user's own is never touched."""
+    for pool_id in {s.subnet_pool_id for s in subnets if s.subnet_pool_id}:
+        pool = neutron.find_subnetpool(pool_id)
+        if pool is None or not pool.name.startswith(f"{user_pool_prefix}-"):
+            continue
+        if neutron.subnets(subnet_pool_id=pool_id):
+            LOG.info("subnetpool %s (%s) is still used by another subnet: kept",
+                     pool.name, pool.id)
+            continue
+        neutron.delete_subnetpool(pool_id)

@@ -725,7 +725,14 @@ def test_item7_network_rm_leaves_other_hosts_ports_alone(
     other-host-*).  `docker network rm` on this host must not delete it: today
     DeleteNetwork's Conflict path deletes every Kuryr-owned port without a local veth."""
     leftovers: list[str] = []
-    cleanup(lambda: [helpers.delete_network(neutron, n) for n in leftovers])
+
+    def remove_leftovers() -> None:  # the network Docker forgot, then its kuryrPool
+        for network_id in leftovers:
+            helpers.delete_network(neutron, network_id)
+        for pool in neutron.api.subnet_pools(name="kuryrPool-10.179.0.0/24"):
+            neutron.api.delete_subnet_pool(pool.id, ignore_missing=True)
+
+    cleanup(remove_leftovers)
     name = make_network("--subnet", "10.179.0.0/24", "-o", "kuryr.pool.size=0")
     net = neutron_net_of(neutron, docker, name)
     leftovers.append(net.id)

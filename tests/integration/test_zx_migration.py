@@ -140,7 +140,7 @@ def test_kuryr_libnetwork_host_switches_to_kuryr_in_place(stack, docker, neutron
     for container, network in zip(old, (plain, plain, ranged), strict=True):
         docker.run("run", "-d", "--name", container, "--net", network, "busybox",
                    "sleep", "600")
-    nets = {n: neutron.api.networks(tags=marks.network_tags(i)) for n, i in ids.items()}
+    nets = {n: list(neutron.api.networks(tags=marks.network_tags(i))) for n, i in ids.items()}
     assert all(len(found) == 1 for found in nets.values()), nets
     pools = [p for p in neutron.api.subnet_pools() if p.name in (
         "kuryrPool-10.201.0.0/24", "kuryrPool-10.202.0.0/24")]
