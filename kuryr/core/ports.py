@@ -480,15 +480,16 @@ class PortLifecycle:
     def record_lost_endpoints(self) -> int:
         """After a crash: endpoints OVS knows whose record in Neutron never landed
         (the background write was lost with the process), written again (1 GET,
-        then 1 PUT each in the background)."""
+        then 1 PUT each in the background).  That includes a recycled port that
+        still names the container it served before: its return to the pool and
+        the next container's record were both queued when the process died."""
         lost = 0
         for port in self.neutron.ports(binding_host_id=self.settings.host):
-            if port.device_id or port.device_owner not in (marks.POOL_DEVICE_OWNER,
-                                                           marks.UNBOUND_DEVICE_OWNER):
+            if port.device_owner not in marks.KURYR_DEVICE_OWNERS:
                 continue
             endpoint_id = self.binder.endpoint_of(vif_of(port, None,
                                                          self.settings.default_bridge))
-            if not endpoint_id:
+            if not endpoint_id or endpoint_id == port.device_id:
                 continue
             lost += 1
             self._record_endpoint_later(port, endpoint_id, port.network_id)

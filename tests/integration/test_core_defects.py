@@ -828,5 +828,5 @@ def test_sigterm_stops_every_thread_in_order(stack, docker, make_network, run_co
     assert gone, f"kuryr serve still running {took:.0f} s after SIGTERM:\n{tail[-1500:]}"
     assert "Traceback" not in tail, tail[-3000:]
     order = ("garbage collector, port pool, published ports, port cleanup, "
-             "background writer")
+             "container names, background writer")
     assert f"stopped, in order: {order}" in tail, tail[-1500:]

@@ -529,3 +529,21 @@ def test_floating_ip_publishing_is_set_up_once_and_no_lock_waits_on_neutron():
         thread.join(5)
     assert made == ["kuryr-publish"]
     assert results == [("r1", "f1")] * 3
+
+
+def test_a_recycled_port_still_naming_its_last_container_is_recorded_again(driver):
+    """kill -9 right after a pooled port moved from one container to the next: its
+    return to the pool and the next container's record were both still queued, so
+    Neutron names the container that is gone; OVS names the one that has it."""
+    d = driver()
+    net, (pool_id,) = d.create_network(("10.86.0.0/24", ""))
+    ip = d.request(pool_id)
+    endpoint = d.create_endpoint(net, ip)
+    d.settle()
+    port_id = d.state.endpoint(endpoint).port.id
+    d.neutron.update_port(port_id, device_id="f" * 64)  # the previous container's
+    fresh = driver(neutron=d.neutron, binder=d.binder)
+    assert fresh.ports.record_lost_endpoints() == 1
+    fresh.settle()
+    assert d.neutron.get_port(port_id).device_id == endpoint
+    assert fresh.ports.record_lost_endpoints() == 0, "nothing left to record"
