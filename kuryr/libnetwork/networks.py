@@ -322,4 +322,9 @@ def delete_emptied_user_pools(neutron: Neutron, subnets: Iterable[Subnet],
             LOG.info("subnetpool %s (%s) is still used by another subnet: kept",
                      pool.name, pool.id)
             continue
-        neutron.delete_subnetpool(pool_id)
+        try:
+            neutron.delete_subnetpool(pool_id)
+        except errors.KuryrError as exc:
+            # Another host's Kuryr took the pool for a network of its own since
+            # the check: the network is gone all the same, the pool is theirs now.
+            LOG.info("subnetpool %s (%s) kept: %s", pool.name, pool.id, exc)

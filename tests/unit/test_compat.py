@@ -233,3 +233,21 @@ def test_a_name_that_comes_after_the_endpoint_went_writes_nothing(driver):  # no
     d.settle()
     port = d.neutron.get_port(port_id)
     assert (port.device_id, port.dns_name) == ("", ""), "a late name must not land"
+
+
+def test_a_kuryrpool_taken_again_meanwhile_does_not_fail_network_rm(driver):  # noqa: F811
+    """Between DeleteNetwork's "is it empty?" and its DELETE, another host's Kuryr
+    made a subnet in the same kuryrPool: Neutron refuses; the rm still succeeds."""
+    d = driver()
+    docker_id, _pools = d.create_network(("10.96.0.0/24", ""))
+    refuse = d.neutron.delete_subnetpool
+
+    def taken_meanwhile(pool_id: str) -> None:
+        raise errors.InvalidInput(f"delete subnetpool {pool_id}: Subnet pool has existing "
+                                  "allocations")
+
+    d.neutron.delete_subnetpool = taken_meanwhile  # type: ignore[method-assign]
+    d.networks.delete(models.NetworkRequest(NetworkID=docker_id))
+    assert d.state.network(docker_id) is None
+    d.neutron.delete_subnetpool = refuse  # type: ignore[method-assign]
+    assert pools_named(d, "kuryrPool-10.96.0.0/24"), "kept for whoever took it"
