@@ -40,14 +40,16 @@ class DefaultPools:
     fallback_prefixes: dict[int, str]  # when a pool is missing
     user_pool_prefix: str = "kuryrPool"  # kuryrPool-<cidr>: the pool of a user's --subnet
 
+    def is_default(self, pool: SubnetPool) -> bool:
+        return any(pool.id == p.id for p in self.pools.values())
+
     def is_kuryrs(self, pool: SubnetPool) -> bool:
         """A default pool, or the pool of a user's --subnet (by kuryr-libnetwork's name)."""
-        return pool.id in {p.id for p in self.pools.values()} or self.is_users_pool_of_kuryr(pool)
+        return self.is_default(pool) or self.is_users_pool_of_kuryr(pool)
 
     def is_users_pool_of_kuryr(self, pool: SubnetPool) -> bool:
         """kuryrPool-<cidr>: made by Kuryr (or kuryr-libnetwork) for a --subnet."""
-        return pool.id not in {p.id for p in self.pools.values()} \
-            and pool.name.startswith(f"{self.user_pool_prefix}-")
+        return not self.is_default(pool) and pool.name.startswith(f"{self.user_pool_prefix}-")
 
 
 def _first_option(options: dict[str, str], keys: tuple[str, ...]) -> str | None:
@@ -219,13 +221,17 @@ class Ipam:
             raise errors.NotFound(
                 f"no Neutron subnet for pool {pool.cidr} yet: Kuryr IPAM needs the Kuryr "
                 "network driver (docker network create -d kuryr --ipam-driver kuryr)")
+        return self._reserve_in(net, subnet, wanted, options)
+
+    def _reserve_in(self, net: NetworkRecord, subnet: Subnet, wanted: str | None,
+                    options: dict[str, str]) -> models.RequestAddressResponse:
+        """A container's address in ``subnet``, with the subnet's own prefix: an
+        adopted subnet may be the --ip-range only (the layout kuryr-libnetwork makes)."""
         if wanted:
             _check_address(wanted, subnet.cidr)
         address = self.ports.reserve(net, subnet, wanted,
                                      name=options.get(models.ENDPOINT_NAME_OPTION, ""),
                                      mac=options.get(models.MAC_OPTION, ""))
-        # The subnet's own prefix: an adopted subnet may be the --ip-range only
-        # (the layout kuryr-libnetwork makes).
         return models.RequestAddressResponse(
             Address=f"{address}/{ipaddress.ip_network(subnet.cidr).prefixlen}")
 
@@ -237,18 +243,13 @@ class Ipam:
             self, req: models.RequestAddressRequest) -> models.RequestAddressResponse:
         wanted = req.Address.split("/", maxsplit=1)[0] if req.Address else None
         net, subnet = self._migrated_subnet(req.PoolID, wanted)
-        prefixlen = ipaddress.ip_network(subnet.cidr).prefixlen
-        if wanted:
-            _check_address(wanted, subnet.cidr)
         options = req.Options or {}
         if options.get("RequestAddressType") == models.GATEWAY_REQUEST:
+            gateway = _check_address(wanted, subnet.cidr) if wanted else (
+                subnet.gateway_ip or ranges.first_host(subnet.cidr))
             return models.RequestAddressResponse(
-                Address=f"{wanted or subnet.gateway_ip or ranges.first_host(subnet.cidr)}"
-                        f"/{prefixlen}")
-        address = self.ports.reserve(net, subnet, wanted,
-                                     name=options.get(models.ENDPOINT_NAME_OPTION, ""),
-                                     mac=options.get(models.MAC_OPTION, ""))
-        return models.RequestAddressResponse(Address=f"{address}/{prefixlen}")
+                Address=f"{gateway}/{ipaddress.ip_network(subnet.cidr).prefixlen}")
+        return self._reserve_in(net, subnet, wanted, options)
 
     def _migrated_subnet(self, subnetpool_id: str,
                          address: str | None) -> tuple[NetworkRecord, Subnet]:
