@@ -250,3 +250,21 @@ def _skip_name(data: bytes, offset: int) -> int:
             return offset + 2
         offset += data[offset] + 1
     return offset + 1
+
+
+def stack_kuryr_conf_with(stack, path: Path, overrides: dict[tuple[str, str], str]) -> Path:
+    """The stack's kuryr.conf with ``{(section, option): value}`` changed, written
+    root-only to ``path`` (for a second `kuryr serve` a test starts itself)."""
+    import configparser
+
+    conf = configparser.RawConfigParser()
+    conf.optionxform = str  # type: ignore[assignment,method-assign]
+    conf.read(stack.kuryr_conf)
+    for (section, option), value in overrides.items():
+        if section != "DEFAULT" and not conf.has_section(section):
+            conf.add_section(section)
+        conf.set(section, option, value)
+    with path.open("w") as out:
+        conf.write(out)
+    path.chmod(0o600)
+    return path

@@ -22,7 +22,6 @@ dockerd and Kuryr; see the notes at each test):
 
 from __future__ import annotations
 
-import configparser
 import http.client
 import ipaddress
 import json
@@ -761,21 +760,11 @@ def test_item8_unbuilt_port_driver_is_refused_at_start(stack, tmp_path, unique, 
     within seconds naming port_driver, not serve (today: it serves and plugs veths).
     Run on its own socket, state dir and host name, so it touches nothing of the
     running daemon (its start-up garbage collection looks at that host name only)."""
-    conf = configparser.RawConfigParser()
-    conf.optionxform = str
-    conf.read(stack.kuryr_conf)
     sock = tmp_path / "kuryr.sock"
-    conf.set("DEFAULT", "port_driver", driver)
-    conf.set("DEFAULT", "kuryr_uri", f"unix://{sock}")
-    conf.set("DEFAULT", "state_dir", str(tmp_path / "state"))
-    conf.set("DEFAULT", "host", f"kuryr-test-{unique}")
-    if not conf.has_section("pool"):
-        conf.add_section("pool")
-    conf.set("pool", "size", "0")
-    path = tmp_path / "kuryr.conf"
-    with path.open("w") as out:
-        conf.write(out)
-    path.chmod(0o600)
+    path = helpers.stack_kuryr_conf_with(stack, tmp_path / "kuryr.conf", {
+        ("DEFAULT", "port_driver"): driver, ("DEFAULT", "kuryr_uri"): f"unix://{sock}",
+        ("DEFAULT", "state_dir"): str(tmp_path / "state"),
+        ("DEFAULT", "host"): f"kuryr-test-{unique}", ("pool", "size"): "0"})
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "kuryr"), "serve",

@@ -10,7 +10,6 @@ stack is put back as it was at the end, whatever happened."""
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import http.client
 import subprocess
@@ -54,15 +53,8 @@ def stop_stack_kuryr(stack) -> None:
 
 def serve_kuryr_on_tcp(stack, tmp_path: Path) -> subprocess.Popen:
     """This Kuryr with the stack's kuryr.conf, listening where kuryr-libnetwork did."""
-    conf = configparser.RawConfigParser()
-    conf.optionxform = str  # type: ignore[assignment,method-assign]
-    conf.read(stack.kuryr_conf)
-    conf.set("DEFAULT", "kuryr_uri", URL)
-    conf.set("DEFAULT", "plugin_spec_dir", str(SPEC_DIR))
-    path = tmp_path / "kuryr.conf"
-    with path.open("w") as out:
-        conf.write(out)
-    path.chmod(0o600)
+    path = helpers.stack_kuryr_conf_with(stack, tmp_path / "kuryr.conf", {
+        ("DEFAULT", "kuryr_uri"): URL, ("DEFAULT", "plugin_spec_dir"): str(SPEC_DIR)})
     log = tmp_path / "kuryr.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "kuryr"), "serve",
