@@ -231,6 +231,45 @@ publish_opts = [
         default="kuryr-publish",
         help="Router Kuryr creates (or reuses) for floating-IP publishing.",
     ),
+    cfg.StrOpt(
+        "default_host_ip",
+        default="",
+        help="Address a port published without one (-p 8080:80) listens on, as "
+        "dockerd's \"ip\" (daemon.json) does for its bridge driver, e.g. 127.0.0.1 to "
+        "keep such ports on this host. Empty: every address, Docker's default. Only "
+        "ports published on every address are also forwarded on the floating IP.",
+    ),
+    cfg.IntOpt(
+        "max_connections_per_port",
+        default=256,
+        min=1,
+        help="Concurrent TCP connections (or UDP peers) one published port serves; "
+        "further ones are refused (TCP) or replace the least recently active peer "
+        "(UDP), with a log line.",
+    ),
+    cfg.IntOpt(
+        "max_connections",
+        default=2048,
+        min=1,
+        help="Concurrent TCP connections and UDP peers of all published ports together. "
+        "Each takes two descriptors (one for UDP) in Kuryr's process; Kuryr raises its "
+        "descriptor limit to fit them and keeps a reserve for the plugin, or lowers "
+        "this when the hard limit is too low (logged at start).",
+    ),
+    cfg.IntOpt(
+        "tcp_idle_timeout",
+        default=3600,
+        min=1,
+        help="Seconds a published TCP connection may carry no data in either direction "
+        "before both sides are closed (TCP keepalive finds dead peers sooner).",
+    ),
+    cfg.IntOpt(
+        "udp_idle_timeout",
+        default=60,
+        min=1,
+        help="Seconds after which a UDP peer of a published port that sent or received "
+        "nothing is forgotten and its upstream socket closed.",
+    ),
 ]
 
 

@@ -36,7 +36,7 @@ from kuryr.libnetwork.networks import Networks, NetworkSettings
 from kuryr.libnetwork.ports import Publishing
 from kuryr.neutron.client import Neutron, connect
 from kuryr.neutron.types import SubnetPool
-from kuryr.publish.forwarder import Forwarder
+from kuryr.publish.forwarder import Forwarder, Limits
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
                     held=in_use, user_pool_prefix=conf.subnetpool_name_prefix)
 
 
+def _default_host_ip(value: str) -> str:
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise SystemExit(f"kuryr: [publish] default_host_ip {value!r} is not an "
+                             "IP address") from None
+    return value
+
+
 @dataclass
 class Service:
     """A running Kuryr: the plugin Docker talks to and the daemon owning its threads."""
@@ -111,9 +121,13 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         plug_is_fatal=conf.neutron.vif_plugging_is_fatal), names or NoNames())
     floating = FloatingPublisher(neutron, host, conf.publish.floating_ip_network,
                                  conf.publish.router_name)
-    forwarder = Forwarder()
-    publishing = Publishing(neutron, forwarder, floating, host,
-                            conf.process_external_connectivity, conf.docker_netns_dir)
+    forwarder = Forwarder(limits=Limits(
+        per_port=conf.publish.max_connections_per_port,
+        per_process=conf.publish.max_connections,
+        tcp_idle=conf.publish.tcp_idle_timeout, udp_idle=conf.publish.udp_idle_timeout))
+    publishing = Publishing(neutron, forwarder, floating, ovs, host,
+                            conf.process_external_connectivity,
+                            _default_host_ip(conf.publish.default_host_ip))
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
         host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
         user_pool_prefix=conf.subnetpool_name_prefix))

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from socket import AF_INET, AF_INET6
 from typing import Any
 
@@ -46,6 +47,7 @@ def create_veth(vif: VIF) -> bool:
                 raise LinkError(f"cannot create veth {vif.host_ifname}: {exc}") from exc
             made = False  # made by a concurrent call
         try:
+            deafen_to_ipv6(vif.host_ifname)
             idx = ipr.link_lookup(ifname=vif.host_ifname)[0]
             ipr.link("set", index=idx, state="up")
         except (NetlinkError, IndexError) as exc:
@@ -54,6 +56,22 @@ def create_veth(vif: VIF) -> bool:
                     ipr.link("del", index=ipr.link_lookup(ifname=vif.host_ifname)[0])
             raise LinkError(f"cannot set veth {vif.host_ifname} up: {exc}") from exc
         return made
+
+
+IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
+
+
+def deafen_to_ipv6(ifname: str, conf_dir: Path = IPV6_CONF) -> None:
+    """The host end of a container's veth carries the container's frames into the
+    host's kernel as well as into the switch: without this, a router
+    advertisement sent by a container would give the host an address and a
+    default route through it.  The host end needs no IP at all, so IPv6 is off
+    on it (before it comes up: no link-local address either)."""
+    conf = conf_dir / ifname
+    if not conf.is_dir():
+        return  # IPv6 is disabled on this host altogether
+    for key, value in (("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "1")):
+        (conf / key).write_text(value)
 
 
 def delete_link(ifname: str) -> bool:

@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from ovs.db import idl as ovs_idl  # type: ignore[import-untyped]
 
 ENDPOINT_KEY = "kuryr-endpoint-id"
+# What a restarted Kuryr serves again for the endpoint's published ports, kept
+# where only root writes (a Neutron port description is the tenant's to edit):
+# the container's namespace (path and inode, so a path reused by another
+# namespace is not taken for it), its address and the ports as bound.
+NETNS_KEY = "kuryr-netns"
+NETNS_INODE_KEY = "kuryr-netns-inode"
+TARGET_KEY = "kuryr-publish-address"
+PUBLISHED_KEY = "kuryr-published"
+PUBLISH_KEYS = (NETNS_KEY, NETNS_INODE_KEY, TARGET_KEY, PUBLISHED_KEY)
 # Set on the Interface by ovn-controller once the port's flows are installed.
 INSTALLED_KEY = "ovn-installed"
 
@@ -157,9 +166,34 @@ class OVS:
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
 
     def forget_endpoint(self, ifname: str) -> None:
-        """The interface no longer serves an endpoint (its port went back to the pool)."""
-        self.api.db_remove("Interface", ifname, "external_ids", ENDPOINT_KEY,
+        """The interface no longer serves an endpoint (its port went back to the pool):
+        removes the endpoint id and what was recorded for its published ports."""
+        self.api.db_remove("Interface", ifname, "external_ids", ENDPOINT_KEY, *PUBLISH_KEYS,
                            if_exists=True).execute(check_error=True)
+
+    def record_published(self, ifname: str, values: dict[str, str]) -> bool:
+        """Record ``values`` (PUBLISH_KEYS) on the interface; False when it is not
+        an OVS interface (a Linux bridge port: nothing is recorded)."""
+        if not self._interface_exists(ifname):
+            return False
+        self.api.db_set("Interface", ifname, ("external_ids", values)).execute(
+            check_error=True)
+        return True
+
+    def forget_published(self, ifname: str) -> None:
+        """Removes the published ports' record from the interface (if any)."""
+        self.api.db_remove("Interface", ifname, "external_ids", *PUBLISH_KEYS,
+                           if_exists=True).execute(check_error=True)
+
+    def published_records(self) -> list[dict[str, str]]:
+        """external_ids of every interface with a published-ports record."""
+        return [dict(row.external_ids)
+                for row in self.api.db_list_rows("Interface").execute(check_error=True)
+                if PUBLISHED_KEY in row.external_ids]
+
+    def _interface_exists(self, ifname: str) -> bool:
+        return bool(self.api.db_find_rows("Interface", ("name", "=", ifname)).execute(
+            check_error=True))
 
     def unplug(self, ifname: str, bridge: str | None = None) -> None:
         self.api.del_port(ifname, bridge=bridge, if_exists=True).execute(check_error=True)

@@ -399,7 +399,10 @@ class PortLifecycle:
             raise errors.NotFound(f"endpoint {endpoint_id[:12]} has no Neutron port")
         port = found[0]
         lease = self.state.hand_out(port, net.neutron_id)
-        lease.expose_group = spec.decode(port.description)[0]
+        # The description is the tenant's to edit: the group it names is the
+        # endpoint's own (and deleted with it) only when the port is in it.
+        group = spec.decode(port.description)[0]
+        lease.expose_group = group if group in port.security_group_ids else None
         lease.plain = not ownership.is_adopted(port) and not port.description
         if not self.state.attach(lease, endpoint_id):
             return self.state.endpoint(endpoint_id) or lease

@@ -90,11 +90,15 @@ class Endpoints:
         self.publishing.revoke(self._port_id(req), req.EndpointID)
 
     def _port_id(self, req: models.EndpointRequest) -> str | None:
-        """The endpoint's port id, looked up in Neutron (after a restart) only when
-        floating-IP forwardings may name it."""
+        """The endpoint's port id: known, else recorded on its OVS interface, else
+        looked up in Neutron (after a restart) only when floating-IP forwardings
+        may name it."""
         lease = self.ports.state.endpoint(req.EndpointID)
-        if lease is not None or not self.publishing.floating.enabled:
-            return lease.port.id if lease else None
+        if lease is not None:
+            return lease.port.id
+        local = self.ports.binder.port_of_endpoint(req.EndpointID)
+        if local is not None or not self.publishing.floating.enabled:
+            return local
         try:
             return self.ports.endpoint(self.networks.by_docker_id(req.NetworkID),
                                        req.EndpointID).port.id

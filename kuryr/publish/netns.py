@@ -71,13 +71,3 @@ class SocketFactory:
             self._jobs.put(None)
             self._thread.join(timeout=5)
 
-
-def netns_has_mac(netns_path: str, mac: str) -> bool:
-    """Whether a namespace holds an interface with ``mac`` (finds a container after a restart)."""
-    from pyroute2 import NetNS
-
-    try:
-        with NetNS(netns_path, flags=0) as ns:
-            return any(link.get_attr("IFLA_ADDRESS") == mac.lower() for link in ns.get_links())
-    except Exception:  # noqa: BLE001 - a vanished namespace simply does not match
-        return False

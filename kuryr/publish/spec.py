@@ -19,6 +19,7 @@ DESCRIPTION_PREFIX = "kuryr-publish:"
 DESCRIPTION_MAX = 255  # characters in a Neutron port's description
 MAX_PORT = 65535
 EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 - only shown, as Docker shows an empty HostIP
+EVERY_ADDRESSES = frozenset(("", EVERY_ADDRESS, "::"))
 
 
 @dataclass(frozen=True, order=True)
@@ -34,6 +35,11 @@ class Published:
     host_ip: str  # "" = every address
     host_port: int  # 0 = pick a free one
     host_port_end: int = 0  # > host_port: any free port of the range will do
+
+    @property
+    def on_every_address(self) -> bool:
+        """Published on all of the host's addresses (what a floating IP may extend)."""
+        return self.host_ip in EVERY_ADDRESSES
 
     def label(self) -> str:
         host = f"[{self.host_ip}]" if ":" in self.host_ip else (self.host_ip or EVERY_ADDRESS)
@@ -67,7 +73,10 @@ def exposed_ports(options: dict | None) -> list[Exposed]:
     return sorted(found)
 
 
-def published_ports(options: dict | None) -> list[Published]:
+def published_ports(options: dict | None, default_host_ip: str = "") -> list[Published]:
+    """Docker's port map; a port without a host IP listens on ``default_host_ip``
+    ([publish] default_host_ip, "" = every address), as Docker's bridge driver
+    does with dockerd's "ip"."""
     result = []
     for entry in (options or {}).get("com.docker.network.portmap") or []:
         if not isinstance(entry, dict):
@@ -75,7 +84,7 @@ def published_ports(options: dict | None) -> list[Published]:
         proto = _proto(entry.get("Proto"))
         if proto == "sctp":
             raise errors.InvalidInput("publishing sctp ports is not supported by Kuryr")
-        host_ip = str(entry.get("HostIP") or "")
+        host_ip = str(entry.get("HostIP") or default_host_ip)
         if host_ip:
             try:
                 ipaddress.ip_address(host_ip)

@@ -3,11 +3,18 @@ its VIF type, and OVN's ovn-installed mark is seen through an OVSDB row event.""
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
+from pyroute2 import netns
+from pyroute2.netns import create_socket
+
+from kuryr.binding import netlink
 from kuryr.binding.plugging import build_binder
 from kuryr.binding.vif import VIF
 
@@ -77,3 +84,47 @@ def test_wait_wired_wakes_on_the_ovsdb_change_itself(ovs, stack, cleanup):
     assert binder.wait_wired(vif, timeout=10) is True
     elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 1.5, f"took {elapsed:.2f} s"
+
+
+def router_advertisement() -> bytes:
+    """ICMPv6 RA (type 134; the kernel fills the checksum) announcing a default
+    route and the SLAAC prefix 2001:db8:bad::/64."""
+    header = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    prefix = struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0, 3600, 1800, 0,
+                         socket.inet_pton(socket.AF_INET6, "2001:db8:bad::"))
+    return header + prefix
+
+
+def test_host_end_of_a_veth_ignores_a_containers_router_advertisements(cleanup, unique):
+    vif = VIF(port_id=str(uuid.uuid4()), mac="fa:16:3e:00:00:0b")
+    assert netlink.create_veth(vif)
+    cleanup(lambda: netlink.delete_link(vif.host_ifname))
+    conf = Path("/proc/sys/net/ipv6/conf") / vif.host_ifname
+    assert (conf / "disable_ipv6").read_text().strip() == "1"
+    assert (conf / "accept_ra").read_text().strip() == "0"
+    ns = f"ra-{unique}"
+    netns.create(ns)
+    cleanup(lambda: netns.remove(ns))
+    inside = vif.container_ifname
+    for cmd in (["ip", "link", "set", inside, "netns", ns],
+                ["ip", "-n", ns, "link", "set", inside, "up"],
+                ["ip", "-n", ns, "addr", "add", "fe80::bad/64", "dev", inside, "nodad"]):
+        subprocess.run(cmd, check=True)
+    sender = create_socket(ns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        index = int(subprocess.run(["ip", "netns", "exec", ns, "cat",
+                                    f"/sys/class/net/{inside}/ifindex"],
+                                   capture_output=True, text=True, check=True).stdout)
+        sender.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        sender.bind(("fe80::bad", 0, 0, index))
+        for _ in range(3):
+            sender.sendto(router_advertisement(), ("ff02::1", 0, 0, index))
+            time.sleep(0.3)
+    finally:
+        sender.close()
+    routes = subprocess.run(["ip", "-6", "route", "show", "dev", vif.host_ifname],
+                            capture_output=True, text=True, check=False).stdout
+    addresses = subprocess.run(["ip", "-6", "addr", "show", "dev", vif.host_ifname],
+                               capture_output=True, text=True, check=True).stdout
+    assert "2001:db8:bad" not in addresses and "inet6" not in addresses, addresses
+    assert routes.strip() == "", routes

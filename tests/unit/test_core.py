@@ -62,7 +62,7 @@ class Driver:
                          models.AddressSpaces(LocalDefaultAddressSpace="l",
                                               GlobalDefaultAddressSpace="g"))
         self.endpoints = Endpoints(self.networks, self.ports,
-                                   Publishing(self.neutron, None, floating, HOST, True, "/x"),
+                                   Publishing(self.neutron, None, floating, None, HOST, True),
                                    "eth")
         self._ids = iter(range(1, 10_000))
 
