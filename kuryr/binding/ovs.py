@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 ENDPOINT_KEY = "kuryr-endpoint-id"
 # What a restarted Kuryr serves again for the endpoint's published ports, kept
 # where only root writes (a Neutron port description is the tenant's to edit):
-# the container's namespace (path and inode, so a path reused by another
-# namespace is not taken for it), its address and the ports as bound.
+# the container's namespace (Docker's sandbox key: a path named after the
+# sandbox's random id, removed with it, and bound only when the container
+# starts, after Kuryr is told it), its address and the ports as bound.
 NETNS_KEY = "kuryr-netns"
-NETNS_INODE_KEY = "kuryr-netns-inode"
 TARGET_KEY = "kuryr-publish-address"
 PUBLISHED_KEY = "kuryr-published"
-PUBLISH_KEYS = (NETNS_KEY, NETNS_INODE_KEY, TARGET_KEY, PUBLISHED_KEY)
+PUBLISH_KEYS = (NETNS_KEY, TARGET_KEY, PUBLISHED_KEY)
 # Set on the Interface by ovn-controller once the port's flows are installed.
 INSTALLED_KEY = "ovn-installed"
 

@@ -60,11 +60,6 @@ class PublishRecords(Protocol):
     def published_records(self) -> list[dict[str, str]]: ...
 
 
-def netns_inode(path: str) -> str:
-    """What identifies a network namespace behind a path (its nsfs inode)."""
-    return str(Path(path).stat().st_ino)
-
-
 class Publishing:
     def __init__(self, neutron: Neutron, forwarder: Forwarder | None,
                  floating: FloatingPublisher, records: PublishRecords | None, host: str,
@@ -138,7 +133,7 @@ class Publishing:
             return
         recorded = self.records.record_published(_ifname(port.id), {
             ovs.ENDPOINT_KEY: endpoint_id, ovs.NETNS_KEY: target.netns,
-            ovs.NETNS_INODE_KEY: netns_inode(target.netns), ovs.TARGET_KEY: target.address,
+            ovs.TARGET_KEY: target.address,
             ovs.PUBLISHED_KEY: spec.encode(bound, None)})
         if not recorded:
             LOG.info("port %s is not an OVS interface: its published ports are not "
@@ -168,7 +163,7 @@ class Publishing:
         restored = 0
         for record in self.records.published_records():
             endpoint_id, netns = record.get(ovs.ENDPOINT_KEY), record.get(ovs.NETNS_KEY, "")
-            if not endpoint_id or not _same_netns(netns, record.get(ovs.NETNS_INODE_KEY)):
+            if not endpoint_id or not netns or not Path(netns).exists():
                 continue  # the container is gone: its port is the garbage collector's
             _, published = spec.decode(record.get(ovs.PUBLISHED_KEY))
             target = Target(netns, record.get(ovs.TARGET_KEY, ""))
@@ -187,12 +182,6 @@ def _rows(published: list[spec.Published]) -> list[tuple[str, int, str, int]]:
 def _ifname(port_id: str) -> str:
     return VIF(port_id=port_id, mac="").host_ifname
 
-
-def _same_netns(path: str, inode: str | None) -> bool:
-    try:
-        return bool(path) and netns_inode(path) == inode
-    except OSError:
-        return False
 
 
 def published_ports_on_host(neutron: Neutron, host: str) -> list[Port]:

@@ -19,6 +19,7 @@ both sockets, UDP peers expire on a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import resource
@@ -169,9 +170,10 @@ def _bind(published: Published, kind: int) -> socket.socket:
 def _keepalive(sock: socket.socket | None) -> None:
     if sock is None:
         return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in KEEPALIVE.items():
-        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    with contextlib.suppress(OSError):  # already reset and closed: nothing to keep alive
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in KEEPALIVE.items():
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class Forwarder:
@@ -301,10 +303,10 @@ class Forwarder:
         up_writer: asyncio.StreamWriter | None = None
         graceful = False
         try:
+            _keepalive(writer.get_extra_info("socket"))
             upstream = await self._connect_upstream(listener)
             if upstream is None:
                 return
-            _keepalive(writer.get_extra_info("socket"))
             try:
                 up_reader, up_writer = await asyncio.open_connection(sock=upstream)
             except BaseException:
@@ -315,13 +317,19 @@ class Forwarder:
             if failure is not None:
                 LOG.debug("%s: connection ended: %r", listener.published.label(), failure)
             graceful = failure is None
+        except OSError as exc:  # the client went away while the upstream was made
+            LOG.debug("%s: connection ended early: %r", listener.published.label(), exc)
         finally:
             # Every ending closes both sockets: flushing what is queued after two
             # clean EOFs, at once (abort) after a reset, an error, the idle timeout
             # or the listener being closed.
             for side in (writer, up_writer):
-                if side is not None:
-                    side.close() if graceful else side.transport.abort()
+                if side is None:
+                    continue
+                if graceful:
+                    side.close()
+                else:
+                    side.transport.abort()
             listener.relays.discard(relay)
             listener.active -= 1
             self._flows.give_back()
@@ -343,6 +351,10 @@ class Forwarder:
             if upstream is not None:
                 upstream.close()
             return None
+        except BaseException:  # cancelled: the listener was closed meanwhile
+            if upstream is not None:
+                upstream.close()
+            raise
 
 
 class _IdleTimeout(Exception):

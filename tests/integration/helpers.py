@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -268,3 +269,33 @@ def stack_kuryr_conf_with(stack, path: Path, overrides: dict[tuple[str, str], st
         conf.write(out)
     path.chmod(0o600)
     return path
+
+
+@contextlib.contextmanager
+def stack_kuryr_with(stack, tmp_path: Path, overrides: dict[tuple[str, str], str]):
+    """The stack's Kuryr, restarted with ``overrides`` to its kuryr.conf on the same
+    plugin socket (dockerd notices nothing); the stack's own again afterwards."""
+    import signal
+
+    from kuryr.aio.plugin import PLUGIN_SOCKET
+
+    pid = int(stack.pidfile("kuryr").read_text())
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30)
+    conf = stack_kuryr_conf_with(stack, tmp_path / "kuryr.conf", overrides)
+    log = tmp_path / "kuryr.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "kuryr"), "serve",
+                                 "--config-file", str(conf)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: (PLUGIN_SOCKET.exists() and _answers()) or proc.poll() is not None,
+                   60)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert _answers(), log.read_text()[-2000:]
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        up = subprocess.run([aio_command(), "up"], capture_output=True, text=True, check=False)
+        assert up.returncode == 0, up.stderr

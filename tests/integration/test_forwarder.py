@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(list(Path("/proc/self/fd").iterdir()))
 
 
 def settle(check: Callable[[], bool], timeout: float = 5) -> bool:
@@ -231,7 +232,7 @@ def keepalive_timers(filter_: str, netns: str | None = None) -> list[str]:
     """`ss` lines of established TCP sockets matching ``filter_`` with a keepalive timer."""
     ss = ["ss", "-Htno", "state", "established", filter_]
     if netns:
-        ss = ["ip", "netns", "exec", os.path.basename(netns), *ss]
+        ss = ["ip", "netns", "exec", Path(netns).name, *ss]
     lines = subprocess.run(ss, capture_output=True, text=True, check=True).stdout.splitlines()
     return [line for line in lines if "timer:(keepalive" in line]
 
@@ -267,7 +268,7 @@ def test_connection_caps_per_port_and_per_process(make_forwarder, tcp_server, co
     refused_too = connect(second)
     assert read_all(refused_too) == b"", "a 5th connection in a process capped at 4"
     assert "[publish] max_connections)" in caplog.text
-    for sock in held + [refused, refused_too]:
+    for sock in [*held, refused, refused_too]:
         sock.close()
     assert settle(lambda: forwarder.open_flows() == 0)
     again = connect(first)  # room again
@@ -402,7 +403,7 @@ def test_udp_host_port_cannot_be_shared(make_forwarder, udp_echo, container):
     # Not even with SO_REUSEADDR, the way another local process would try:
     intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, match="Address already in use") as caught:
         intruder.bind(("127.0.0.1", port))
     assert caught.value.errno == errno.EADDRINUSE
     intruder.close()
@@ -412,7 +413,8 @@ def test_udp_host_port_cannot_be_shared(make_forwarder, udp_echo, container):
              f"s.bind(('127.0.0.1',{port}))")
     proc = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", probe],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode != 0 and "Address already in use" in proc.stderr, proc.stderr
+    assert proc.returncode != 0
+    assert "Address already in use" in proc.stderr, proc.stderr
 
 
 def test_listeners_bind_no_wider_than_asked(make_forwarder, container):

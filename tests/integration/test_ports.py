@@ -13,6 +13,7 @@ import pytest
 from pyroute2.netns import create_socket
 
 from kuryr.aio.layout import OUTSIDE_NETNS
+from kuryr.binding.vif import VIF
 from kuryr.neutron import marks
 from kuryr.publish import spec
 from kuryr.publish.netns import SocketFactory
@@ -168,21 +169,71 @@ def http_get_from_namespace(ns: str, address: str, port: int) -> str | None:
         sock.close()
 
 
-@pytest.mark.usefixtures("no_leaks")
-def test_floating_ip_port_forwarding_from_outside(docker, net, run_container, neutron):
-    """kuryr-aio enables [publish] floating_ip_network = public: the outside
-    namespace on br-ex reaches the container through FIP:HostPort."""
-    container = web(run_container, net, "-p", "127.0.0.1:18186:80")
-    ip = docker.ip_of(container, net)
-    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
+def forwarded_ports(neutron, port_id: str) -> list[tuple[int, int]]:
     fips = [f for f in neutron.api.ips() if (f.description or "").startswith(
         "kuryr-publish:")]
     assert len(fips) == 1
-    forwardings = neutron.api.port_forwardings(fips[0].id, internal_port_id=port.id)
-    assert [(f.external_port, f.internal_port) for f in forwardings] == [(18186, 80)]
+    return sorted((f.external_port, f.internal_port)
+                  for f in neutron.api.port_forwardings(fips[0].id, internal_port_id=port_id))
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses of the host's TCP listeners on ``port`` (as `ss` prints them)."""
+    out = subprocess.run(["ss", "-Htln", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(line.split()[3].rsplit(":", 1)[0] for line in out.splitlines())
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_floating_ip_port_forwarding_from_outside(docker, net, run_container, neutron):
+    """kuryr-aio enables [publish] floating_ip_network = public: the outside
+    namespace on br-ex reaches the container through FIP:HostPort, for a port
+    published on every address only; one bound to 127.0.0.1 stays on the host."""
+    container = web(run_container, net, "-p", "18186:80", "-p", "127.0.0.1:18931:81",
+                    ports="80 81")
+    ip = docker.ip_of(container, net)
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
+    assert forwarded_ports(neutron, port.id) == [(18186, 80)]
+    fips = [f for f in neutron.api.ips() if (f.description or "").startswith(
+        "kuryr-publish:")]
     hostname = docker.out("inspect", "-f", "{{.Config.Hostname}}", container)
     got = helpers.wait_until(lambda: http_get_from_namespace(
         OUTSIDE_NETNS, fips[0].floating_ip_address, 18186), 15)
     assert got == f"hello-{hostname}"
+    assert http_get_from_namespace(OUTSIDE_NETNS, fips[0].floating_ip_address, 18931) is None
+    assert fetch(18931) == f"hello-{hostname}"  # on the host's loopback, as asked
     docker.run("rm", "-f", container)
     assert neutron.port_forwardings(fips[0].id, internal_port_id=port.id) == []
+
+
+def test_default_host_ip_keeps_ports_without_an_address_on_it(stack, docker, net, neutron,
+                                                              run_container, tmp_path):
+    with helpers.stack_kuryr_with(stack, tmp_path, {
+            ("publish", "default_host_ip"): "127.0.0.1"}):
+        container = web(run_container, net, "-p", "18932:80")
+        assert helpers.wait_until(lambda: fetch(18932), 10)
+        assert listening_addresses(18932) == ["127.0.0.1"]
+        ip = docker.ip_of(container, net)
+        (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
+        assert forwarded_ports(neutron, port.id) == [], "a loopback port on the floating IP"
+        docker.run("rm", "-f", container)
+
+
+def test_restart_serves_what_kuryr_recorded_not_what_the_description_says(
+        stack, docker, net, run_container, neutron, ovs):
+    container = web(run_container, net, "-p", "127.0.0.1:18187:80")
+    assert helpers.wait_until(lambda: fetch(18187), 10)
+    ip = docker.ip_of(container, net)
+    (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
+    record = ovs.interface_external_ids(VIF(port_id=port.id, mac="").host_ifname)
+    sandbox = docker.out("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
+    assert record["kuryr-netns"] == sandbox
+    # The port's owner edits its description to ask for host port 18935 on every address.
+    group, published = spec.decode(port.description)
+    forged = [*published, spec.Published("tcp", 80, "0.0.0.0", 18935)]
+    neutron.api.update_port(port.id, description=spec.encode(forged, group))
+    helpers.restart_kuryr(stack)
+    assert helpers.wait_until(lambda: fetch(18187), 10), "not served again after a restart"
+    assert listening_addresses(18935) == [], "Kuryr bound a port only the description named"
+    docker.run("rm", "-f", container)
+    assert helpers.wait_until(lambda: fetch(18187, timeout=1) is None, 5)
