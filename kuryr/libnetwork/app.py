@@ -19,9 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kuryr import errors
-from kuryr.libnetwork import models
+from kuryr.libnetwork import callers, models
 from kuryr.libnetwork.endpoints import Endpoints
 from kuryr.libnetwork.ipam import Ipam
 from kuryr.libnetwork.networks import Networks
@@ -165,9 +166,29 @@ async def _call(plugin: Plugin, path: str, handler: Handler, body: Any,  # noqa:
             "later") from None
 
 
+class LocalCallersOnly:
+    """Refuses (403) every call a web page could make or a rebound name carries,
+    before any route sees it: see kuryr/libnetwork/callers.py."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope["headers"]}
+            why = callers.refusal(headers, scope.get("scheme", "http"))
+            if why is not None:
+                LOG.warning("%s refused: %s", scope.get("path", ""), why)
+                await _error(403, why)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(plugin: Plugin) -> FastAPI:
     app = FastAPI(title="Kuryr Docker network and IPAM plugin", version="1",
                   docs_url=None, redoc_url=None)
+    app.add_middleware(LocalCallersOnly)
     undo_for = _undo_table(plugin)
 
     def route(path: str, handler: Handler, request_model: type[BaseModel] | None,

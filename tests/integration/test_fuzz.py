@@ -39,7 +39,7 @@ DOCKER_ID = st.text("0123456789abcdef", min_size=64, max_size=64)
 @pytest.fixture(scope="module")
 def plugin(stack):
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(PLUGIN_SOCKET)),
-                      base_url="http://kuryr", timeout=90) as client:
+                      base_url="http://localhost", timeout=90) as client:
         yield client
 
 
@@ -70,7 +70,7 @@ def assert_clear_answer(response: httpx.Response) -> None:
 @FUZZ_SETTINGS
 def test_schema_fuzz(case, plugin):
     TRIED["schemathesis"] += 1
-    kwargs = case.as_transport_kwargs(base_url="http://kuryr")
+    kwargs = case.as_transport_kwargs(base_url="http://localhost")
     kwargs.pop("cookies", None)  # the plugin API has none
     if isinstance(kwargs.get("data"), bytes | str):
         kwargs["content"] = kwargs.pop("data")

@@ -57,7 +57,8 @@ def client():
                                endpoints=driver.endpoints, counter=RequestCounter(),
                                call_timeout=conf.plugin_call_timeout,
                                scope=conf.capability_scope)
-    yield TestClient(app_module.build_app(plugin))
+    # Docker names a loopback host; TestClient's default "testserver" is refused.
+    yield TestClient(app_module.build_app(plugin), base_url="http://localhost")
     driver.close()
 
 
@@ -130,3 +131,64 @@ def test_error_types_map_to_statuses():
     assert errors.NotFound.status == 404
     assert errors.Conflict.status == 409
     assert errors.BackendUnavailable.status == 503
+
+
+# -- item 9: who may call -------------------------------------------------------------------
+@pytest.mark.parametrize("host", [
+    "localhost", "localhost:23750", "LOCALHOST.", "plugin.moby.localhost",
+    "127.0.0.1", "127.0.0.1:23750", "127.1.2.3:1", "[::1]", "[::1]:23750", "::1",
+])
+def test_loopback_hosts_are_served(client, host):
+    resp = client.post("/Plugin.Activate", headers={"Host": host})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("host", [
+    "testserver", "evil.example", "evil.example:23750", "localhost.evil.example",
+    "10.0.0.1:23750", "[fe80::1]:23750", "[::1]x", "127.0.0.1:port", "",
+])
+def test_other_hosts_are_refused(client, host):
+    resp = client.post("/Plugin.Activate", headers={"Host": host})
+    assert resp.status_code == 403
+    assert "Host" in resp.json()["Err"]
+
+
+def test_a_call_from_a_web_page_is_refused(client):
+    resp = client.post("/NetworkDriver.CreateNetwork", content=b"{}",
+                       headers={"Origin": "http://localhost:8000"})
+    assert resp.status_code == 403
+    assert "Origin" in resp.json()["Err"]
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+    "", "application/jsonx", "text/json",
+])
+def test_non_json_content_types_are_refused(client, content_type):
+    resp = client.post("/IpamDriver.RequestPool", content=b"{}",
+                       headers={"Content-Type": content_type})
+    assert resp.status_code == 403
+    assert "Content-Type" in resp.json()["Err"]
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "application/json", "application/json; charset=utf-8", "Application/JSON",
+    "application/vnd.docker.plugins.v1.2+json", "application/problem+json; q=1",
+])
+def test_json_or_no_content_type_is_served(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = client.post("/IpamDriver.GetCapabilities", content=b"", headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
+def test_unknown_methods_are_refused_before_routing(client):
+    resp = client.post("/NetworkDriver.Nope", headers={"Host": "evil.example"})
+    assert resp.status_code == 403
+
+
+def test_a_tls_listener_is_called_by_its_name(client):
+    """kuryr_uri https://: other hosts' dockerd name it; its client certificates keep
+    callers out.  Origin and Content-Type are still refused there."""
+    tls = TestClient(client.app, base_url="https://kuryr.example:23750")
+    assert tls.post("/Plugin.Activate").status_code == 200
+    assert tls.post("/Plugin.Activate", headers={"Origin": "https://x"}).status_code == 403
