@@ -66,10 +66,25 @@ def _describe(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, read chunk by chunk and given up on as soon as it passes
+    MAX_BODY: a caller cannot make Kuryr hold more than that in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise errors.TooLarge(f"request body of {declared} bytes is too large "
+                              f"(at most {MAX_BODY})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.TooLarge(f"request body is too large (more than {MAX_BODY} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _parse(request: Request, model: type[BaseModel] | None) -> BaseModel | None:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise errors.InvalidInput(f"request body of {len(raw)} bytes is too large")
+    raw = await _read_body(request)
     if model is None:
         return None
     if not raw.strip():

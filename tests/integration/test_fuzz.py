@@ -107,7 +107,7 @@ def test_hypothesis_bodies(plugin, method, body):
 
 
 @pytest.mark.parametrize(("path", "body", "status"), [
-    ("/NetworkDriver.CreateNetwork", b"x" * (2 << 20), 400),  # 2 MiB
+    ("/NetworkDriver.CreateNetwork", b"x" * (2 << 20), 413),  # 2 MiB
     ("/NetworkDriver.Nonsense", b"{}", 404),
     ("/NetworkDriver.DeleteEndpoint", json.dumps(
         {"NetworkID": "f" * 64, "EndpointID": "e" * 64}).encode(), None),

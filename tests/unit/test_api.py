@@ -192,3 +192,61 @@ def test_a_tls_listener_is_called_by_its_name(client):
     tls = TestClient(client.app, base_url="https://kuryr.example:23750")
     assert tls.post("/Plugin.Activate").status_code == 200
     assert tls.post("/Plugin.Activate", headers={"Origin": "https://x"}).status_code == 403
+
+
+# -- item 10: bodies are limited while they stream ------------------------------------------
+def _post_stream(app, path: str, chunks, headers=()):
+    """POST ``path`` to the ASGI app straight, the body from ``chunks`` (an endless
+    generator will do): (status, body, chunks the app asked for)."""
+    import asyncio
+
+    asked = 0
+    sent: list[dict] = []
+
+    async def receive():
+        nonlocal asked
+        asked += 1
+        return {"type": "http.request", "body": next(chunks), "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 23750),
+             "client": ("127.0.0.1", 40000),
+             "headers": [(b"host", b"127.0.0.1:23750"), *headers]}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), asked
+
+
+def _endless(chunk: bytes):
+    while True:
+        yield chunk
+
+
+def test_a_huge_body_is_refused_while_it_streams(client):
+    chunk = b" " * 65536
+    status, body, asked = _post_stream(client.app, "/NetworkDriver.CreateNetwork",
+                                       _endless(chunk))
+    assert status == 413
+    assert "too large" in body["Err"]
+    assert asked <= app_module.MAX_BODY // len(chunk) + 1, "read past the limit"
+
+
+def test_a_huge_content_length_is_refused_before_reading(client):
+    status, body, asked = _post_stream(
+        client.app, "/NetworkDriver.CreateNetwork", _endless(b"{"),
+        headers=[(b"content-length", str(1 << 30).encode())])
+    assert status == 413
+    assert str(1 << 30) in body["Err"]
+    assert asked == 0
+
+
+def test_a_body_at_the_limit_is_read(client):
+    body = b'{"NetworkID": "nothex"}'.ljust(app_module.MAX_BODY)
+    resp = client.post("/NetworkDriver.CreateNetwork", content=body)
+    assert resp.status_code == 400
+    assert "not a Docker network id" in resp.json()["Err"]
