@@ -250,3 +250,138 @@ def test_a_body_at_the_limit_is_read(client):
     resp = client.post("/NetworkDriver.CreateNetwork", content=body)
     assert resp.status_code == 400
     assert "not a Docker network id" in resp.json()["Err"]
+
+
+# -- item 10: typed-but-wrong input is a 4xx naming the field, before any Neutron request ---
+class CountingNeutron:
+    """The in-memory Neutron, counting every request a handler makes through it."""
+
+    def __init__(self) -> None:
+        from .fakes import FakeNeutron
+
+        self._fake = FakeNeutron()
+        self.requests: list[str] = []
+
+    def __getattr__(self, name):
+        found = getattr(self._fake, name)
+        if not callable(found) or name == "extensions":
+            return found
+
+        def counted(*args, **kwargs):
+            self.requests.append(name)
+            return found(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture
+def counted():
+    """(client, neutron): the app over a Neutron that counts its requests."""
+    neutron = CountingNeutron()
+    driver = Driver(neutron=neutron)  # type: ignore[arg-type]
+    plugin = app_module.Plugin(ipam=driver.ipam, networks=driver.networks,
+                               endpoints=driver.endpoints, counter=RequestCounter(),
+                               call_timeout=10, scope="local")
+    yield TestClient(app_module.build_app(plugin), base_url="http://localhost"), neutron
+    driver.close()
+
+
+NET, EP = "a" * 64, "b" * 64
+POOL_ID = "kuryr:10.1.0.0/24|" + "|" + "0123456789ab"
+
+
+def _network(**pool):
+    return {"NetworkID": NET, "IPv4Data": [{"AddressSpace": "l", **pool}]}
+
+
+def _endpoint(**options):
+    return {"NetworkID": NET, "EndpointID": EP, "Options": options}
+
+
+PORTMAP, EXPOSED = models.PORTMAP_OPTION, models.EXPOSED_PORTS_OPTION
+BAD_INPUTS = [
+    ("/IpamDriver.RequestAddress", {"PoolID": "garbage"}, "PoolID"),
+    ("/IpamDriver.RequestAddress", {"PoolID": "kuryr:garbage"}, "PoolID"),
+    ("/IpamDriver.ReleasePool", {"PoolID": "garbage"}, "PoolID"),
+    ("/IpamDriver.ReleasePool", {"PoolID": "kuryr:10.1.0.0/24|x|y"}, "PoolID"),
+    ("/IpamDriver.ReleaseAddress", {"PoolID": "garbage", "Address": "10.1.0.5"}, "PoolID"),
+    ("/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": "garbage"}, "Address"),
+    ("/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.1.0.300"}, "Address"),
+    ("/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": 5}, "Address"),
+    ("/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.9.0.5"}, "Address"),
+    ("/IpamDriver.RequestPool", {"Pool": "garbage"}, "Pool"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.0.0.5/24"}, "Pool"),  # host bits
+    ("/IpamDriver.RequestPool", {"Pool": "10.0.0.0/24", "SubPool": "x"}, "SubPool"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.0.0.0/24", "SubPool": "10.1.0.0/25"}, "SubPool"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.0.0.0/24", "SubPool": "fd00::/64"}, "SubPool"),
+    ("/IpamDriver.RequestPool", {"SubPool": "10.0.0.0/25"}, "SubPool"),
+    ("/IpamDriver.RequestPool", {"Pool": "fd00::/64", "V6": False}, "V6"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.0.0.0/24", "V6": True}, "V6"),
+    ("/NetworkDriver.CreateNetwork", _network(Pool="garbage"), "IPv4Data.0.Pool"),
+    ("/NetworkDriver.CreateNetwork", _network(Pool=7), "IPv4Data.0.Pool"),
+    ("/NetworkDriver.CreateNetwork", _network(Pool="10.1.0.0/24", Gateway="garbage"),
+     "IPv4Data.0.Gateway"),
+    ("/NetworkDriver.CreateNetwork", _network(Pool="10.1.0.0/24", Gateway="fd00::1/64"),
+     "IPv4Data.0.Gateway"),
+    ("/NetworkDriver.CreateNetwork",
+     _network(Pool="10.1.0.0/24", AuxAddresses={"host": "garbage"}),
+     "IPv4Data.0.AuxAddresses.host"),
+    ("/NetworkDriver.CreateNetwork", _network(Pool="fd00::/64"), "IPv4Data"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: 80}), PORTMAP),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: "80:80"}), PORTMAP),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: [80]}), f"{PORTMAP}[0]"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{EXPOSED: "80/tcp"}), EXPOSED),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{EXPOSED: [{"Proto": 6, "Port": True}]}),
+     f"{EXPOSED}[0].Port"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{EXPOSED: [{"Proto": 6, "Port": 80.5}]}),
+     f"{EXPOSED}[0].Port"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: [{"Proto": 6, "Port": 80,
+                                                              "HostPort": 80.0}]}),
+     f"{PORTMAP}[0].HostPort"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: [{"Proto": True, "Port": 80}]}),
+     f"{PORTMAP}[0].Proto"),
+    ("/NetworkDriver.CreateEndpoint", _endpoint(**{PORTMAP: [{"Proto": 6, "Port": "80"}]}),
+     f"{PORTMAP}[0].Port"),
+    ("/NetworkDriver.CreateEndpoint",
+     {"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "garbage"}},
+     "Interface.Address"),
+    ("/NetworkDriver.ProgramExternalConnectivity", _endpoint(**{PORTMAP: {"a": 1}}), PORTMAP),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), BAD_INPUTS,
+                         ids=[f"{p.split('.')[-1]}-{i}" for i, (p, _, _) in
+                              enumerate(BAD_INPUTS)])
+def test_wrong_input_is_a_4xx_naming_the_field_before_neutron(counted, path, body, field):
+    client, neutron = counted
+    resp = client.post(path, json=body)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert field in resp.json()["Err"], resp.json()
+    assert "internal error" not in resp.json()["Err"]
+    assert neutron.requests == [], f"Neutron was asked {neutron.requests}"
+
+
+@pytest.mark.parametrize("raw", [b'1e400', b'NaN', b'Infinity', b'-1e400'])
+def test_a_host_port_json_cannot_express_is_refused(counted, raw):
+    client, neutron = counted
+    body = (b'{"NetworkID": "%s", "EndpointID": "%s", "Options": {"%s": '
+            b'[{"Proto": 6, "Port": 80, "HostPort": %s}]}}'
+            % (NET.encode(), EP.encode(), PORTMAP.encode(), raw))
+    resp = client.post("/NetworkDriver.CreateEndpoint", content=body)
+    assert resp.status_code == 400, resp.text
+    assert f"{PORTMAP}[0].HostPort" in resp.json()["Err"]
+    assert neutron.requests == []
+
+
+def test_docker_real_network_and_ipam_messages_still_pass_validation():
+    models.CreateNetworkRequest.model_validate({
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.1.0.0/24",
+                                        "Gateway": "10.1.0.1/24",
+                                        "AuxAddresses": {"h": "10.1.0.9/24", "k": "10.1.0.8"}}],
+        "IPv6Data": [{"Pool": "fd5e:101::/64", "Gateway": "fd5e:101::1/64"}]})
+    models.RequestPoolRequest.model_validate({"Pool": "fd5e::/64", "SubPool": "fd5e::/80",
+                                              "V6": True})
+    models.ReleaseAddressRequest.model_validate({"PoolID": "x", "Address": "10.1.0.2"})
+    models.CreateEndpointRequest.model_validate(_endpoint(**{
+        PORTMAP: [{"Proto": 17, "IP": "", "Port": 443, "HostIP": "", "HostPort": 18443,
+                   "HostPortEnd": 18443}], EXPOSED: [{"Proto": 132, "Port": 9}]}))
