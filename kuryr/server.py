@@ -123,7 +123,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         GlobalDefaultAddressSpace=conf.global_default_address_space))
     plugin = Plugin(ipam=ipam, networks=networks,
                     endpoints=Endpoints(networks, lifecycle, publishing,
-                                        conf.binding.veth_dst_prefix),
+                                        conf.binding.veth_dst_prefix,
+                                        conf.docker_netns_dir),
                     counter=neutron.counter, call_timeout=conf.plugin_call_timeout,
                     scope=conf.capability_scope)
 

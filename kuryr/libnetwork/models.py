@@ -225,10 +225,21 @@ class OperInfoResponse(Message):
     Value: dict[str, Any] = Field(default_factory=dict)
 
 
+def _sandbox_key(value: str) -> str:
+    """An absolute path without . or .. steps (where it may be is the handler's
+    check: docker_netns_dir is configuration)."""
+    if not value:
+        return value
+    parts = value.split("/")
+    if not value.startswith("/") or "\0" in value or any(p in (".", "..") for p in parts):
+        raise ValueError(f"{value!r:.80} is not an absolute path without . or .. steps")
+    return value
+
+
 class JoinRequest(Message):
     NetworkID: str = Field(min_length=1)
     EndpointID: str = Field(min_length=1)
-    SandboxKey: str = ""
+    SandboxKey: Annotated[str, AfterValidator(_sandbox_key)] = ""
     Options: dict[str, Any] | None = None
 
 

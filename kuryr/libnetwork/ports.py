@@ -31,7 +31,7 @@ from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import Port
 from kuryr.publish import spec
 from kuryr.publish.forwarder import Forwarder, Target
-from kuryr.publish.netns import netns_has_mac
+from kuryr.publish.netns import is_netns, netns_has_mac
 
 LOG = logging.getLogger(__name__)
 
@@ -140,7 +140,16 @@ def _find_netns(directory: Path, mac: str) -> str | None:
         candidates = sorted(directory.iterdir(), key=os.path.getmtime, reverse=True)
     except OSError:
         return None
-    return next((str(c) for c in candidates if netns_has_mac(str(c), mac)), None)
+    # Only namespaces are opened: anything else there (a FIFO) could hang pyroute2.
+    return next((str(c) for c in candidates
+                 if _is_netns_file(c) and netns_has_mac(str(c), mac)), None)
+
+
+def _is_netns_file(path: Path) -> bool:
+    try:
+        return is_netns(path.stat())
+    except OSError:
+        return False
 
 
 def published_ports_on_host(neutron: Neutron, host: str) -> list[Port]:

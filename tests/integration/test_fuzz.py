@@ -112,7 +112,7 @@ def test_hypothesis_bodies(plugin, method, body):
     ("/NetworkDriver.DeleteEndpoint", json.dumps(
         {"NetworkID": "f" * 64, "EndpointID": "e" * 64}).encode(), None),
     ("/NetworkDriver.Join", json.dumps(
-        {"NetworkID": "f" * 64, "EndpointID": "e" * 64, "SandboxKey": "/nope"}).encode(), 404),
+        {"NetworkID": "f" * 64, "EndpointID": "e" * 64, "SandboxKey": "/nope"}).encode(), 400),
     ("/IpamDriver.RequestAddress", json.dumps({"PoolID": "kuryr:not-a-cidr"}).encode(), 400),
 ])
 def test_edge_inputs(plugin, path, body, status):

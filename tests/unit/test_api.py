@@ -3,6 +3,7 @@ sent, and errors are non-200 {"Err"} replies.  No Neutron is involved: these
 paths never reach it."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -275,15 +276,23 @@ class CountingNeutron:
 
 
 @pytest.fixture
-def counted():
-    """(client, neutron): the app over a Neutron that counts its requests."""
+def counted_driver():
+    """(client, neutron, driver): the app over a Neutron that counts its requests."""
     neutron = CountingNeutron()
     driver = Driver(neutron=neutron)  # type: ignore[arg-type]
     plugin = app_module.Plugin(ipam=driver.ipam, networks=driver.networks,
                                endpoints=driver.endpoints, counter=RequestCounter(),
                                call_timeout=10, scope="local")
-    yield TestClient(app_module.build_app(plugin), base_url="http://localhost"), neutron
+    client = TestClient(app_module.build_app(plugin), base_url="http://localhost")
+    yield client, neutron, driver
     driver.close()
+
+
+@pytest.fixture
+def counted(counted_driver):
+    """(client, neutron)"""
+    client, neutron, _ = counted_driver
+    return client, neutron
 
 
 NET, EP = "a" * 64, "b" * 64
@@ -385,3 +394,67 @@ def test_docker_real_network_and_ipam_messages_still_pass_validation():
     models.CreateEndpointRequest.model_validate(_endpoint(**{
         PORTMAP: [{"Proto": 17, "IP": "", "Port": 443, "HostIP": "", "HostPort": 18443,
                    "HostPortEnd": 18443}], EXPOSED: [{"Proto": 132, "Port": 9}]}))
+
+
+# -- item 10: SandboxKey --------------------------------------------------------------------
+def _join(key: str) -> dict:
+    return {"NetworkID": NET, "EndpointID": EP, "SandboxKey": key}
+
+
+@pytest.mark.parametrize("key", [
+    "relative/netns/x", "/var/run/docker/netns/../../../etc/passwd",
+    "/var/run/docker/netns/./x", "/var/run/docker/netns/x\x00"])
+def test_a_sandbox_key_that_is_no_plain_path_is_refused(counted, key):
+    client, neutron = counted
+    resp = client.post("/NetworkDriver.Join", json=_join(key))
+    assert resp.status_code == 400
+    assert "SandboxKey" in resp.json()["Err"]
+    assert neutron.requests == []
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (os.mkfifo, "is a FIFO"),
+    (lambda p: p.write_text(""), "is a regular file"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.symlink_to("/etc/hostname"), "not in Docker's netns directory"),
+])
+def test_a_sandbox_key_that_is_no_namespace_is_refused(counted_driver, tmp_path, make,
+                                                       needle):
+    client, neutron, driver = counted_driver
+    driver.endpoints.netns_dir = tmp_path
+    make(tmp_path / "abc")
+    resp = client.post("/NetworkDriver.Join", json=_join(str(tmp_path / "abc")))
+    assert resp.status_code == 400, resp.text
+    assert "SandboxKey" in resp.json()["Err"]
+    assert needle in resp.json()["Err"]
+    assert neutron.requests == []
+
+
+def test_a_sandbox_key_outside_the_netns_dir_is_refused(counted):
+    client, neutron = counted
+    resp = client.post("/NetworkDriver.Join", json=_join("/etc/passwd"))
+    assert resp.status_code == 400
+    assert "docker_netns_dir" in resp.json()["Err"]
+    assert neutron.requests == []
+
+
+def test_a_namespace_or_a_key_not_bound_yet_is_accepted(counted_driver, tmp_path):
+    """Past the check, Join looks the network up (404 here: there is none)."""
+    client, _, driver = counted_driver
+    endpoints = driver.endpoints
+    endpoints.netns_dir = Path("/proc/self/ns")
+    assert client.post("/NetworkDriver.Join", json=_join("/proc/self/ns/net")).status_code \
+        == 404
+    endpoints.netns_dir = tmp_path  # dockerd binds the namespace when the container starts
+    assert client.post("/NetworkDriver.Join",
+                       json=_join(str(tmp_path / "b7afa45bd6ca"))).status_code == 404
+
+
+def test_open_netns_does_not_block_on_a_fifo(tmp_path):
+    from kuryr.publish.netns import NetnsError, open_netns
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(NetnsError, match="not a network namespace"):
+        open_netns(str(fifo))  # would block forever without O_NONBLOCK
+    os.close(open_netns("/proc/self/ns/net"))
