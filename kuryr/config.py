@@ -124,7 +124,8 @@ core_opts = [
         "docker_netns_dir",
         default="/var/run/docker/netns",
         help="Where dockerd keeps container network namespaces (<exec-root>/netns); "
-        "used to find running containers again after a Kuryr restart.",
+        "Join's SandboxKey must name a file in it, and it is used to find running "
+        "containers again after a Kuryr restart.",
     ),
     cfg.StrOpt(
         "state_dir",

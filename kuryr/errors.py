@@ -15,6 +15,12 @@ class InvalidInput(KuryrError):
     status = 400
 
 
+class TooLarge(InvalidInput):
+    """The request body is larger than any message Docker sends."""
+
+    status = 413
+
+
 class NotFound(KuryrError):
     """A network, subnet, pool or port the request refers to does not exist."""
 

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         GlobalDefaultAddressSpace=conf.global_default_address_space))
     plugin = Plugin(ipam=ipam, networks=networks,
                     endpoints=Endpoints(networks, lifecycle, publishing,
-                                        conf.binding.veth_dst_prefix),
+                                        conf.binding.veth_dst_prefix,
+                                        conf.docker_netns_dir),
                     counter=neutron.counter, call_timeout=conf.plugin_call_timeout,
                     scope=conf.capability_scope)
 
@@ -196,9 +198,16 @@ def _unix_socket(path: Path, group: str) -> socket.socket:
 
 def _remove_stale_socket(path: Path) -> None:
     """A socket file left by a Kuryr that died is removed; one that answers is a
-    Kuryr still serving, and taking its path would cut dockerd off from it."""
-    if not path.exists():
+    Kuryr still serving, and taking its path would cut dockerd off from it.
+    Anything else at the path (a directory, a regular file) is someone's: never
+    removed, and named rather than failing later in unlink or bind."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise SystemExit(f"kuryr: {path} is {_file_kind(mode)}, not a socket: remove it "
+                         "or set kuryr_uri to another path")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
@@ -209,6 +218,13 @@ def _remove_stale_socket(path: Path) -> None:
         probe.close()
     raise SystemExit(f"kuryr: another process is serving on {path}: stop it first "
                      "(or set kuryr_uri to another socket)")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"),
+             (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a file of an unknown kind")
 
 
 def _is_loopback(host: str) -> bool:

@@ -123,7 +123,8 @@ def move_into_netns(ifname: str, netns_path: str, new_name: str,
         if not idx:
             raise LinkError(f"interface {ifname} does not exist")
         ns_name = netns_path if os.sep not in netns_path else None
-        fd = None if ns_name else os.open(netns_path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO at the path must not hang this thread.
+        fd = None if ns_name else os.open(netns_path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             ipr.link("set", index=idx[0], net_ns_fd=ns_name or fd)
         finally:

@@ -19,9 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kuryr import errors
-from kuryr.libnetwork import models
+from kuryr.libnetwork import callers, models
 from kuryr.libnetwork.endpoints import Endpoints
 from kuryr.libnetwork.ipam import Ipam
 from kuryr.libnetwork.networks import Networks
@@ -65,10 +66,25 @@ def _describe(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, read chunk by chunk and given up on as soon as it passes
+    MAX_BODY: a caller cannot make Kuryr hold more than that in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise errors.TooLarge(f"request body of {declared} bytes is too large "
+                              f"(at most {MAX_BODY})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.TooLarge(f"request body is too large (more than {MAX_BODY} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _parse(request: Request, model: type[BaseModel] | None) -> BaseModel | None:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise errors.InvalidInput(f"request body of {len(raw)} bytes is too large")
+    raw = await _read_body(request)
     if model is None:
         return None
     if not raw.strip():
@@ -165,9 +181,29 @@ async def _call(plugin: Plugin, path: str, handler: Handler, body: Any,  # noqa:
             "later") from None
 
 
+class LocalCallersOnly:
+    """Refuses (403) every call a web page could make or a rebound name carries,
+    before any route sees it: see kuryr/libnetwork/callers.py."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope["headers"]}
+            why = callers.refusal(headers, scope.get("scheme", "http"))
+            if why is not None:
+                LOG.warning("%s refused: %s", scope.get("path", ""), why)
+                await _error(403, why)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(plugin: Plugin) -> FastAPI:
     app = FastAPI(title="Kuryr Docker network and IPAM plugin", version="1",
                   docs_url=None, redoc_url=None)
+    app.add_middleware(LocalCallersOnly)
     undo_for = _undo_table(plugin)
 
     def route(path: str, handler: Handler, request_model: type[BaseModel] | None,

@@ -8,21 +8,26 @@ the pool, or 1 DELETE in the background).
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 from kuryr import errors
 from kuryr.binding.vif import VIF
 from kuryr.core.ports import PortLifecycle
 from kuryr.libnetwork import models
 from kuryr.libnetwork.networks import Networks
 from kuryr.libnetwork.ports import Publishing
+from kuryr.publish.netns import is_netns
 
 
 class Endpoints:
     def __init__(self, networks: Networks, ports: PortLifecycle, publishing: Publishing,
-                 veth_dst_prefix: str) -> None:
+                 veth_dst_prefix: str, netns_dir: str) -> None:
         self.networks = networks
         self.ports = ports
         self.publishing = publishing
         self.veth_dst_prefix = veth_dst_prefix
+        self.netns_dir = Path(netns_dir)  # docker_netns_dir: where SandboxKeys are
 
     def create(self, req: models.CreateEndpointRequest) -> models.CreateEndpointResponse:
         net = self.networks.by_docker_id(req.NetworkID)
@@ -42,6 +47,8 @@ class Endpoints:
             Interface={} if wanted_mac else {"MacAddress": lease.port.mac_address})
 
     def join(self, req: models.JoinRequest) -> models.JoinResponse:
+        if req.SandboxKey:
+            check_sandbox_key(req.SandboxKey, self.netns_dir)
         net = self.networks.by_docker_id(req.NetworkID)
         lease = self.ports.join(net, req.EndpointID, req.SandboxKey)
         mine = {f.subnet_id for f in lease.port.fixed_ips}
@@ -104,3 +111,33 @@ class Endpoints:
                                        req.EndpointID).port.id
         except errors.NotFound:
             return None
+
+
+def check_sandbox_key(key: str, netns_dir: Path) -> None:
+    """A SandboxKey names a file in Docker's netns directory that is, or will be,
+    a network namespace: Kuryr later opens it and enters it (published ports).
+
+    The file may not exist yet: with the external keys dockerd uses, the
+    container's namespace is bound there only when the container starts,
+    after Join.  What is there already must be a namespace, not a FIFO (which
+    would hang whoever opens it), a regular file or a directory."""
+    path = Path(key)
+    where = netns_dir.resolve()
+    if path.resolve().parent != where:
+        raise errors.InvalidInput(f"SandboxKey {key!r} is not in Docker's netns directory "
+                                  f"{netns_dir} (docker_netns_dir)")
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise errors.InvalidInput(f"SandboxKey {key!r}: {exc.strerror}") from exc
+    if not is_netns(found):
+        raise errors.InvalidInput(f"SandboxKey {key!r} is {_kind(found.st_mode)}, not a "
+                                  "network namespace")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISREG, "a regular file"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a device")

@@ -64,19 +64,20 @@ def _network(value: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def _parse_pool(pool_id: str) -> marks.PoolId:
+    """A pool id Kuryr issued (checked before any Neutron request)."""
     try:
         return marks.parse_pool_id(pool_id)
     except ValueError as exc:
-        raise errors.InvalidInput(str(exc)) from exc
+        raise errors.InvalidInput(f"PoolID: {exc}") from exc
 
 
 def _check_address(address: str, cidr: str) -> str:
     try:
         ip = ipaddress.ip_address(address.split("/", maxsplit=1)[0])
     except ValueError as exc:
-        raise errors.InvalidInput(f"{address!r} is not an IP address") from exc
+        raise errors.InvalidInput(f"Address: {address!r} is not an IP address") from exc
     if ip not in ipaddress.ip_network(cidr):
-        raise errors.InvalidInput(f"address {ip} is outside subnet {cidr}")
+        raise errors.InvalidInput(f"Address: address {ip} is outside subnet {cidr}")
     return str(ip)
 
 
@@ -194,10 +195,7 @@ class Ipam:
                     and not self.neutron.subnets(subnet_pool_id=pool.id):
                 self.neutron.delete_subnetpool(pool.id)
             return
-        try:
-            pool_id = marks.parse_pool_id(req.PoolID)
-        except ValueError:
-            return
+        pool_id = _parse_pool(req.PoolID)
         if pool_id.token:
             self.state.drop_pending_pool(pool_id.token)
         self.state.unreserve_cidr(pool_id.cidr)

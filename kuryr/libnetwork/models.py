@@ -6,9 +6,13 @@ add some); missing optional ones take Docker's zero values.
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from kuryr import errors
+from kuryr.publish import spec
 
 GATEWAY_REQUEST = "com.docker.network.gateway"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
@@ -18,6 +22,56 @@ ENABLE_IPV6_OPTION = "com.docker.network.enable_ipv6"
 INTERNAL_OPTION = "com.docker.network.internal"
 PORTMAP_OPTION = "com.docker.network.portmap"
 EXPOSED_PORTS_OPTION = "com.docker.network.endpoint.exposedports"
+
+
+# -- syntax checked as the message is parsed, before any handler or Neutron ---------
+# The errors name the field ("IPv4Data.0.Pool: Value error, ..."): see app._describe.
+def _cidr(value: str) -> str:
+    """A network address with its prefix (what Docker sends as a pool)."""
+    try:
+        ipaddress.ip_network(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid CIDR: {exc}") from None
+    return value
+
+
+def _optional_cidr(value: str) -> str:
+    return _cidr(value) if value else value
+
+
+def _address(value: str) -> str:
+    """An address, bare or with its prefix length (Docker sends gateways as
+    10.1.0.1/24 to the network driver, addresses bare to IPAM)."""
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (a.b.c.d or a.b.c.d/len)") \
+            from None
+    return value
+
+
+def _optional_address(value: str) -> str:
+    return _address(value) if value else value
+
+
+def _version(text: str) -> int:
+    return ipaddress.ip_interface(text).version
+
+
+def _port_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Docker's port maps and exposed ports: lists of objects of integers."""
+    try:
+        spec.check_port_options(value)
+    except errors.InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+OptionalCidr = Annotated[str, AfterValidator(_optional_cidr)]
+Address = Annotated[str, AfterValidator(_address)]
+OptionalAddress = Annotated[str, AfterValidator(_optional_address)]
+PortOptions = Annotated[dict[str, Any] | None, AfterValidator(_port_options)]
 
 
 class Message(BaseModel):
@@ -55,10 +109,31 @@ class AddressSpaces(Message):
 # -- IPAM ------------------------------------------------------------------------
 class RequestPoolRequest(Message):
     AddressSpace: str = ""
-    Pool: str = ""
-    SubPool: str = ""
+    Pool: OptionalCidr = ""
+    SubPool: OptionalCidr = ""
     Options: dict[str, str] | None = None
     V6: bool = False
+
+    @field_validator("SubPool")
+    @classmethod
+    def _inside_pool(cls, value: str, info: ValidationInfo) -> str:
+        pool = info.data.get("Pool")
+        if not value or pool is None:  # no SubPool, or Pool itself was refused
+            return value
+        if not pool:
+            raise ValueError(f"{value} (--ip-range) needs a Pool (--subnet)")
+        inner, outer = ipaddress.ip_network(value), ipaddress.ip_network(pool)
+        if inner.version != outer.version or not inner.subnet_of(outer):  # type: ignore[arg-type]
+            raise ValueError(f"ip-range {value} is not inside {pool}")
+        return value
+
+    @field_validator("V6")
+    @classmethod
+    def _pool_of_the_family(cls, value: bool, info: ValidationInfo) -> bool:
+        pool = info.data.get("Pool")
+        if pool and _version(pool) != (6 if value else 4):
+            raise ValueError(f"Pool {pool} is IPv{_version(pool)} but V6 is {value}")
+        return value
 
 
 class RequestPoolResponse(Message):
@@ -73,7 +148,7 @@ class ReleasePoolRequest(Message):
 
 class RequestAddressRequest(Message):
     PoolID: str
-    Address: str = ""
+    Address: OptionalAddress = ""
     Options: dict[str, str] | None = None
 
 
@@ -84,22 +159,39 @@ class RequestAddressResponse(Message):
 
 class ReleaseAddressRequest(Message):
     PoolID: str
-    Address: str
+    Address: Address
 
 
 # -- network driver ----------------------------------------------------------------
 class IPAMData(Message):
     AddressSpace: str = ""
-    Pool: str
-    Gateway: str = ""
-    AuxAddresses: dict[str, str] | None = None
+    Pool: Cidr
+    Gateway: OptionalAddress = ""
+    AuxAddresses: dict[str, Address] | None = None
+
+    @field_validator("Gateway")
+    @classmethod
+    def _gateway_of_the_pool_family(cls, value: str, info: ValidationInfo) -> str:
+        pool = info.data.get("Pool")
+        if value and pool and _version(value) != _version(pool):
+            raise ValueError(f"gateway {value} is not of the family of pool {pool}")
+        return value
+
+
+def _pools_of_family(pools: list[IPAMData] | None, version: int) -> list[IPAMData] | None:
+    for index, data in enumerate(pools or []):
+        if _version(data.Pool) != version:
+            raise ValueError(f"{index}.Pool {data.Pool} is not an IPv{version} CIDR")
+    return pools
 
 
 class CreateNetworkRequest(Message):
     NetworkID: str = Field(min_length=1)
     Options: dict[str, Any] | None = None
-    IPv4Data: list[IPAMData] | None = None
-    IPv6Data: list[IPAMData] | None = None
+    IPv4Data: Annotated[list[IPAMData] | None,
+                        AfterValidator(lambda pools: _pools_of_family(pools, 4))] = None
+    IPv6Data: Annotated[list[IPAMData] | None,
+                        AfterValidator(lambda pools: _pools_of_family(pools, 6))] = None
 
 
 class NetworkRequest(Message):
@@ -107,8 +199,8 @@ class NetworkRequest(Message):
 
 
 class EndpointInterface(Message):
-    Address: str = ""
-    AddressIPv6: str = ""
+    Address: OptionalAddress = ""
+    AddressIPv6: OptionalAddress = ""
     MacAddress: str = ""
 
 
@@ -116,7 +208,7 @@ class CreateEndpointRequest(Message):
     NetworkID: str = Field(min_length=1)
     EndpointID: str = Field(min_length=1)
     Interface: EndpointInterface | None = None
-    Options: dict[str, Any] | None = None
+    Options: PortOptions = None
 
 
 class CreateEndpointResponse(Message):
@@ -126,17 +218,28 @@ class CreateEndpointResponse(Message):
 class EndpointRequest(Message):
     NetworkID: str = Field(min_length=1)
     EndpointID: str = Field(min_length=1)
-    Options: dict[str, Any] | None = None
+    Options: PortOptions = None  # ProgramExternalConnectivity's port maps
 
 
 class OperInfoResponse(Message):
     Value: dict[str, Any] = Field(default_factory=dict)
 
 
+def _sandbox_key(value: str) -> str:
+    """An absolute path without . or .. steps (where it may be is the handler's
+    check: docker_netns_dir is configuration)."""
+    if not value:
+        return value
+    parts = value.split("/")
+    if not value.startswith("/") or "\0" in value or any(p in (".", "..") for p in parts):
+        raise ValueError(f"{value!r:.80} is not an absolute path without . or .. steps")
+    return value
+
+
 class JoinRequest(Message):
     NetworkID: str = Field(min_length=1)
     EndpointID: str = Field(min_length=1)
-    SandboxKey: str = ""
+    SandboxKey: Annotated[str, AfterValidator(_sandbox_key)] = ""
     Options: dict[str, Any] | None = None
 
 

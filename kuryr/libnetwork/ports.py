@@ -33,6 +33,7 @@ from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import Port
 from kuryr.publish import spec
 from kuryr.publish.forwarder import Forwarder, Target
+from kuryr.publish.netns import is_netns
 
 LOG = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Publishing:
         restored = 0
         for record in self.records.published_records():
             endpoint_id, netns = record.get(ovs.ENDPOINT_KEY), record.get(ovs.NETNS_KEY, "")
-            if not endpoint_id or not netns or not Path(netns).exists():
+            if not endpoint_id or not _is_netns_file(netns):
                 continue  # the container is gone: its port is the garbage collector's
             _, published = spec.decode(record.get(ovs.PUBLISHED_KEY))
             target = Target(netns, record.get(ovs.TARGET_KEY, ""))
@@ -182,6 +183,14 @@ def _rows(published: list[spec.Published]) -> list[tuple[str, int, str, int]]:
 def _ifname(port_id: str) -> str:
     return VIF(port_id=port_id, mac="").host_ifname
 
+
+
+def _is_netns_file(path: str) -> bool:
+    """A namespace is there (only namespaces are opened: a FIFO could hang a thread)."""
+    try:
+        return bool(path) and is_netns(Path(path).stat())
+    except OSError:
+        return False
 
 
 def published_ports_on_host(neutron: Neutron, host: str) -> list[Port]:

@@ -8,17 +8,35 @@ switching, so the rest of Kuryr never leaves the host's namespace.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import queue
 import socket
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 
 
 class NetnsError(OSError):
     pass
+
+
+def is_netns(st: os.stat_result) -> bool:
+    """Whether ``st`` is a network namespace file: one of nsfs, the filesystem of
+    /proc/self/ns/net (its files look like empty regular files otherwise)."""
+    return st.st_dev == Path("/proc/self/ns/net").stat().st_dev
+
+
+def open_netns(path: str) -> int:
+    """A descriptor of the namespace at ``path``.  O_NONBLOCK: a FIFO planted
+    there would otherwise block the opening thread until a writer comes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not is_netns(os.fstat(fd)):
+        os.close(fd)
+        raise NetnsError(errno.EINVAL, f"{path} is not a network namespace")
+    return fd
 
 
 def _setns(fd: int) -> None:
@@ -47,7 +65,7 @@ class SocketFactory:
                 return
             path, family, kind, future = job
             try:
-                target = os.open(path, os.O_RDONLY)
+                target = open_netns(path)
                 try:
                     _setns(target)
                     try:

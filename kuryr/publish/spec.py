@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kuryr import errors
@@ -46,29 +46,103 @@ class Published:
         return f"{host}:{self.host_port}->{self.container_port}/{self.proto}"
 
 
-def _proto(value: Any) -> str:  # noqa: ANN401 - a JSON value: int() judges it
-    try:
-        return PROTOCOLS[int(value)]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise errors.InvalidInput(f"unknown port protocol {value!r}") from exc
+PORTMAP_OPTION = "com.docker.network.portmap"
+EXPOSED_OPTION = "com.docker.network.endpoint.exposedports"
+
+
+def _integer(value: Any) -> int | None:  # noqa: ANN401 - a JSON value
+    """A JSON integer, else None: int() would take true as 1, 80.5 as 80 and
+    "80" as 80, none of which Docker sends."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _proto(value: Any) -> str:  # noqa: ANN401 - a JSON value
+    number = _integer(value)
+    if number not in PROTOCOLS:
+        raise errors.InvalidInput(f"Proto: unknown port protocol {value!r}")
+    return PROTOCOLS[number]
 
 
 def _port(value: Any, what: str, allow_zero: bool = False) -> int:  # noqa: ANN401
-    try:
-        port = int(value)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidInput(f"{what} {value!r} is not a port number") from exc
+    port = _integer(value)
+    if port is None:
+        raise errors.InvalidInput(f"{what} {value!r} is not a port number")
     if not (0 if allow_zero else 1) <= port <= MAX_PORT:
         raise errors.InvalidInput(f"{what} {port} is out of range")
     return port
 
 
+def _entries(options: dict | None, key: str) -> list[dict]:
+    """The objects of one option, which must be a list of objects (or absent)."""
+    value = (options or {}).get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise errors.InvalidInput(
+            f"{key} must be a list of objects, not {type(value).__name__} {value!r:.40}")
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise errors.InvalidInput(f"{key}[{index}] must be an object, not "
+                                      f"{type(entry).__name__} {entry!r:.40}")
+    return value
+
+
+def _named(key: str, index: int, parse: Any, entry: dict) -> Any:  # noqa: ANN401
+    """``parse(entry)``, its error naming the option and the entry."""
+    try:
+        return parse(entry)
+    except errors.InvalidInput as exc:
+        raise errors.InvalidInput(f"{key}[{index}].{exc}") from None
+
+
+def _exposed(entry: dict) -> Exposed:
+    return Exposed(_proto(entry.get("Proto")), _port(entry.get("Port"), "Port: exposed port"))
+
+
+def _zero_if_null(entry: dict, key: str) -> Any:  # noqa: ANN401 - a JSON value
+    value = entry.get(key)
+    return 0 if value is None else value
+
+
+def _mapping(entry: dict) -> Published:
+    proto = _proto(entry.get("Proto"))
+    host_ip = entry.get("HostIP")
+    host_ip = "" if host_ip is None else host_ip
+    if not isinstance(host_ip, str):
+        raise errors.InvalidInput(f"HostIP: host IP {host_ip!r} is not an address")
+    if host_ip:
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError as exc:
+            raise errors.InvalidInput(f"HostIP: host IP {host_ip!r} is not an address") \
+                from exc
+    container_port = _port(entry.get("Port"), "Port: container port")
+    first = _port(_zero_if_null(entry, "HostPort"), "HostPort: host port", allow_zero=True)
+    last = _port(_zero_if_null(entry, "HostPortEnd"), "HostPortEnd: host port",
+                 allow_zero=True) or first
+    if last < first:
+        raise errors.InvalidInput(f"HostPortEnd: host port range {first}-{last} is reversed")
+    return Published(proto, container_port, host_ip, first, last if last > first else 0)
+
+
+def _mappings(options: dict | None) -> list[Published]:
+    return [_named(PORTMAP_OPTION, index, _mapping, entry)
+            for index, entry in enumerate(_entries(options, PORTMAP_OPTION))]
+
+
+def check_port_options(options: dict | None) -> None:
+    """InvalidInput, naming the option and entry, when Docker's port maps or
+    exposed ports are not lists of objects of integer ports (what a handler
+    would use them for is its own business: sctp, say)."""
+    _mappings(options)
+    for index, entry in enumerate(_entries(options, EXPOSED_OPTION)):
+        _named(EXPOSED_OPTION, index, _exposed, entry)
+
+
 def exposed_ports(options: dict | None) -> list[Exposed]:
     """Exposed ports, including the container side of every published port."""
-    options = options or {}
-    found = {Exposed(_proto(e.get("Proto")), _port(e.get("Port"), "exposed port"))
-             for e in options.get("com.docker.network.endpoint.exposedports") or []
-             if isinstance(e, dict)}
+    found = {_named(EXPOSED_OPTION, index, _exposed, entry)
+             for index, entry in enumerate(_entries(options, EXPOSED_OPTION))}
     found |= {Exposed(p.proto, p.container_port) for p in published_ports(options)}
     return sorted(found)
 
@@ -77,26 +151,10 @@ def published_ports(options: dict | None, default_host_ip: str = "") -> list[Pub
     """Docker's port map; a port without a host IP listens on ``default_host_ip``
     ([publish] default_host_ip, "" = every address), as Docker's bridge driver
     does with dockerd's "ip"."""
-    result = []
-    for entry in (options or {}).get("com.docker.network.portmap") or []:
-        if not isinstance(entry, dict):
-            raise errors.InvalidInput("com.docker.network.portmap entries must be objects")
-        proto = _proto(entry.get("Proto"))
-        if proto == "sctp":
-            raise errors.InvalidInput("publishing sctp ports is not supported by Kuryr")
-        host_ip = str(entry.get("HostIP") or default_host_ip)
-        if host_ip:
-            try:
-                ipaddress.ip_address(host_ip)
-            except ValueError as exc:
-                raise errors.InvalidInput(f"host IP {host_ip!r} is not an address") from exc
-        container_port = _port(entry.get("Port"), "container port")
-        first = _port(entry.get("HostPort") or 0, "host port", allow_zero=True)
-        last = _port(entry.get("HostPortEnd") or first, "host port", allow_zero=True)
-        if last < first:
-            raise errors.InvalidInput(f"host port range {first}-{last} is reversed")
-        result.append(Published(proto, container_port, host_ip, first,
-                                last if last > first else 0))
+    result = [p if p.host_ip else replace(p, host_ip=default_host_ip)
+              for p in _mappings(options)]
+    if any(p.proto == "sctp" for p in result):
+        raise errors.InvalidInput("publishing sctp ports is not supported by Kuryr")
     return sorted(set(result))
 
 

@@ -39,7 +39,7 @@ DOCKER_ID = st.text("0123456789abcdef", min_size=64, max_size=64)
 @pytest.fixture(scope="module")
 def plugin(stack):
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(PLUGIN_SOCKET)),
-                      base_url="http://kuryr", timeout=90) as client:
+                      base_url="http://localhost", timeout=90) as client:
         yield client
 
 
@@ -70,7 +70,7 @@ def assert_clear_answer(response: httpx.Response) -> None:
 @FUZZ_SETTINGS
 def test_schema_fuzz(case, plugin):
     TRIED["schemathesis"] += 1
-    kwargs = case.as_transport_kwargs(base_url="http://kuryr")
+    kwargs = case.as_transport_kwargs(base_url="http://localhost")
     kwargs.pop("cookies", None)  # the plugin API has none
     if isinstance(kwargs.get("data"), bytes | str):
         kwargs["content"] = kwargs.pop("data")
@@ -107,12 +107,12 @@ def test_hypothesis_bodies(plugin, method, body):
 
 
 @pytest.mark.parametrize(("path", "body", "status"), [
-    ("/NetworkDriver.CreateNetwork", b"x" * (2 << 20), 400),  # 2 MiB
+    ("/NetworkDriver.CreateNetwork", b"x" * (2 << 20), 413),  # 2 MiB
     ("/NetworkDriver.Nonsense", b"{}", 404),
     ("/NetworkDriver.DeleteEndpoint", json.dumps(
         {"NetworkID": "f" * 64, "EndpointID": "e" * 64}).encode(), None),
     ("/NetworkDriver.Join", json.dumps(
-        {"NetworkID": "f" * 64, "EndpointID": "e" * 64, "SandboxKey": "/nope"}).encode(), 404),
+        {"NetworkID": "f" * 64, "EndpointID": "e" * 64, "SandboxKey": "/nope"}).encode(), 400),
     ("/IpamDriver.RequestAddress", json.dumps({"PoolID": "kuryr:not-a-cidr"}).encode(), 400),
 ])
 def test_edge_inputs(plugin, path, body, status):
@@ -120,3 +120,86 @@ def test_edge_inputs(plugin, path, body, status):
     assert_clear_answer(response)
     if status is not None:
         assert response.status_code == status, response.text
+
+
+# -- typed-but-wrong input: a 4xx naming the field, whatever the handler (item 10) ---------
+NET, EP = "f" * 64, "e" * 64
+POOL_ID = "kuryr:10.250.0.0/24||0123456789ab"
+PORTMAP, EXPOSED = "com.docker.network.portmap", "com.docker.network.endpoint.exposedports"
+
+
+def _pool(**fields) -> dict:
+    return {"NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", **fields}]}
+
+
+def _ports(**options) -> dict:
+    return {"NetworkID": NET, "EndpointID": EP, "Options": options}
+
+
+WRONG_INPUTS = [
+    ("/IpamDriver.RequestAddress", {"PoolID": "garbage"}, "PoolID"),
+    ("/IpamDriver.ReleasePool", {"PoolID": "garbage"}, "PoolID"),
+    ("/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": "garbage"}, "Address"),
+    ("/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.250.0.300"}, "Address"),
+    ("/IpamDriver.RequestPool", {"Pool": "garbage"}, "Pool"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.250.0.0/24", "SubPool": "fd00::/64"}, "SubPool"),
+    ("/IpamDriver.RequestPool", {"Pool": "10.250.0.0/24", "SubPool": "10.9.0.0/25"},
+     "SubPool"),
+    ("/IpamDriver.RequestPool", {"Pool": "fd00::/64", "V6": False}, "V6"),
+    ("/NetworkDriver.CreateNetwork", _pool(Pool="garbage"), "IPv4Data.0.Pool"),
+    ("/NetworkDriver.CreateNetwork", _pool(Pool="10.250.0.0/24", Gateway="garbage"),
+     "IPv4Data.0.Gateway"),
+    ("/NetworkDriver.CreateNetwork", _pool(Pool="10.250.0.0/24", AuxAddresses={"h": "x"}),
+     "IPv4Data.0.AuxAddresses.h"),
+    ("/NetworkDriver.CreateEndpoint", _ports(**{PORTMAP: 80}), PORTMAP),
+    ("/NetworkDriver.CreateEndpoint", _ports(**{EXPOSED: "80/tcp"}), EXPOSED),
+    ("/NetworkDriver.CreateEndpoint", _ports(**{PORTMAP: [{"Proto": 6, "Port": True}]}),
+     f"{PORTMAP}[0].Port"),
+    ("/NetworkDriver.CreateEndpoint", _ports(**{PORTMAP: [{"Proto": 6, "Port": 80.5}]}),
+     f"{PORTMAP}[0].Port"),
+    ("/NetworkDriver.ProgramExternalConnectivity", _ports(**{PORTMAP: "80"}), PORTMAP),
+    ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                             "SandboxKey": "/var/run/docker/netns/../../../etc/passwd"},
+     "SandboxKey"),
+    ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/etc/passwd"},
+     "SandboxKey"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), WRONG_INPUTS)
+def test_wrong_input_names_the_field(plugin, path, body, field):
+    response = plugin.post(path, json=body)
+    assert_clear_answer(response)
+    assert 400 <= response.status_code < 500, response.text
+    assert field in response.json()["Err"], response.text
+
+
+def test_a_host_port_of_1e400_is_refused(plugin):
+    body = (f'{{"NetworkID": "{NET}", "EndpointID": "{EP}", "Options": {{"{PORTMAP}": '
+            '[{"Proto": 6, "Port": 80, "HostPort": 1e400}]}}').encode()
+    response = plugin.post("/NetworkDriver.CreateEndpoint", content=body)
+    assert response.status_code == 400, response.text
+    assert f"{PORTMAP}[0].HostPort" in response.json()["Err"]
+
+
+def test_a_streamed_body_past_the_limit_is_413(plugin):
+    def endless():
+        yield b'{"NetworkID": "'
+        for _ in range(64):  # 4 MiB, sent chunked: no Content-Length to refuse early
+            yield b"f" * 65536
+
+    response = plugin.post("/NetworkDriver.CreateNetwork", content=endless())
+    assert response.status_code == 413, response.text
+    assert "too large" in response.json()["Err"]
+
+
+# -- who may call (item 9) ----------------------------------------------------------------
+@pytest.mark.parametrize(("headers", "needle"), [
+    ({"Host": "evil.example"}, "Host"),
+    ({"Origin": "http://evil.example"}, "Origin"),
+    ({"Content-Type": "text/plain"}, "Content-Type"),
+])
+def test_calls_a_browser_could_make_are_403(plugin, headers, needle):
+    response = plugin.post("/IpamDriver.RequestPool", content=b"{}", headers=headers)
+    assert response.status_code == 403, response.text
+    assert needle in response.json()["Err"]

@@ -63,7 +63,7 @@ class Driver:
                                               GlobalDefaultAddressSpace="g"))
         self.endpoints = Endpoints(self.networks, self.ports,
                                    Publishing(self.neutron, None, floating, None, HOST, True),
-                                   "eth")
+                                   "eth", "/var/run/docker/netns")
         self._ids = iter(range(1, 10_000))
 
     def close(self) -> None:

@@ -54,3 +54,33 @@ def test_too_many_ports_for_the_description_is_an_error():
     many = [spec.Published("tcp", p, "", 20000 + p) for p in range(1, 40)]
     with pytest.raises(errors.InvalidInput, match="too many"):
         spec.encode(many, None)
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"com.docker.network.portmap": 80}, "portmap must be a list of objects"),
+    ({"com.docker.network.portmap": "80:80"}, "portmap must be a list of objects"),
+    ({"com.docker.network.portmap": ["80"]}, r"portmap\[0\] must be an object"),
+    ({"com.docker.network.endpoint.exposedports": "80"}, "exposedports must be a list"),
+    ({"com.docker.network.endpoint.exposedports": [80]}, r"exposedports\[0\] must be"),
+    ({"com.docker.network.portmap": [{"Proto": 6, "Port": True}]}, r"\[0\]\.Port: "),
+    ({"com.docker.network.portmap": [{"Proto": 6, "Port": 80.5}]}, r"\[0\]\.Port: "),
+    ({"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": float("inf")}]},
+     r"\[0\]\.HostPort: "),
+    ({"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPortEnd": False}]},
+     r"\[0\]\.HostPortEnd: "),
+    ({"com.docker.network.portmap": [{"Proto": 6.0, "Port": 80}]}, r"\[0\]\.Proto: "),
+    ({"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": 1}]}, "HostIP"),
+    ({"com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": "80"}]},
+     r"\[0\]\.Port: "),
+])
+def test_port_options_of_the_wrong_type_are_refused_and_named(options, needle):
+    with pytest.raises(errors.InvalidInput, match=needle):
+        spec.check_port_options(options)
+
+
+def test_sctp_is_only_refused_when_published():
+    """A syntax check: whether sctp can be published is the handler's business."""
+    options = {"com.docker.network.portmap": [{"Proto": 132, "Port": 80}]}
+    spec.check_port_options(options)
+    with pytest.raises(errors.InvalidInput, match="sctp"):
+        spec.published_ports(options)

@@ -208,3 +208,17 @@ def test_a_stale_socket_file_is_replaced(tmp_path):
     dead.close()  # the file stays, nobody listens
     fd = listen_args(conf_with(kuryr_uri=f"unix://{path}"))["fd"]
     os.close(fd)
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda p: p.mkdir(), "a directory"),
+    (lambda p: p.write_text("not a socket"), "a regular file"),
+    (os.mkfifo, "a FIFO"),
+    (lambda p: p.symlink_to("/nonexistent"), "a symbolic link"),
+])
+def test_a_non_socket_at_the_socket_path_is_named_and_kept(tmp_path, make, kind):
+    path = tmp_path / "kuryr.sock"
+    make(path)
+    with pytest.raises(SystemExit, match=f"{path} is {kind}, not a socket"):
+        listen_args(conf_with(kuryr_uri=f"unix://{path}"))
+    assert path.is_symlink() or path.exists(), "someone's file was removed"
