@@ -82,8 +82,7 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
     Kuryr) then report themselves outdated and are restarted.
     """
     started = time.monotonic()
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    layout.run.mkdir(parents=True, exist_ok=True)
+    layout.make_dirs()
     if mode is not None and mode != layout.auth_mode:
         log(f"switching the auth mode from {layout.auth_mode} to {mode}")
         layout.set_auth_mode(mode)

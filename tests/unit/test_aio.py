@@ -1,4 +1,5 @@
 import io
+import stat
 import subprocess
 import sys
 import tarfile
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kuryr.aio import docker, procs, stack
+from kuryr.aio import docker, keystone, mariadb, passwords, procs, stack
 from kuryr.aio.layout import Layout
+from kuryr.aio.neutron_server import NeutronServer
 
 
 def test_env_exports_point_clients_at_the_stack(tmp_path):
@@ -53,3 +55,89 @@ def test_aio_refuses_to_run_without_root_or_prints_env():
     out = subprocess.run([sys.executable, "-m", "kuryr.aio.cli", "env"],
                          capture_output=True, text=True, check=True).stdout
     assert "DOCKER_HOST=" in out
+
+
+# -- item 11: database passwords, file and directory modes -------------------
+def _tmp_layout(tmp_path):
+    return Layout(base=tmp_path / "base", run=tmp_path / "run", host="h1")
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_db_password_is_made_once_and_kept_root_only(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    first = passwords.db_password(layout, "neutron")
+    assert passwords.PASSWORD_PATTERN.fullmatch(first)
+    assert passwords.db_password(layout, "neutron") == first  # kept across `up` runs
+    assert passwords.db_password(layout, "keystone") != first  # one per database user
+    path = layout.db_password_file("neutron")
+    assert path.parent == layout.secrets_dir
+    assert _mode(path) == 0o600
+    assert _mode(layout.secrets_dir) == 0o700
+    # No temporary file is left beside it.
+    assert sorted(p.name for p in layout.secrets_dir.iterdir()) == [
+        "mariadb-keystone.password", "mariadb-neutron.password"]
+
+
+def test_db_password_file_gets_its_mode_back_and_must_hold_a_password(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    password = passwords.db_password(layout, "neutron")
+    path = layout.db_password_file("neutron")
+    path.chmod(0o644)
+    assert passwords.db_password(layout, "neutron") == password
+    assert _mode(path) == 0o600
+    path.write_text("it's'; DROP USER root\n")
+    with pytest.raises(procs.StackError, match="does not hold a kuryr-aio password"):
+        passwords.db_password(layout, "neutron")
+
+
+def test_native_password_hash_is_mariadbs():
+    # SELECT PASSWORD('password') in MariaDB 10.11
+    assert passwords.native_password_hash("password") == \
+        "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19"
+
+
+def test_user_statements_also_give_an_old_user_the_new_password():
+    sql = mariadb.user_statements("neutron", "neutron", "s3cretXXXXXXXXXXXXXXXX")
+    assert "CREATE DATABASE IF NOT EXISTS neutron" in sql
+    assert "CREATE USER IF NOT EXISTS 'neutron'@'localhost';" in sql
+    # A user made with kuryr-aio's old fixed password takes this install's.
+    assert "ALTER USER 'neutron'@'localhost' IDENTIFIED BY 's3cretXXXXXXXXXXXXXXXX';" in sql
+    assert "GRANT ALL PRIVILEGES ON neutron.* TO 'neutron'@'localhost';" in sql
+
+
+def test_make_dirs_keeps_others_out_of_logs_and_mariadb_socket(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    # Directories made by an older kuryr-aio (0755) are tightened too.
+    for old in (layout.logs, layout.run):
+        old.mkdir(parents=True)
+        old.chmod(0o755)
+    layout.make_dirs()
+    assert _mode(layout.logs) == 0o700
+    assert _mode(layout.run) == 0o711  # dockerd's socket (group docker) is in it
+    assert _mode(layout.mysql_run) == 0o700
+    assert layout.mysql_sock.parent == layout.mysql_run
+
+
+def test_neutron_and_keystone_configs_hold_the_password_root_only(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    paste = layout.neutron_venv / "etc" / "neutron" / "api-paste.ini"
+    paste.parent.mkdir(parents=True)
+    paste.write_text("[composite:neutron]\n")
+    server = NeutronServer(layout)
+    server.write_config()
+    conf = layout.neutron_dir / "neutron.conf"
+    assert _mode(conf) == 0o600
+    password = passwords.db_password(layout, "neutron")
+    assert (f"mysql+pymysql://neutron:{password}@localhost/neutron"
+            f"?unix_socket={layout.mysql_sock}&charset=utf8") in conf.read_text()
+    component = keystone.Keystone(layout)
+    component.write_config()
+    assert _mode(component.config_file) == 0o600
+    assert passwords.db_password(layout, "keystone") in component.config_file.read_text()
+    assert not component.config_outdated()
+    # A new password (the file removed) makes the running Keystone outdated.
+    layout.db_password_file("keystone").unlink()
+    assert component.config_outdated()
