@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kuryr.aio import docker, keystone, mariadb, passwords, procs, stack
+from kuryr.aio import docker, keystone, links, mariadb, passwords, procs, stack
 from kuryr.aio.layout import Layout
 from kuryr.aio.neutron_server import NeutronServer
 
@@ -141,3 +141,43 @@ def test_neutron_and_keystone_configs_hold_the_password_root_only(tmp_path):
     # A new password (the file removed) makes the running Keystone outdated.
     layout.db_password_file("keystone").unlink()
     assert component.config_outdated()
+
+
+# -- item 12: `down` deletes only the interfaces `up` made ------------------
+def test_down_deletes_only_the_links_up_recorded(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    host = {"docker0", "br-int"}  # on the host before `up`: another Docker and OVS
+    before = links.existing(["docker0", "br-int", "br-ex"], exists=host.__contains__)
+    host |= {"br-ex", "ovs-netdev"}  # what the stack's daemons then made
+    links.record_new(layout, ["docker0", "br-int", "br-ex", "ovs-netdev"], before,
+                     exists=host.__contains__)
+    assert links.created(layout) == ["br-ex", "ovs-netdev"]
+    links.record(layout, ["aio-out-br"])
+    deleted_calls = []
+
+    def delete(name):
+        deleted_calls.append(name)
+        return name in host
+
+    gone = links.delete_created(layout, ["ovs-netdev", "br-int", "br-ex", "genev_sys_6081"],
+                                delete=delete)
+    assert gone == ["ovs-netdev", "br-ex"]
+    assert deleted_calls == ["ovs-netdev", "br-ex"]  # never br-int, never asked about
+    assert links.delete_created(layout, ["docker0"], delete=delete) == []
+    assert "docker0" not in deleted_calls
+    # What is left in the record is what was not asked for yet.
+    assert links.created(layout) == ["aio-out-br"]
+
+
+def test_no_record_means_nothing_is_ours(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    assert links.created(layout) == []
+    assert links.delete_created(layout, ["docker0", "br-int"],
+                                delete=lambda name: pytest.fail(f"deleted {name}")) == []
+
+
+def test_older_stack_links_are_adopted_only_once(tmp_path):
+    layout = _tmp_layout(tmp_path)
+    links.record(layout, ["br-int"])  # a record exists: this kuryr-aio made the stack
+    assert stack.adopt_links_of_older_stack(layout) == []
+    assert links.created(layout) == ["br-int"]
