@@ -13,6 +13,7 @@ from typing import Protocol
 from pyroute2 import netns
 
 from kuryr.aio import links, procs
+from kuryr.aio.debian_services import stop_debian_services
 from kuryr.aio.docker import DEFAULT_BRIDGE, Docker
 from kuryr.aio.keystone import Keystone, admin_env
 from kuryr.aio.layout import OUTSIDE_NETNS, Layout
@@ -130,6 +131,10 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
         layout.set_auth_mode(mode)
     for component in components(layout):
         _bring_up(component, log)
+        if isinstance(component, Packages):
+            # apt starts Debian's services of what it installs; they must be
+            # gone before the stack's own take their sockets and PID files.
+            stop_debian_services(log)
     # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
     if not layout.keystone_mode and Keystone(layout).down():
         log("keystone stopped (noauth mode)")

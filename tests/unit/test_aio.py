@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kuryr.aio import docker, keystone, links, mariadb, passwords, procs, stack
+from kuryr.aio import debian_services, docker, keystone, links, mariadb, passwords, procs, stack
 from kuryr.aio.layout import Layout
 from kuryr.aio.neutron_server import NeutronServer
 
@@ -181,3 +181,57 @@ def test_older_stack_links_are_adopted_only_once(tmp_path):
     links.record(layout, ["br-int"])  # a record exists: this kuryr-aio made the stack
     assert stack.adopt_links_of_older_stack(layout) == []
     assert links.created(layout) == ["br-int"]
+
+
+# -- item 12: Debian's own services beside the stack's -----------------------
+SHOW = """\
+Id=docker.socket
+ActiveState=active
+UnitFileState=enabled
+
+Id=docker.service
+ActiveState=inactive
+UnitFileState=enabled
+
+Id=ovs-vswitchd.service
+ActiveState=active
+UnitFileState=static
+
+Id=ovn-central.service
+ActiveState=inactive
+UnitFileState=masked
+
+Id=mariadb.service
+ActiveState=inactive
+UnitFileState=disabled
+
+Id=ovn-host.service
+ActiveState=inactive
+UnitFileState=
+"""
+
+
+def test_running_or_enabled_debian_units_are_stopped():
+    states = debian_services.parse_show(SHOW)
+    assert states["ovn-host.service"]["UnitFileState"] == ""  # not installed
+    assert debian_services.units_to_stop(states) == [
+        "docker.socket", "docker.service", "ovs-vswitchd.service"]
+
+
+def test_without_systemd_as_pid_1_nothing_is_asked(tmp_path):
+    comm = tmp_path / "comm"
+    comm.write_text("process_api\n")
+    said = []
+    assert debian_services.stop_debian_services(said.append, comm=comm) == []
+    assert said == []
+    comm.write_text("systemd\n")
+    assert debian_services.systemd_is_init(comm)
+    assert not debian_services.systemd_is_init(tmp_path / "missing")
+
+
+def test_the_units_are_debians_of_the_packages_aio_installs():
+    assert {"docker.service", "docker.socket", "openvswitch-switch.service",
+            "ovn-central.service", "ovn-host.service", "mariadb.service"} <= \
+        set(debian_services.DEBIAN_UNITS)
+    # The stack's dockerd uses a running containerd; others may need it too.
+    assert "containerd.service" not in debian_services.DEBIAN_UNITS
