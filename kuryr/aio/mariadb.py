@@ -84,8 +84,9 @@ class MariaDB:
             # on the world-writable socket path (or its socket was removed).
             # Neutron and Keystone restart too: their configs name the new path.
             procs.stop(self.pidfile, "mariadbd", timeout=30)
-            self.old_sock.unlink(missing_ok=True)
         if not procs.pid_alive(self.pidfile, "mariadbd"):
+            # Also the socket an older kuryr-aio's MariaDB left when killed.
+            self.old_sock.unlink(missing_ok=True)
             self.layout.mysql_sock.unlink(missing_ok=True)
             procs.spawn(
                 ["mariadbd", "--no-defaults", f"--datadir={self.datadir}",

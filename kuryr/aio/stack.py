@@ -78,19 +78,21 @@ def _healthy(component: Component) -> bool:
 
 def adopt_links_of_older_stack(layout: Layout) -> list[str]:
     """Record the links of a stack started by a kuryr-aio that kept no record
-    (a reused machine), once: those its still-running daemons evidently made.
+    (a reused machine), once: those its daemons evidently made.
 
-    The userspace datapath's bridges are tap devices ("tun"); a kernel-datapath
-    Open vSwitch of the host makes "openvswitch" links, which are not taken.
-    A docker0 is taken only while the stack's own dockerd runs (the older
-    kuryr-aio deleted it at `down` anyway).
+    The evidence is the daemon's PID file, running or not: `down` removes it,
+    a killed daemon leaves it (with its links), a reboot empties /run (and the
+    links are gone too).  The userspace datapath's bridges are tap devices
+    ("tun"); a kernel-datapath Open vSwitch of the host makes "openvswitch"
+    links, which are never taken.  The older kuryr-aio deleted all of these at
+    `down`; from then on only what `up` made is.
     """
     if layout.links_file.exists():
         return []
     ours = []
-    if procs.pid_alive(OpenVSwitch(layout).switch_pid, "ovs-vswitchd"):
+    if OpenVSwitch(layout).switch_pid.exists():
         ours += [name for name in DATAPATH_TAPS if links.kind(name) == "tun"]
-    if procs.pid_alive(Docker(layout).pidfile, "dockerd"):
+    if Docker(layout).pidfile.exists():
         ours += sorted(links.existing([DEFAULT_BRIDGE]))
     if OUTSIDE_NETNS in netns.listnetns():
         ours += sorted(links.existing([VETH_BRIDGE_END]))
