@@ -6,13 +6,13 @@ import io
 import tarfile
 from pathlib import Path
 
-from kuryr.aio import procs
+from kuryr.aio import links, procs
 from kuryr.aio.layout import Layout
-from kuryr.binding.netlink import delete_link
 
 DOCKER_CLI = "/usr/bin/docker"  # the 20.10 client that matches the packaged dockerd
 BUSYBOX = Path("/bin/busybox")
 IMAGE = "busybox:latest"
+DEFAULT_BRIDGE = "docker0"  # made by dockerd at start when missing, left at exit
 
 
 def busybox_rootfs() -> bytes:
@@ -80,6 +80,7 @@ class Docker:
         if procs.pid_alive(self.pidfile, "dockerd"):
             # It may be shutting down (stopping containers takes up to 10 s).
             procs.wait_for(lambda: self._answers() or not procs.running(self.pidfile), 60)
+        before = links.existing([DEFAULT_BRIDGE])
         if not procs.pid_alive(self.pidfile, "dockerd"):
             self.layout.docker_sock.unlink(missing_ok=True)
             # No NAT, no forwarding: Docker must not touch the host's firewall here.
@@ -94,6 +95,8 @@ class Docker:
             )
         if not procs.wait_for(self._answers, 60):
             raise procs.StackError(f"dockerd did not answer (log: {self.layout.log('dockerd')})")
+        # A docker0 that was there before (the host's own Docker) stays at `down`.
+        links.record_new(self.layout, [DEFAULT_BRIDGE], before)
         if not self.has_image():
             self._import_busybox()
 
@@ -112,6 +115,6 @@ class Docker:
     def down(self) -> None:
         # Containers are stopped by dockerd itself on SIGTERM (their endpoints
         # are released through the plugin, which is still running then).
-        if procs.stop(self.pidfile, "dockerd", timeout=40):
-            # dockerd leaves its default bridge behind when it exits.
-            delete_link("docker0")
+        procs.stop(self.pidfile, "dockerd", timeout=40)
+        # dockerd leaves its default bridge behind when it exits (or dies).
+        links.delete_created(self.layout, [DEFAULT_BRIDGE])

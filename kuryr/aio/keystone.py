@@ -29,7 +29,8 @@ from openstack import exceptions as os_exceptions
 
 from kuryr.aio import procs, venvs
 from kuryr.aio.layout import KEYSTONE_PORT, KEYSTONE_VERSION, Layout
-from kuryr.aio.mariadb import MariaDB, template
+from kuryr.aio.mariadb import MariaDB, template, user_statements
+from kuryr.aio.passwords import db_password
 from kuryr.neutron.client import Neutron, RequestCounter
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ AUTH_URL = f"http://127.0.0.1:{KEYSTONE_PORT}/v3"
 REGION = "RegionOne"
 DOMAIN = "Default"  # bootstrap's domain: id "default", name "Default"
 
-# Passwords are fixed and in the clear on purpose: Keystone listens on
-# 127.0.0.1 only and exists for tests on a throwaway host.
+# Keystone's own users have fixed passwords, in the clear on purpose: Keystone
+# listens on 127.0.0.1 only and exists for tests (docs/usage.md says what that
+# means on a shared machine).  Its database user's password is per install.
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "kuryr-aio-admin"  # noqa: S105
 ADMIN_PROJECT = "admin"
@@ -67,7 +69,6 @@ ENDPOINT_INTERFACES = ("public", "internal", "admin")
 
 DB_NAME = "keystone"
 DB_USER = "keystone"
-DB_PASSWORD = "keystone"  # noqa: S105 - reachable only through a root-owned unix socket
 KEYSTONE_PACKAGES = (f"keystone=={KEYSTONE_VERSION}", "gunicorn", "pymysql")
 WSGI_MODULE = "kuryr_aio_keystone_wsgi"
 
@@ -206,7 +207,7 @@ def admin_env(auth_url: str = AUTH_URL) -> dict[str, str]:
 def keystone_conf(layout: Layout) -> str:
     """keystone.conf for this layout."""
     return template("keystone.conf.tmpl").format(
-        db_url=(f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@localhost/{DB_NAME}"
+        db_url=(f"mysql+pymysql://{DB_USER}:{db_password(layout, DB_USER)}@localhost/{DB_NAME}"
                 f"?unix_socket={layout.mysql_sock}&charset=utf8"),
         fernet_keys=layout.keystone_dir / "fernet-keys",
         credential_keys=layout.keystone_dir / "credential-keys",
@@ -255,7 +256,17 @@ class Keystone:
             self.answers()
         except OSError as exc:
             return [f"keystone does not answer on {AUTH_URL}: {exc}"]
+        if self.config_outdated():
+            return [("keystone runs with an outdated keystone.conf (database socket or "
+                     "password changed); `kuryr-aio up` restarts it")]
         return []
+
+    def config_outdated(self) -> bool:
+        """Whether the running Keystone was started from another keystone.conf."""
+        try:
+            return self.config_file.read_text() != keystone_conf(self.layout)
+        except FileNotFoundError:
+            return True
 
     # -- install and set up ------------------------------------------------
     def install(self) -> None:
@@ -266,14 +277,13 @@ class Keystone:
         mariadb = MariaDB(self.layout)
         if mariadb.problems():
             raise procs.StackError("keystone needs the stack's MariaDB running")
-        mariadb.sql(
-            f"CREATE DATABASE IF NOT EXISTS {DB_NAME} CHARACTER SET utf8;"
-            f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
-            f"GRANT ALL PRIVILEGES ON {DB_NAME}.* TO '{DB_USER}'@'localhost';"
-        )
+        mariadb.sql(user_statements(DB_NAME, DB_USER, db_password(self.layout, DB_USER)))
 
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Holds the database password: root only.
+        self.config_file.touch(mode=0o600)
+        self.config_file.chmod(0o600)
         self.config_file.write_text(keystone_conf(self.layout))
         (self.dir / f"{WSGI_MODULE}.py").write_text(template("keystone_wsgi.py.tmpl"))
 
@@ -375,6 +385,9 @@ class Keystone:
     # -- run -----------------------------------------------------------------
     def up(self) -> None:
         self.install()
+        if self.config_outdated():
+            # A new database socket or password: restart on the new file.
+            self.down()
         self.create_database()
         self.write_config()
         self.setup_keys()

@@ -24,6 +24,19 @@ PHYSNET = "public"
 # admin) or "keystone" (tokens from the stack's Keystone, Kuryr as a non-admin
 # user).  `kuryr-aio up --keystone` / `--noauth` switch; plain `up` keeps it.
 AUTH_MODES = ("noauth", "keystone")
+# The run directory holds dockerd's socket (group docker): others may pass
+# through to it but not list the directory.  What only root may reach (the
+# logs, MariaDB's socket) is in directories of mode 0700.
+RUN_DIR_MODE = 0o711
+PRIVATE_DIR_MODE = 0o700
+
+
+def make_dir(path: Path, mode: int) -> Path:
+    """``path`` as a directory with exactly ``mode`` (mkdir's own mode is cut by
+    the umask, and a directory made by an older kuryr-aio keeps its old one)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+    return path
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,14 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.base / "logs"
+
+    def make_dirs(self) -> None:
+        """The state, log and run directories, with modes that keep other local
+        users out of the logs (the daemons' output) and MariaDB's socket."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        make_dir(self.logs, PRIVATE_DIR_MODE)
+        make_dir(self.run, RUN_DIR_MODE)
+        make_dir(self.mysql_run, PRIVATE_DIR_MODE)
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -66,8 +87,27 @@ class Layout:
         return self.ovn_run / "ovnsb_db.sock"
 
     @property
+    def mysql_run(self) -> Path:
+        # MariaDB makes its socket world-writable; a 0700 directory around it
+        # is what keeps other local users from even trying a password.
+        return self.run / "mysql"
+
+    @property
     def mysql_sock(self) -> Path:
-        return self.run / "mysqld.sock"
+        return self.mysql_run / "mysqld.sock"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Per-install passwords (0700, files 0600): kept by `down`, wiped by `down --purge`."""
+        return self.base / "secrets"
+
+    def db_password_file(self, user: str) -> Path:
+        return self.secrets_dir / f"mariadb-{user}.password"
+
+    @property
+    def links_file(self) -> Path:
+        """Names of the network interfaces the stack made (`down` deletes only those)."""
+        return self.base / "links-created"
 
     @property
     def neutron_dir(self) -> Path:

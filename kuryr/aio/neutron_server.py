@@ -10,7 +10,8 @@ from pathlib import Path
 
 from kuryr.aio import keystone, procs, venvs
 from kuryr.aio.layout import NEUTRON_PORT, NEUTRON_VERSION, PHYSNET, Layout
-from kuryr.aio.mariadb import DB_PASSWORD, DB_USER, template
+from kuryr.aio.mariadb import DB_NAME, DB_USER, template
+from kuryr.aio.passwords import db_password
 
 NEUTRON_PACKAGES = [f"neutron=={NEUTRON_VERSION}", "gunicorn", "pymysql"]
 
@@ -63,7 +64,8 @@ class NeutronServer:
             auth_sections = "\n" + keystone.ini_text(settings)
         return template("neutron.conf.tmpl").format(
             dir=str(self.dir), port=str(NEUTRON_PORT),
-            db_url=(f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@localhost/neutron"
+            db_url=(f"mysql+pymysql://{DB_USER}:{db_password(self.layout, DB_USER)}"
+                    f"@localhost/{DB_NAME}"
                     f"?unix_socket={self.layout.mysql_sock}&charset=utf8"),
             auth_strategy=auth_strategy, auth_sections=auth_sections)
 
@@ -105,7 +107,8 @@ class NeutronServer:
         else:
             self.policy_file.unlink(missing_ok=True)
         conf = self.dir / "neutron.conf"
-        # Holds Neutron's Keystone password in keystone mode: root only.
+        # Holds the database password (and Neutron's Keystone password in
+        # keystone mode): root only.
         conf.touch(mode=0o600)
         conf.chmod(0o600)
         conf.write_text(self.neutron_conf())

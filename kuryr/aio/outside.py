@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from kuryr.aio import keystone, switch
+from kuryr.aio import keystone, links, switch
 from kuryr.aio.layout import (
     OUTSIDE_NETNS,
     PHYSNET,
@@ -72,6 +72,7 @@ class Outside:
             if not ipr.link_lookup(ifname=VETH_BRIDGE_END):
                 ipr.link("add", ifname=VETH_BRIDGE_END, kind="veth",
                          peer={"ifname": VETH_NS_END, "net_ns_fd": OUTSIDE_NETNS})
+                links.record(self.layout, [VETH_BRIDGE_END])
             idx = ipr.link_lookup(ifname=VETH_BRIDGE_END)[0]
             ipr.link("set", index=idx, state="up")
         prefix = ipaddress.ip_network(PUBLIC_CIDR).prefixlen
@@ -108,9 +109,7 @@ class Outside:
             )
 
     def down(self) -> None:
-        with IPRoute() as ipr:
-            for idx in ipr.link_lookup(ifname=VETH_BRIDGE_END):
-                ipr.link("del", index=idx)
+        links.delete_created(self.layout, [VETH_BRIDGE_END])
         if OUTSIDE_NETNS in netns.listnetns():
             netns.remove(OUTSIDE_NETNS)
 

@@ -10,17 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from kuryr.aio import procs
-from kuryr.aio.docker import Docker
+from pyroute2 import netns
+
+from kuryr.aio import links, procs
+from kuryr.aio.debian_services import stop_debian_services
+from kuryr.aio.docker import DEFAULT_BRIDGE, Docker
 from kuryr.aio.keystone import Keystone, admin_env
-from kuryr.aio.layout import Layout
+from kuryr.aio.layout import OUTSIDE_NETNS, Layout
 from kuryr.aio.mariadb import MariaDB
 from kuryr.aio.neutron_server import NeutronServer
-from kuryr.aio.outside import Outside
+from kuryr.aio.outside import VETH_BRIDGE_END, Outside
 from kuryr.aio.packages import Packages
 from kuryr.aio.plugin import KuryrPlugin
 from kuryr.aio.switch import DATAPATH_TAPS, OVN, OpenVSwitch
-from kuryr.binding.netlink import delete_link
 
 
 class Component(Protocol):
@@ -74,6 +76,48 @@ def _healthy(component: Component) -> bool:
     return not _safe_problems(component)
 
 
+def adopt_links_of_older_stack(layout: Layout) -> list[str]:
+    """Record the links of a stack started by a kuryr-aio that kept no record
+    (a reused machine), once: those its daemons evidently made.
+
+    The evidence is the daemon's PID file, running or not: `down` removes it,
+    a killed daemon leaves it (with its links), a reboot empties /run (and the
+    links are gone too).  The userspace datapath's bridges are tap devices
+    ("tun"); a kernel-datapath Open vSwitch of the host makes "openvswitch"
+    links, which are never taken.  The older kuryr-aio deleted all of these at
+    `down`; from then on only what `up` made is.
+    """
+    if layout.links_file.exists():
+        return []
+    ours = []
+    if OpenVSwitch(layout).switch_pid.exists():
+        ours += [name for name in DATAPATH_TAPS if links.kind(name) == "tun"]
+    if Docker(layout).pidfile.exists():
+        ours += sorted(links.existing([DEFAULT_BRIDGE]))
+    if OUTSIDE_NETNS in netns.listnetns():
+        ours += sorted(links.existing([VETH_BRIDGE_END]))
+    links.record(layout, ours)
+    return ours
+
+
+def _bring_up(component: Component, log: Callable[[str], None]) -> None:
+    if not _safe_problems(component):
+        return
+    t0 = time.monotonic()
+    where = ", ".join(str(p) for p in component.logs) or "-"
+    log(f"starting {component.name} (logs: {where}) ...")
+    try:
+        component.up()
+    except procs.StackError as exc:
+        raise procs.StackError(f"{component.name}: {exc}") from exc
+    # Some daemons need a moment after answering once (workers forking).
+    procs.wait_for(functools.partial(_healthy, component), 30, interval=0.5)
+    left = _safe_problems(component)
+    if left:
+        raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
+    log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
+
+
 def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None) -> None:
     """Start whatever is not running yet; a no-op when all is up.
 
@@ -82,27 +126,17 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
     Kuryr) then report themselves outdated and are restarted.
     """
     started = time.monotonic()
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    layout.run.mkdir(parents=True, exist_ok=True)
+    layout.make_dirs()
+    adopt_links_of_older_stack(layout)
     if mode is not None and mode != layout.auth_mode:
         log(f"switching the auth mode from {layout.auth_mode} to {mode}")
         layout.set_auth_mode(mode)
     for component in components(layout):
-        if not _safe_problems(component):
-            continue
-        t0 = time.monotonic()
-        where = ", ".join(str(p) for p in component.logs) or "-"
-        log(f"starting {component.name} (logs: {where}) ...")
-        try:
-            component.up()
-        except procs.StackError as exc:
-            raise procs.StackError(f"{component.name}: {exc}") from exc
-        # Some daemons need a moment after answering once (workers forking).
-        procs.wait_for(functools.partial(_healthy, component), 30, interval=0.5)
-        left = _safe_problems(component)
-        if left:
-            raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
-        log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
+        _bring_up(component, log)
+        if isinstance(component, Packages):
+            # apt starts Debian's services of what it installs; they must be
+            # gone before the stack's own take their sockets and PID files.
+            stop_debian_services(log)
     # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
     if not layout.keystone_mode and Keystone(layout).down():
         log("keystone stopped (noauth mode)")
@@ -116,13 +150,15 @@ def status(layout: Layout) -> list[tuple[str, list[str]]]:
 
 
 def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) -> None:
+    # Before anything stops: the adoption looks at the running daemons.
+    adopt_links_of_older_stack(layout)
     # Keystone is stopped in either mode: one left by an interrupted switch is ours too.
     for component in reversed(components(layout, keystone=True)):
         try:
             component.down()
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
             log(f"{component.name}: stop failed: {exc}")
-    removed = [name for name in DATAPATH_TAPS if delete_link(name)]
+    removed = links.delete_created(layout, DATAPATH_TAPS)
     if removed:
         log(f"removed datapath tap devices: {' '.join(removed)}")
     if purge:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kuryr.aio import procs
+from kuryr.aio import links, procs
 from kuryr.aio.layout import PHYSNET, Layout
-from kuryr.binding.netlink import delete_link
 
 OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
@@ -37,7 +36,9 @@ def ensure_netdev_bridge(bridge: str, *extra: str) -> None:
     error = procs.run(["ovs-vsctl", "--timeout=5", "get", "Interface", bridge, "error"],
                       check=False, timeout=10).strip()
     if error not in ("", "[]"):
-        raise procs.StackError(f"OVS bridge {bridge} failed: {error}")
+        raise procs.StackError(f"OVS bridge {bridge} failed: {error} (an interface named "
+                               f"{bridge} that kuryr-aio did not make is left alone: "
+                               "`ip -d link show` it)")
 
 
 class OpenVSwitch:
@@ -84,9 +85,12 @@ class OpenVSwitch:
         self._configure_chassis()
         if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
             # A killed userspace datapath leaves its tap devices; a new one
-            # cannot create its bridges while they exist.
-            for tap in DATAPATH_TAPS:
-                delete_link(tap)
+            # cannot create its bridges while they exist.  Only the stack's
+            # own: a br-int of another Open vSwitch is not ours to delete
+            # (then ensure_netdev_bridge below fails, naming it).
+            links.delete_created(self.layout, DATAPATH_TAPS)
+        before = links.existing(DATAPATH_TAPS)
+        if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
             procs.run([
                 "ovs-vswitchd", f"unix:{self.layout.ovs_db_sock}",
                 f"--pidfile={self.switch_pid}", "--detach", "--no-chdir",
@@ -95,6 +99,7 @@ class OpenVSwitch:
         ensure_netdev_bridge("br-int", "fail-mode=secure",
                              "other-config:disable-in-band=true")
         ensure_netdev_bridge("br-ex")
+        links.record_new(self.layout, DATAPATH_TAPS, before)
 
     def _configure_chassis(self) -> None:
         host = self.layout.host

@@ -28,8 +28,10 @@ def _ini(text):
 def test_keystone_conf_points_at_the_stack(tmp_path):
     layout = _layout(tmp_path)
     conf = _ini(keystone.keystone_conf(layout))
+    # The database user's password is this install's, made once and kept.
+    password = layout.db_password_file("keystone").read_text().strip()
     assert conf["database"]["connection"] == (
-        "mysql+pymysql://keystone:keystone@localhost/keystone"
+        f"mysql+pymysql://keystone:{password}@localhost/keystone"
         f"?unix_socket={layout.mysql_sock}&charset=utf8")
     assert conf["token"]["provider"] == "fernet"
     # Keys are state of the stack: under its directory, wiped with it.
