@@ -279,6 +279,12 @@ class Keystone:
             raise procs.StackError("keystone needs the stack's MariaDB running")
         mariadb.sql(user_statements(DB_NAME, DB_USER, db_password(self.layout, DB_USER)))
 
+    def protect_config(self) -> None:
+        """A config left by an earlier keystone mode (or an older kuryr-aio, which
+        wrote it 0644) holds a database password: root only, in either mode."""
+        if self.config_file.exists():
+            self.config_file.chmod(0o600)
+
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         # Holds the database password: root only.

@@ -140,6 +140,7 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
     # Keystone serves keystone mode only; stopped once Neutron no longer asks it.
     if not layout.keystone_mode and Keystone(layout).down():
         log("keystone stopped (noauth mode)")
+    Keystone(layout).protect_config()
     log(f"stack is up ({time.monotonic() - started:.1f} s, auth mode {layout.auth_mode}); "
         f"Neutron {layout.neutron_url}, Docker {layout.docker_host}")
     log('use it with: eval "$(kuryr-aio env)"')

@@ -5,9 +5,9 @@ The loopback TCP listener (kuryr_uri http://127.0.0.1:23750) is reachable by
 every local process, and by a web page through the browser: a cross-origin
 POST of a "simple" content type needs no preflight, and DNS rebinding makes a
 page's own name resolve to 127.0.0.1.  Docker's plugin client never sends an
-Origin header nor a Content-Type, and names a loopback host (or
-``plugin.moby.localhost`` over a unix socket), so refusing anything else costs
-Docker nothing and closes both browser paths.
+Origin header nor a Content-Type, and names a loopback host over TCP (no
+host at all over a unix socket: dockerd 20.10 sends an empty Host), so refusing
+anything else costs Docker nothing and closes both browser paths.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def refusal(headers: dict[str, str], scheme: str) -> str | None:
                 "(or carry no Content-Type, as Docker's)")
     # A TLS listener is reached by its name from other hosts; its client
     # certificates are what keeps callers out, and a rebound name fails TLS.
-    if scheme != "https" and not is_loopback_host(headers.get("host", "")):
+    # An empty Host is what dockerd 20.10 sends over the unix socket; a browser
+    # always names the host it thinks it talks to.
+    host = headers.get("host", "")
+    if scheme != "https" and host and not is_loopback_host(host):
         return (f"Host {headers.get('host', '')!r} is refused: the plugin API answers "
                 "only to localhost, *.localhost and loopback addresses (a browser "
                 "sends another name when DNS rebinding points it here)")
