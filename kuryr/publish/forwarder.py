@@ -319,6 +319,10 @@ class Forwarder:
             graceful = failure is None
         except OSError as exc:  # the client went away while the upstream was made
             LOG.debug("%s: connection ended early: %r", listener.published.label(), exc)
+        except asyncio.CancelledError:
+            # The listener was closed (_close): ending here is the point, and a
+            # cancelled task would only be logged as an error by asyncio's streams.
+            pass
         finally:
             # Every ending closes both sockets: flushing what is queued after two
             # clean EOFs, at once (abort) after a reset, an error, the idle timeout

@@ -5,9 +5,12 @@ namespaces these tests create."""
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import threading
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pyroute2.netns import create_socket
@@ -237,3 +240,50 @@ def test_restart_serves_what_kuryr_recorded_not_what_the_description_says(
     assert listening_addresses(18935) == [], "Kuryr bound a port only the description named"
     docker.run("rm", "-f", container)
     assert helpers.wait_until(lambda: fetch(18187, timeout=1) is None, 5)
+
+
+def kuryr_descriptors(stack) -> int:
+    pid = int(stack.pidfile("kuryr").read_text())
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_published_ports_cost_bounded_descriptors_and_give_them_back(
+        stack, docker, net, run_container, capsys):
+    """The forwarder shares the plugin's process: 60 TCP clients (held, then half
+    of them reset mid-request) and 50 UDP peers x 5 back-to-back datagrams take
+    2 and 1 descriptors each while open, and every one is given back."""
+    web(run_container, net, "-p", "127.0.0.1:18188:80", "-p", "127.0.0.1:18189:5353/udp")
+    assert helpers.wait_until(lambda: fetch(18188), 10)
+    # Kuryr's own descriptors move a little (Neutron connections of the pool's
+    # refill, OVSDB): the lowest of a few samples, and some slack.
+    slack = 10
+    samples = []
+    for _ in range(5):
+        samples.append(kuryr_descriptors(stack))
+        time.sleep(0.2)
+    baseline = min(samples)
+    clients = [socket.create_connection(("127.0.0.1", 18188), timeout=5) for _ in range(60)]
+    for client in clients:
+        client.sendall(b"GET / HTTP/1.0\r\n")  # never finished
+    assert helpers.wait_until(lambda: kuryr_descriptors(stack) >= baseline + 110, 10), \
+        (kuryr_descriptors(stack), baseline)
+    held = kuryr_descriptors(stack)
+    assert held <= baseline + 120 + slack, (held, baseline)
+    for n, client in enumerate(clients):
+        if n % 2:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    assert helpers.wait_until(lambda: kuryr_descriptors(stack) <= baseline + slack, 10), \
+        (kuryr_descriptors(stack), baseline)
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
+    for peer in peers:
+        for n in range(5):
+            peer.sendto(b"%d" % n, ("127.0.0.1", 18189))  # nobody answers inside
+    time.sleep(1)
+    udp = kuryr_descriptors(stack)
+    for peer in peers:
+        peer.close()
+    assert udp - baseline <= 50 + slack, (udp, baseline)
+    with capsys.disabled():
+        print(f"\nKuryr descriptors: {baseline} idle, {held} with 60 TCP clients "
+              f"(+{held - baseline}), {udp} with 50 UDP peers (+{udp - baseline})")
