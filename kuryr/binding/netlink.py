@@ -30,6 +30,7 @@ def create_veth(vif: VIF) -> bool:
     True when this call made the pair, False when it was already there.
     """
     if link_exists(vif.host_ifname):  # a pooled port's veth: ~0.01 ms, no netlink socket
+        deafen_to_ipv6(vif.host_ifname)  # one made by an older Kuryr, too
         return False
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=vif.host_ifname):
