@@ -336,6 +336,15 @@ def udp_client() -> socket.socket:
     return client
 
 
+def echoed_peers(port: int, count: int) -> list[socket.socket]:
+    """``count`` new UDP peers of the published ``port``, each answered once."""
+    clients = [udp_client() for _ in range(count)]
+    for client in clients:
+        client.sendto(b"hi", ("127.0.0.1", port))
+        assert client.recv(100) == b"hi"
+    return clients
+
+
 def test_udp_back_to_back_datagrams_of_a_new_peer_share_one_upstream(
         make_forwarder, udp_echo, container):
     forwarder = make_forwarder()
@@ -363,10 +372,7 @@ def test_udp_peers_are_capped_least_recent_first(make_forwarder, udp_echo, conta
     echo_port, _ = udp_echo
     port = publish_udp(forwarder, container, echo_port)
     before = open_fds()
-    clients = [udp_client() for _ in range(30)]
-    for client in clients:
-        client.sendto(b"hi", ("127.0.0.1", port))
-        assert client.recv(100) == b"hi"
+    clients = echoed_peers(port, 30)
     assert forwarder.open_flows() == 10
     assert "max_connections_per_port" in caplog.text
     assert open_fds() - before <= 30 + 10, (open_fds(), before)  # clients + upstreams
@@ -382,10 +388,7 @@ def test_idle_udp_peers_expire_without_new_traffic(make_forwarder, udp_echo, con
     echo_port, _ = udp_echo
     port = publish_udp(forwarder, container, echo_port)
     before = open_fds()
-    clients = [udp_client() for _ in range(5)]
-    for client in clients:
-        client.sendto(b"hi", ("127.0.0.1", port))
-        assert client.recv(100) == b"hi"
+    clients = echoed_peers(port, 5)
     for client in clients:
         client.close()
     assert forwarder.open_flows() == 5
