@@ -88,4 +88,3 @@ class SocketFactory:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout=5)
-
