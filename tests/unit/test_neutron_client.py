@@ -1,6 +1,8 @@
 """The request counter, exercised over real HTTP against a tiny local server."""
 
 import json
+import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -125,3 +127,42 @@ def test_an_ambiguous_subnetpool_name_is_a_clear_error():
     neutron = _neutron_over([_pool("a", "p1"), _pool("b", "p3")], project=None)
     with pytest.raises(errors.Conflict, match="2 subnetpools are named 'kuryr'"):
         neutron.find_subnetpool("kuryr")
+
+
+class ResettingNeutron(FakeNeutron):
+    """Resets the connection of the first POST without answering, as a server
+    closing an idle keep-alive connection at the moment a request arrives."""
+
+    resets_left = 1
+
+    def do_POST(self):
+        if ResettingNeutron.resets_left:
+            ResettingNeutron.resets_left -= 1
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        length = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(length)
+        data = json.dumps({"network": {"id": "n2", "name": "two"}}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_request_on_a_connection_reset_without_an_answer_is_sent_once_more(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ResettingNeutron)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = tmp_path / "kuryr.conf"
+        path.write_text("[neutron]\nauth_type = none\n"
+                        f"endpoint = http://127.0.0.1:{server.server_address[1]}\n")
+        neutron = connect(config.load([], [str(path)]))
+        assert neutron.api.create_network(name="two").id == "n2"
+        assert ResettingNeutron.resets_left == 0
+    finally:
+        server.shutdown()
