@@ -112,7 +112,8 @@ def exercise_kuryr(stack: Layout, docker: helpers.Docker, admin, ovs, unique: st
                "--subnet", SUBNET, net)
     try:
         docker.run("run", "-d", "--name", web, "--net", net, "-e", "PORTS=80",
-                   "-p", f"127.0.0.1:{HOST_PORT}:80", "busybox", *HTTPD)
+                   # every address: only such ports are forwarded on the floating IP
+                   "-p", f"{HOST_PORT}:80", "busybox", *HTTPD)
         docker.run("run", "-d", "--name", peer, "--net", net, "busybox", "sleep", "600")
         web_ip, peer_ip = docker.ip_of(web, net), docker.ip_of(peer, net)
         for src, dst in ((web, peer_ip), (peer, web_ip)):
