@@ -87,6 +87,9 @@ def call_daemon(request: Request) -> dict[str, Any]:
         raise CniError(Code.IO_FAILURE, f"cannot connect to the Kuryr CNI daemon at {path}",
                        f"{exc} (the socket is root-only)") from None
     except TimeoutError:
+        if command is Command.STATUS:  # a daemon too busy to answer cannot serve ADD
+            raise _unavailable(command, path, f"no answer within {wire.TIMEOUTS[command]:g} s") \
+                from None
         raise CniError(Code.DAEMON_TIMEOUT,
                        f"the Kuryr CNI daemon at {path} did not answer {command} within "
                        f"{wire.TIMEOUTS[command]:g} s") from None
