@@ -13,6 +13,9 @@ NEUTRON_PORT = 9696
 # OpenStack release (2026.2) as neutron 29.0.0, built the same day.
 KEYSTONE_VERSION = "30.0.0"
 KEYSTONE_PORT = 5000
+# Built from Debian 12's source package `kubernetes` (1.20.5+really1.20.2-...):
+# the upstream release its binaries report, and the cache directory's name.
+KUBERNETES_VERSION = "1.20.2"
 OUTSIDE_NETNS = "kuryr-aio-outside"
 # The "outside world" of the stack is a namespace on br-ex with no uplink;
 # a documentation prefix (RFC 5737) keeps it from ever colliding with a real network.
@@ -49,7 +52,8 @@ class Layout:
     def default(cls) -> Layout:
         base = Path(os.environ.get("KURYR_AIO_DIR", "/var/lib/kuryr-aio"))
         run = Path(os.environ.get("KURYR_AIO_RUN", "/run/kuryr-aio"))
-        return cls(base=base, run=run, host=socket.gethostname())
+        cache = Path(os.environ.get("KURYR_AIO_CACHE", "/var/cache/kuryr-aio"))
+        return cls(base=base, run=run, host=socket.gethostname(), cache=cache)
 
     @property
     def logs(self) -> Path:
@@ -73,6 +77,8 @@ class Layout:
     # and Kuryr's own binding code work without extra flags.
     ovs_run: Path = Path("/run/openvswitch")
     ovn_run: Path = Path("/run/ovn")
+    # Built software (Kubernetes): outside ``base``, so `down --purge` keeps it.
+    cache: Path = Path("/var/cache/kuryr-aio")
 
     @property
     def ovs_db_sock(self) -> Path:
@@ -171,3 +177,13 @@ class Layout:
     @property
     def kuryr_conf(self) -> Path:
         return self.base / "kuryr.conf"
+
+    @property
+    def kubernetes_dir(self) -> Path:
+        """Kubernetes' source, build cache and log (`kuryr-aio build-k8s`)."""
+        return self.cache / f"kubernetes-{KUBERNETES_VERSION}"
+
+    @property
+    def kubernetes_bin(self) -> Path:
+        """kube-apiserver, kube-controller-manager, kube-scheduler, kubelet."""
+        return self.kubernetes_dir / "bin"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from kuryr.aio import procs
 from kuryr.aio.layout import Layout
@@ -21,9 +23,22 @@ REQUIRED = {
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def missing_packages() -> list[str]:
-    return sorted({pkg for cmd, pkg in REQUIRED.items()
+def missing_packages(required: Mapping[str, str] = REQUIRED) -> list[str]:
+    """The packages of ``required`` (command -> package) whose command is not found."""
+    return sorted({pkg for cmd, pkg in required.items()
                    if shutil.which(cmd, path=SEARCH_PATH) is None})
+
+
+def install(packages: Sequence[str], *, log: Path) -> None:
+    """apt-get install ``packages`` (root only), after refreshing the indexes."""
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        raise procs.StackError(f"installing {' '.join(packages)} needs root")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    procs.run(["apt-get", "update", "-q"], log=log, env=env, timeout=900)
+    procs.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+              log=log, env=env, timeout=1800)
 
 
 class Packages:
@@ -44,13 +59,4 @@ class Packages:
         """Installed packages stay: they are software, not state of the stack."""
 
     def up(self) -> None:
-        missing = missing_packages()
-        if not missing:
-            return
-        if os.geteuid() != 0:
-            raise procs.StackError(f"installing {' '.join(missing)} needs root")
-        log = self.layout.log("apt")
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        procs.run(["apt-get", "update", "-q"], log=log, env=env, timeout=900)
-        procs.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-                  log=log, env=env, timeout=1800)
+        install(missing_packages(), log=self.layout.log("apt"))

@@ -15,14 +15,15 @@ class StackError(Exception):
 
 
 def run(argv: Sequence[str], *, log: Path | None = None, env: Mapping[str, str] | None = None,
-        timeout: float = 600, check: bool = True, input_text: str | None = None) -> str:
+        timeout: float = 600, check: bool = True, input_text: str | None = None,
+        cwd: Path | None = None) -> str:
     """Run a command to completion; its output goes to ``log`` when given."""
     full_env = {**os.environ, **(env or {})}
     try:
         proc = subprocess.run(
             list(argv), env=full_env, capture_output=True, text=True, timeout=timeout,
             input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL,
-            check=False,  # the exit status is judged below, with the log
+            cwd=cwd, check=False,  # the exit status is judged below, with the log
         )
     except FileNotFoundError as exc:
         raise StackError(f"{argv[0]} is not installed") from exc
