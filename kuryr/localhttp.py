@@ -8,7 +8,9 @@ import socket
 from urllib.parse import urlparse
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (dockerd's, Kuryr's plugin, the CNI daemon's)."""
+
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -45,7 +47,7 @@ def connection(uri: str, timeout: float | None) -> http.client.HTTPConnection:
     """An HTTP connection (not yet open) to unix:///x.sock, tcp:// or http://."""
     parsed = urlparse(uri)
     if parsed.scheme == "unix":
-        return _UnixHTTPConnection(parsed.path, timeout)
+        return UnixHTTPConnection(parsed.path, timeout)
     if parsed.scheme in ("http", "tcp"):
         return http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
                                           timeout=timeout)

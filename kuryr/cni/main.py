@@ -112,20 +112,10 @@ def post(socket_path: str, url_path: str, body: bytes, timeout: float) -> tuple[
     """POST ``body`` (JSON) to ``url_path`` over the unix socket; status and body."""
     # ~40 ms of start-up together: only the commands that talk to the daemon load them.
     import http.client
-    import socket
 
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(socket_path)
-            except OSError:
-                sock.close()
-                raise
-            self.sock = sock
+    from kuryr.localhttp import UnixHTTPConnection
 
-    conn = UnixConnection("localhost", timeout=timeout)
+    conn = UnixHTTPConnection(socket_path, timeout)
     try:
         conn.request("POST", url_path, body=body,
                      headers={"Content-Type": "application/json"})
