@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import socket
 import sys
 from http import HTTPStatus
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 from kuryr import config
 from kuryr.aio import keystone, procs
 from kuryr.aio.layout import PUBLIC_NETWORK, Layout
+from kuryr.localhttp import UnixHTTPConnection
 from kuryr.neutron.client import connect_endpoint
 
 PLUGIN_SOCKET = Path("/run/docker/plugins/kuryr.sock")
@@ -33,20 +32,8 @@ floating_ip_network = {public}
 """
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 5) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def plugin_answers(path: Path = PLUGIN_SOCKET) -> bool:
-    conn = _UnixHTTPConnection(str(path))
+    conn = UnixHTTPConnection(str(path), timeout=5)
     try:
         conn.request("POST", "/Plugin.Activate", body=b"")
         return conn.getresponse().status == HTTPStatus.OK
