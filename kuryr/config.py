@@ -296,6 +296,65 @@ pool_opts = [
 ]
 
 
+kubernetes_opts = [
+    cfg.StrOpt(
+        "kubeconfig",
+        default="",
+        help="kubeconfig file of the API server (the controller and the CNI daemon). "
+        "Empty: the in-cluster service account (KUBERNETES_SERVICE_HOST and the "
+        "mounted token).",
+    ),
+    cfg.StrOpt(
+        "node_name",
+        default="",
+        help="This node's name in Kubernetes; empty: [DEFAULT] host (as kubelet "
+        "defaults its node name to the host name).",
+    ),
+    cfg.StrOpt(
+        "pod_network_driver",
+        default="shared",
+        choices=[("shared", "every pod on one Neutron network, pod_network"),
+                 ("namespace", ("a Neutron network and subnet per Kubernetes namespace, "
+                                "made by the controller from pod_subnetpool"))],
+        help="Where pods' ports are made.",
+    ),
+    cfg.StrOpt(
+        "pod_network",
+        default="",
+        help="shared driver: the Neutron network (name or UUID) of every pod; it must "
+        "have one IPv4 subnet.",
+    ),
+    cfg.StrOpt(
+        "pod_subnetpool",
+        default="",
+        help="namespace driver: the subnetpool (name or UUID) namespaces' subnets come from.",
+    ),
+    cfg.IntOpt(
+        "pod_subnet_prefixlen",
+        default=24,
+        min=8,
+        max=30,
+        help="namespace driver: the prefix length of each namespace's subnet.",
+    ),
+    cfg.StrOpt(
+        "pod_router",
+        default="",
+        help="namespace driver: the Neutron router (name or UUID) every namespace's "
+        "subnet is attached to, so pods of different namespaces (and the host's "
+        "probe port) reach each other.",
+    ),
+    cfg.ListOpt(
+        "pod_security_groups",
+        default=[],
+        help="Security groups (UUIDs) of every pod port; empty: the project's default group.",
+    ),
+    cfg.StrOpt(
+        "daemon_socket",
+        default="/run/kuryr/cni.sock",
+        help="The CNI daemon's unix socket (root only); kuryr-cni's conflist names the same.",
+    ),
+]
+
 gc_opts = [
     cfg.IntOpt(
         "interval",
@@ -341,6 +400,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(publish_opts, group="publish")
     conf.register_opts(pool_opts, group="pool")
     conf.register_opts(gc_opts, group="gc")
+    conf.register_opts(kubernetes_opts, group="kubernetes")
     ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
@@ -426,4 +486,5 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("publish", list(publish_opts)),
         ("pool", list(pool_opts)),
         ("gc", list(gc_opts)),
+        ("kubernetes", list(kubernetes_opts)),
     ]
