@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
                       "non-admin user kuryr (installs Keystone the first time)")
     mode.add_argument("--noauth", dest="mode", action="store_const", const="noauth",
                       help="switch back to a no-auth Neutron (the default mode)")
+    up.add_argument("--k8s", action="store_true",
+                    help="also run a Kubernetes 1.20 cluster whose pods are on Neutron ports "
+                    "(kept by later `up`s; builds Kubernetes once, ~13 min)")
     sub.add_parser("status", help="exit 0 only when every component answers")
     sub.add_parser("env", help="print shell exports: eval \"$(kuryr-aio env)\"")
     down = sub.add_parser("down", help="stop exactly what `up` started")
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stack.main_status(layout)
     try:
         if args.command == "up":
-            stack.up(layout, mode=args.mode)
+            stack.up(layout, mode=args.mode, kubernetes=args.k8s)
         elif args.command == "down":
             stack.down(layout, purge=args.purge)
     except StackError as exc:

@@ -187,3 +187,27 @@ class Layout:
     def kubernetes_bin(self) -> Path:
         """kube-apiserver, kube-controller-manager, kube-scheduler, kubelet."""
         return self.kubernetes_dir / "bin"
+
+    @property
+    def k8s_dir(self) -> Path:
+        """The cluster's state: certificates, etcd, containerd, kubelet (0700)."""
+        return self.base / "k8s"
+
+    @property
+    def kubectl_dir(self) -> Path:
+        """Debian's kubernetes-client unpacked (software: kept by --purge)."""
+        return self.cache / "kubernetes-client"
+
+    @property
+    def cni_socket(self) -> Path:
+        """Kuryr's CNI daemon (root only)."""
+        return self.run / "kuryr-cni.sock"
+
+    @property
+    def k8s_mode_file(self) -> Path:
+        return self.base / "k8s-enabled"
+
+    @property
+    def k8s_enabled(self) -> bool:
+        """`up --k8s` was asked once: later `up`s keep the cluster running."""
+        return self.k8s_mode_file.exists()

@@ -16,6 +16,17 @@ from kuryr.aio import links, procs
 from kuryr.aio.debian_services import stop_debian_services
 from kuryr.aio.docker import DEFAULT_BRIDGE, Docker
 from kuryr.aio.keystone import Keystone, admin_env
+from kuryr.aio.kubernetes import (
+    Containerd,
+    Etcd,
+    KubeApiserver,
+    KubeControllerManager,
+    Kubelet,
+    KubeScheduler,
+    KubeTools,
+    kubeconfig,
+    kubectl_path,
+)
 from kuryr.aio.layout import OUTSIDE_NETNS, Layout
 from kuryr.aio.mariadb import MariaDB
 from kuryr.aio.neutron_server import NeutronServer
@@ -38,7 +49,16 @@ class Component(Protocol):
     def down(self) -> object: ...  # what it returns is not used
 
 
-def components(layout: Layout, keystone: bool | None = None) -> list[Component]:
+def kubernetes_components(layout: Layout) -> list[Component]:
+    """The cluster of `up --k8s`, in start order.  The control loops that
+    schedule and make pods come after kubelet, so `down` stops them before
+    kubelet drains the node."""
+    return [KubeTools(layout), Etcd(layout), KubeApiserver(layout), Containerd(layout),
+            Kubelet(layout), KubeControllerManager(layout), KubeScheduler(layout)]
+
+
+def components(layout: Layout, keystone: bool | None = None,
+               kubernetes: bool | None = None) -> list[Component]:
     """Everything the stack runs, in start order (stopped in reverse).
 
     Keystone is in it in keystone mode (or with ``keystone=True``), before the
@@ -48,6 +68,8 @@ def components(layout: Layout, keystone: bool | None = None) -> list[Component]:
     # start, and must still reach it while stopping containers at shutdown.
     with_keystone = layout.keystone_mode if keystone is None else keystone
     auth: list[Component] = [Keystone(layout)] if with_keystone else []
+    with_k8s = layout.k8s_enabled if kubernetes is None else kubernetes
+    cluster = kubernetes_components(layout) if with_k8s else []
     return [
         Packages(layout),
         OpenVSwitch(layout),
@@ -58,6 +80,7 @@ def components(layout: Layout, keystone: bool | None = None) -> list[Component]:
         Outside(layout),
         KuryrPlugin(layout),
         Docker(layout),
+        *cluster,
     ]
 
 
@@ -118,7 +141,8 @@ def _bring_up(component: Component, log: Callable[[str], None]) -> None:
     log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
 
 
-def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None) -> None:
+def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None,
+       kubernetes: bool = False) -> None:
     """Start whatever is not running yet; a no-op when all is up.
 
     ``mode`` ("noauth" or "keystone") switches the stack's auth mode and keeps
@@ -131,6 +155,9 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
     if mode is not None and mode != layout.auth_mode:
         log(f"switching the auth mode from {layout.auth_mode} to {mode}")
         layout.set_auth_mode(mode)
+    if kubernetes and not layout.k8s_enabled:
+        log("adding the Kubernetes cluster (kept by later `up`s)")
+        layout.k8s_mode_file.touch()
     for component in components(layout):
         _bring_up(component, log)
         if isinstance(component, Packages):
@@ -154,7 +181,7 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
     # Before anything stops: the adoption looks at the running daemons.
     adopt_links_of_older_stack(layout)
     # Keystone is stopped in either mode: one left by an interrupted switch is ours too.
-    for component in reversed(components(layout, keystone=True)):
+    for component in reversed(components(layout, keystone=True, kubernetes=True)):
         try:
             component.down()
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
@@ -189,6 +216,10 @@ def env_exports(layout: Layout) -> str:
             "KURYR_CONFIG_FILE": str(layout.kuryr_conf),
         }
         unset = ""
+    if layout.k8s_enabled:
+        lines["KUBECONFIG"] = str(kubeconfig(layout))
+        # Debian's kubectl 1.20 first: another (newer) one may be on the PATH.
+        lines["PATH"] = f"{kubectl_path(layout).parent}:$PATH"
     return unset + "".join(f"export {key}={value}\n" for key, value in lines.items())
 
 

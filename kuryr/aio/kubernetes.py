@@ -1,0 +1,492 @@
+"""The all-in-one stack's Kubernetes 1.20 cluster (`kuryr-aio up --k8s`).
+
+etcd (Debian), kube-apiserver, kube-controller-manager, kube-scheduler and
+kubelet (built once by `build-k8s`), a containerd of the stack's own (its own
+socket, root and state; dockerd keeps its own) with images made locally, and
+Kuryr's CNI as the only pod network.  No kube-proxy: pods are on Neutron
+ports, their packets never cross the host's netfilter.
+
+Everything listens on loopback only (etcd, the API server, the kubelet's and
+the control plane's health ports).  Every process is started and stopped by
+PID like the rest of the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from kuryr.aio import kubernetes_build, packages, procs
+from kuryr.aio.docker import IMAGE, Docker
+from kuryr.aio.k8s_pki import Pki
+from kuryr.aio.layout import Layout
+
+API_PORT = 6443
+ETCD_CLIENT = "http://127.0.0.1:2379"
+ETCD_PEER = "http://127.0.0.1:2380"
+# The Services' range (issue 14 gives them Octavia load balancers); the API
+# server's own Service takes its first address.
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+PAUSE_IMAGE = "docker.io/kuryr-aio/pause:1"
+BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
+K8S_PACKAGES = {"etcd": "etcd-server", "/usr/lib/cni/loopback": "containernetworking-plugins"}
+CONTAINERD_NS = "k8s.io"
+
+
+def kubeconfig(layout: Layout) -> Path:
+    """The cluster admin's kubeconfig (`kuryr-aio env` exports it as KUBECONFIG)."""
+    return pki_of(layout).kubeconfig("admin")
+
+
+def pki_of(layout: Layout) -> Pki:
+    return Pki(layout.k8s_dir / "pki", layout.host, SERVICE_IP)
+
+
+def api_url() -> str:
+    return f"https://127.0.0.1:{API_PORT}"
+
+
+def kubectl_path(layout: Layout) -> Path:
+    return layout.kubectl_dir / "usr" / "bin" / "kubectl"
+
+
+def kubectl(layout: Layout, *args: str, timeout: float = 60, check: bool = True,
+            input_text: str | None = None) -> str:
+    return procs.run([str(kubectl_path(layout)), f"--kubeconfig={kubeconfig(layout)}",
+                      *args], timeout=timeout, check=check, input_text=input_text)
+
+
+def _api_get(layout: Layout, path: str, timeout: float = 5) -> dict:
+    pki = pki_of(layout)
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.load_cert_chain(str(pki.cert("admin")), str(pki.key("admin")))
+    with urllib.request.urlopen(api_url() + path, context=ctx,  # noqa: S310 - https only
+                                timeout=timeout) as resp:
+        body = resp.read()
+    return json.loads(body) if body.startswith(b"{") else {"text": body.decode()}
+
+
+class KubeTools:
+    """The software: Debian's etcd and CNI plugins, Debian's kubectl (unpacked
+    into the cache: another package may own /usr/bin/kubectl), and the
+    control plane and kubelet built from Debian's source (`build-k8s`)."""
+
+    name = "kubernetes-software"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("apt"), self.layout.kubernetes_dir / "build.log"]
+
+    def problems(self) -> list[str]:
+        found = []
+        missing = packages.missing_packages(K8S_PACKAGES)
+        if missing:
+            found.append(f"Debian packages not installed: {' '.join(missing)}")
+        if not kubectl_path(self.layout).exists():
+            found.append(f"Debian's kubectl is not unpacked in {self.layout.kubectl_dir}")
+        if not kubernetes_build.is_built(self.layout.kubernetes_bin):
+            found.append("Kubernetes is not built (kuryr-aio build-k8s)")
+        return found
+
+    def up(self) -> None:
+        packages.install(packages.missing_packages(K8S_PACKAGES), log=self.layout.log("apt"))
+        if not kubectl_path(self.layout).exists():
+            self._unpack_kubectl()
+        kubernetes_build.build(self.layout)
+
+    def _unpack_kubectl(self) -> None:
+        where = self.layout.kubectl_dir
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        procs.run(["apt-get", "download", "kubernetes-client"],
+                  cwd=where, log=self.layout.log("apt"), timeout=600)
+        debs = sorted(where.glob("kubernetes-client_*.deb"))
+        if not debs:
+            raise procs.StackError(f"apt-get download left no kubernetes-client in {where}")
+        procs.run(["dpkg-deb", "-x", str(debs[0]), str(where)], timeout=120)
+        debs[0].unlink()
+
+    def down(self) -> None:
+        """Software stays (and the build cache is outside what --purge wipes)."""
+
+
+class _Daemon:
+    """A foreground daemon of the cluster, by PID; subclasses say how to start and probe it."""
+
+    name = ""
+    expect = ""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.pidfile = layout.pidfile(self.name)
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log(self.name)]
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Files the daemon needs before it starts."""
+
+    def problems(self) -> list[str]:
+        if not procs.pid_alive(self.pidfile, self.expect):
+            return [f"{self.name} is not running"]
+        try:
+            ok = self.answers()
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer
+            return [f"{self.name} does not answer: {exc}"]
+        return [] if ok else [f"{self.name} is not ready"]
+
+    def up(self) -> None:
+        self.prepare()
+        if not procs.pid_alive(self.pidfile, self.expect):
+            procs.spawn(self.argv(), pidfile=self.pidfile, log=self.layout.log(self.name))
+        probe = procs.answers_or_died(self.pidfile, self._answers)
+        if not procs.wait_for(probe, 120) or not procs.running(self.pidfile):
+            raise procs.StackError(f"{self.name} did not come up "
+                                   f"(log: {self.layout.log(self.name)})")
+
+    def _answers(self) -> bool:
+        try:
+            return self.answers()
+        except Exception:  # noqa: BLE001 - not yet
+            return False
+
+    def down(self) -> None:
+        procs.stop(self.pidfile, self.expect, timeout=30)
+
+
+class Etcd(_Daemon):
+    name = "etcd"
+    expect = "etcd"
+
+    def argv(self) -> list[str]:
+        return ["etcd", "--name", "kuryr-aio",
+                f"--data-dir={self.layout.k8s_dir / 'etcd'}",
+                f"--listen-client-urls={ETCD_CLIENT}", f"--advertise-client-urls={ETCD_CLIENT}",
+                f"--listen-peer-urls={ETCD_PEER}", f"--initial-advertise-peer-urls={ETCD_PEER}",
+                f"--initial-cluster=kuryr-aio={ETCD_PEER}",
+                "--listen-metrics-urls=http://127.0.0.1:2381"]
+
+    def prepare(self) -> None:
+        self.layout.k8s_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.k8s_dir.chmod(0o700)
+
+    def answers(self) -> bool:
+        with urllib.request.urlopen(ETCD_CLIENT + "/health", timeout=3) as resp:  # noqa: S310
+            return json.loads(resp.read()).get("health") == "true"
+
+
+class KubeApiserver(_Daemon):
+    name = "kube-apiserver"
+    expect = "kube-apiserver"
+
+    def prepare(self) -> None:
+        pki_of(self.layout).make(api_url())
+
+    def argv(self) -> list[str]:
+        pki = pki_of(self.layout)
+        return [
+            str(self.layout.kubernetes_bin / "kube-apiserver"),
+            "--bind-address=127.0.0.1", f"--secure-port={API_PORT}", "--insecure-port=0",
+            # Pods reach the API server through its Service (issue 14); until
+            # then the advertised address is the loopback one it listens on.
+            "--advertise-address=127.0.0.1",
+            f"--etcd-servers={ETCD_CLIENT}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
+            f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+            f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+            f"--kubelet-certificate-authority={pki.ca_cert}",
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--allow-privileged=true",
+            "--enable-admission-plugins=NodeRestriction",
+            "--profiling=false",
+        ]
+
+    def answers(self) -> bool:
+        return _api_get(self.layout, "/readyz").get("text", "").strip() == "ok"
+
+
+class KubeControllerManager(_Daemon):
+    name = "kube-controller-manager"
+    expect = "kube-controller-manager"
+
+    def argv(self) -> list[str]:
+        pki = pki_of(self.layout)
+        config = pki.kubeconfig("controller-manager")
+        return [
+            str(self.layout.kubernetes_bin / "kube-controller-manager"),
+            f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
+            f"--authorization-kubeconfig={config}",
+            "--bind-address=127.0.0.1", "--port=0",
+            f"--service-account-private-key-file={pki.sa_key}",
+            f"--root-ca-file={pki.ca_cert}", "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--cluster-signing-cert-file={pki.ca_cert}",
+            # The CA's key signs nothing for kubelets here (their certificates
+            # are made by kuryr-aio), but the flag pair must be complete.
+            f"--cluster-signing-key-file={pki.ca_key}",
+            "--leader-elect=false", "--profiling=false",
+        ]
+
+    def answers(self) -> bool:
+        return _health(10257)
+
+
+class KubeScheduler(_Daemon):
+    name = "kube-scheduler"
+    expect = "kube-scheduler"
+
+    def argv(self) -> list[str]:
+        config = pki_of(self.layout).kubeconfig("scheduler")
+        return [str(self.layout.kubernetes_bin / "kube-scheduler"),
+                f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
+                f"--authorization-kubeconfig={config}",
+                "--bind-address=127.0.0.1", "--port=0", "--leader-elect=false",
+                "--profiling=false"]
+
+    def answers(self) -> bool:
+        return _health(10259)
+
+
+def _health(port: int) -> bool:
+    # Self-signed serving certificates; /healthz is open to anonymous callers.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # a loopback health probe: nothing secret either way
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz",
+                                context=ctx, timeout=3) as resp:
+        return resp.read().strip() == b"ok"
+
+
+CONTAINERD_CONFIG = """\
+# Written by kuryr-aio: the cluster's own containerd (dockerd runs its own).
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri.v1"]
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
+    max_conf_num = 1
+"""
+
+CONFLIST = {
+    "cniVersion": "0.4.0",
+    "name": "kuryr",
+    "plugins": [{"type": "kuryr-cni", "daemon_socket": ""}],
+}
+
+
+class Containerd(_Daemon):
+    name = "containerd"
+    expect = "containerd"
+
+    @property
+    def socket(self) -> Path:
+        return self.layout.run / "containerd" / "containerd.sock"
+
+    @property
+    def cni_bin(self) -> Path:
+        return self.layout.k8s_dir / "cni" / "bin"
+
+    @property
+    def cni_conf(self) -> Path:
+        return self.layout.k8s_dir / "cni" / "net.d"
+
+    @property
+    def config(self) -> Path:
+        return self.layout.k8s_dir / "containerd.toml"
+
+    def prepare(self) -> None:
+        self.layout.k8s_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(CONTAINERD_CONFIG.format(
+            root=self.layout.k8s_dir / "containerd", state=self.layout.run / "containerd",
+            socket=self.socket, pause=PAUSE_IMAGE, cni_bin=self.cni_bin,
+            cni_conf=self.cni_conf))
+        self._install_cni()
+
+    def _install_cni(self) -> None:
+        """kuryr-cni as the only network, and the loopback plugin containerd
+        runs for every pod's `lo`."""
+        self.cni_bin.mkdir(parents=True, exist_ok=True)
+        self.cni_conf.mkdir(parents=True, exist_ok=True)
+        links = {"kuryr-cni": Path(sys.executable).parent / "kuryr-cni",
+                 "loopback": Path("/usr/lib/cni/loopback")}
+        for name, target in links.items():
+            link = self.cni_bin / name
+            if link.is_symlink() and link.readlink() == target:
+                continue
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+        conflist = json.loads(json.dumps(CONFLIST))
+        conflist["plugins"][0]["daemon_socket"] = str(self.layout.cni_socket)
+        (self.cni_conf / "10-kuryr.conflist").write_text(json.dumps(conflist, indent=1) + "\n")
+
+    def argv(self) -> list[str]:
+        return ["containerd", "--config", str(self.config)]
+
+    def ctr(self, *args: str, timeout: float = 120, stdin: bytes | None = None) -> str:
+        return procs.run(["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NS,
+                          *args], timeout=timeout)
+
+    def answers(self) -> bool:
+        return bool(self.ctr("version", timeout=10))
+
+    def sandboxes(self) -> list[str]:
+        """The runtime's live tasks (pod sandboxes and their containers)."""
+        return self.ctr("tasks", "list", "--quiet", timeout=30).split()
+
+    def down(self) -> None:
+        if procs.pid_alive(self.pidfile, self.expect):
+            self._kill_tasks()
+        super().down()
+
+    def _kill_tasks(self) -> None:
+        """Containers kubelet did not stop: their shims outlive containerd."""
+        try:
+            tasks = self.sandboxes()
+        except procs.StackError:
+            return
+        for task in tasks:
+            procs.run(["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NS,
+                       "tasks", "kill", "--signal", "SIGKILL", task], check=False, timeout=30)
+        procs.wait_for(lambda: not self.sandboxes(), 20, interval=0.5)
+
+    def images(self) -> set[str]:
+        return set(self.ctr("images", "list", "--quiet", timeout=30).split())
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if found:
+            return found
+        missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - self.images()
+        return [f"containerd lacks images {' '.join(sorted(missing))}"] if missing else []
+
+    def up(self) -> None:
+        super().up()
+        if {PAUSE_IMAGE, BUSYBOX_IMAGE} - self.images():
+            self._import_images()
+
+    def _import_images(self) -> None:
+        """busybox (as `image: busybox` names it) and a pause image, both made from
+        the stack's locally made busybox image: nothing is pulled."""
+        docker = Docker(self.layout)
+        docker.cli("tag", IMAGE, "kuryr-aio/pause:1")
+        archive = self.layout.k8s_dir / "images.tar"
+        try:
+            docker.cli("save", "-o", str(archive), IMAGE, "kuryr-aio/pause:1", timeout=120)
+            self.ctr("images", "import", "--no-unpack", str(archive))
+        finally:
+            archive.unlink(missing_ok=True)
+
+
+KUBELET_CONFIG = {
+    "kind": "KubeletConfiguration",
+    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+    "address": "127.0.0.1",
+    "healthzBindAddress": "127.0.0.1",
+    "readOnlyPort": 0,
+    "cgroupDriver": "cgroupfs",
+    "failSwapOn": False,
+    "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                       "x509": {"clientCAFile": ""}},
+    "authorization": {"mode": "Webhook"},
+    "serializeImagePulls": False,
+    # No disk-pressure evictions on a shared development machine.
+    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                     "imagefs.available": "1%"},
+    "imageGCHighThresholdPercent": 100,
+}
+
+
+class Kubelet(_Daemon):
+    name = "kubelet"
+    expect = "kubelet"
+
+    @property
+    def config(self) -> Path:
+        return self.layout.k8s_dir / "kubelet.json"
+
+    def prepare(self) -> None:
+        conf = json.loads(json.dumps(KUBELET_CONFIG))
+        conf["authentication"]["x509"]["clientCAFile"] = str(pki_of(self.layout).ca_cert)
+        self.config.write_text(json.dumps(conf, indent=1) + "\n")
+
+    def argv(self) -> list[str]:
+        containerd = Containerd(self.layout)
+        return [
+            str(self.layout.kubernetes_bin / "kubelet"),
+            f"--kubeconfig={pki_of(self.layout).kubeconfig('kubelet')}",
+            f"--config={self.config}",
+            f"--root-dir={self.layout.k8s_dir / 'kubelet'}",
+            f"--hostname-override={self.layout.host}",
+            "--container-runtime=remote",
+            f"--container-runtime-endpoint=unix://{containerd.socket}",
+            "--image-service-endpoint=unix://" + str(containerd.socket),
+        ]
+
+    def answers(self) -> bool:
+        node = _api_get(self.layout, f"/api/v1/nodes/{self.layout.host}")
+        conditions = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def down(self) -> None:
+        if procs.pid_alive(self.pidfile, self.expect):
+            self._stop_pods()
+        super().down()
+        self._unmount_pod_volumes()
+
+    def _stop_pods(self) -> None:
+        """Delete every pod and wait (bounded) until kubelet has torn their
+        sandboxes down through the runtime, so Kuryr's CNI DEL frees their
+        ports: `down` leaves no pod running and no port behind."""
+        try:
+            kubectl(self.layout, "delete", "pods", "--all", "--all-namespaces",
+                    "--grace-period=0", "--force", "--wait=false", timeout=60)
+        except procs.StackError:
+            return  # the API server is gone: nothing to ask
+        containerd = Containerd(self.layout)
+        procs.wait_for(lambda: not containerd.sandboxes(), 90, interval=1)
+
+    def _unmount_pod_volumes(self) -> None:
+        """kubelet leaves its pods' volume mounts (tmpfs secrets) when it stops."""
+        root = str(self.layout.k8s_dir / "kubelet") + "/"
+        try:
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(root)]
+        for target in sorted(targets, key=len, reverse=True):
+            subprocess.run(["/bin/umount", target], check=False, capture_output=True, timeout=30)
