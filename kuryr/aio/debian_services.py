@@ -1,7 +1,7 @@
 """Debian's own services of the packages the stack runs on.
 
 On a host booted with systemd, installing docker.io, openvswitch-switch,
-ovn-central, ovn-host or mariadb-server enables and starts Debian's units of
+ovn-central, ovn-host, mariadb-server or etcd-server enables and starts Debian's units of
 them.  Those would run beside the stack's own daemons and fight over the same
 paths (/run/openvswitch, /run/ovn, /var/run/docker, /run/docker/plugins), or
 just run for nothing (MariaDB).  `up` stops, disables and masks them (masked,
@@ -27,6 +27,8 @@ DEBIAN_UNITS = (
     "ovn-ovsdb-server-nb.service", "ovn-ovsdb-server-sb.service",
     "ovn-host.service", "ovn-controller.service",
     "mariadb.service",
+    # etcd-server (`up --k8s`): Debian's etcd would hold 127.0.0.1:2379.
+    "etcd.service",
 )
 RUNNING = frozenset({"active", "activating", "reloading"})
 ENABLED = frozenset({"enabled", "enabled-runtime", "linked", "linked-runtime"})

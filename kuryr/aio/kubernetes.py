@@ -24,7 +24,9 @@ from pathlib import Path
 from kuryr.aio import kubernetes_build, packages, procs
 from kuryr.aio.docker import IMAGE, Docker
 from kuryr.aio.k8s_pki import Pki
+from kuryr.aio.keystone import service_project_file
 from kuryr.aio.layout import Layout
+from kuryr.aio.outside import stack_neutron
 
 API_PORT = 6443
 ETCD_CLIENT = "http://127.0.0.1:2379"
@@ -490,3 +492,56 @@ class Kubelet(_Daemon):
         targets = [line.split()[1] for line in mounts if line.split()[1].startswith(root)]
         for target in sorted(targets, key=len, reverse=True):
             subprocess.run(["/bin/umount", target], check=False, capture_output=True, timeout=30)
+
+
+POD_NETWORK = "kuryr-aio-pods"
+POD_CIDR = "10.244.0.0/16"
+
+
+class PodNetwork:
+    """The Neutron network every pod is on (`[kubernetes] pod_network_driver =
+    shared`): no router, no uplink; only the node's own probe port joins the
+    host to it."""
+
+    name = "pod-network"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    @property
+    def logs(self) -> list[Path]:
+        return []
+
+    def problems(self) -> list[str]:
+        try:
+            neutron = stack_neutron(self.layout)
+            try:
+                net = neutron.api.find_network(POD_NETWORK)
+                if net is None or not list(neutron.api.subnets(network_id=net.id)):
+                    return [f"Neutron network {POD_NETWORK!r} (or its subnet) is missing"]
+            finally:
+                neutron.close()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return [f"cannot check Neutron network {POD_NETWORK!r}: {exc}"]
+        return []
+
+    def up(self) -> None:
+        neutron = stack_neutron(self.layout)
+        try:
+            owner = self._kuryr_project()
+            net = neutron.api.find_network(POD_NETWORK) or neutron.api.create_network(
+                name=POD_NETWORK, **owner)
+            if not list(neutron.api.subnets(network_id=net.id)):
+                neutron.api.create_subnet(network_id=net.id, name=POD_NETWORK, ip_version=4,
+                                          cidr=POD_CIDR, is_dhcp_enabled=False, **owner)
+        finally:
+            neutron.close()
+
+    def _kuryr_project(self) -> dict[str, str]:
+        """In keystone mode the network is Kuryr's project's (Kuryr is no admin)."""
+        if not self.layout.keystone_mode:
+            return {}
+        return {"project_id": service_project_file(self.layout).read_text().strip()}
+
+    def down(self) -> None:
+        """The network stays with Neutron's database (`down --purge` wipes both)."""

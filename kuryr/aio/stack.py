@@ -24,6 +24,7 @@ from kuryr.aio.kubernetes import (
     Kubelet,
     KubeScheduler,
     KubeTools,
+    PodNetwork,
     kubeconfig,
     kubectl_path,
 )
@@ -53,7 +54,8 @@ def kubernetes_components(layout: Layout) -> list[Component]:
     """The cluster of `up --k8s`, in start order.  The control loops that
     schedule and make pods come after kubelet, so `down` stops them before
     kubelet drains the node."""
-    return [KubeTools(layout), Etcd(layout), KubeApiserver(layout), Containerd(layout),
+    return [KubeTools(layout), PodNetwork(layout), Etcd(layout), KubeApiserver(layout),
+            Containerd(layout),
             Kubelet(layout), KubeControllerManager(layout), KubeScheduler(layout)]
 
 
@@ -160,7 +162,7 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
         layout.k8s_mode_file.touch()
     for component in components(layout):
         _bring_up(component, log)
-        if isinstance(component, Packages):
+        if isinstance(component, (Packages, KubeTools)):
             # apt starts Debian's services of what it installs; they must be
             # gone before the stack's own take their sockets and PID files.
             stop_debian_services(log)
