@@ -39,6 +39,7 @@ PAUSE_IMAGE = "docker.io/kuryr-aio/pause:1"
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
 K8S_PACKAGES = {"etcd": "etcd-server", "/usr/lib/cni/loopback": "containernetworking-plugins"}
 CONTAINERD_NS = "k8s.io"
+RBAC_MANIFEST = Path(__file__).parent.parent / "k8s" / "manifests" / "rbac.yaml"
 
 
 def kubeconfig(layout: Layout) -> Path:
@@ -227,6 +228,18 @@ class KubeApiserver(_Daemon):
 
     def answers(self) -> bool:
         return _api_get(self.layout, "/readyz").get("text", "").strip() == "ok"
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not found and not self.layout.k8s_rbac_stamp.exists():
+            found.append("Kuryr's RBAC is not applied")
+        return found
+
+    def up(self) -> None:
+        super().up()
+        # Kuryr's role: what it may read and write (the same file as for a real cluster).
+        kubectl(self.layout, "apply", "-f", str(RBAC_MANIFEST))
+        self.layout.k8s_rbac_stamp.touch()
 
 
 class KubeControllerManager(_Daemon):

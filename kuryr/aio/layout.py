@@ -204,6 +204,11 @@ class Layout:
         return self.run / "kuryr-cni.sock"
 
     @property
+    def k8s_rbac_stamp(self) -> Path:
+        """Written once Kuryr's RBAC is applied (etcd is wiped with it by --purge)."""
+        return self.k8s_dir / "rbac-applied"
+
+    @property
     def k8s_mode_file(self) -> Path:
         return self.base / "k8s-enabled"
 

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from socket import AF_INET, AF_INET6
@@ -144,6 +145,26 @@ def move_into_netns(ifname: str, netns_path: str, new_name: str,
             ipv6 = isinstance(ipaddress.ip_address(gateway), ipaddress.IPv6Address)
             family = AF_INET6 if ipv6 else AF_INET
             ns.route("add", dst="default", gateway=gateway, family=family)
+
+
+def address_host_interface(ifname: str, address: str, mtu: int | None = None,
+                           timeout: float = 10.0) -> None:
+    """Give the host's ``ifname`` the address ``address`` (CIDR form) and bring it
+    up; idempotent.  Waits for the device: Open vSwitch makes an internal
+    interface a moment after the transaction that adds it."""
+    iface = ipaddress.ip_interface(address)
+    deadline = time.monotonic() + timeout
+    with IPRoute() as ipr:
+        while not (idx := ipr.link_lookup(ifname=ifname)):
+            if time.monotonic() > deadline:
+                raise LinkError(f"interface {ifname} did not appear within {timeout} s")
+            time.sleep(0.05)
+        if mtu:
+            ipr.link("set", index=idx[0], mtu=mtu)
+        ipr.link("set", index=idx[0], state="up")
+        if not ipr.get_addr(index=idx[0], address=str(iface.ip)):
+            ipr.addr("add", index=idx[0], address=str(iface.ip),
+                     prefixlen=iface.network.prefixlen)
 
 
 def link_names() -> set[str]:

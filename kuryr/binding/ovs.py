@@ -165,6 +165,17 @@ class OVS:
             txn.add(self.api.add_port(vif.bridge, ifname, may_exist=True))
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
 
+    def plug_internal(self, bridge: str, ifname: str, port_id: str, mac: str) -> None:
+        """An internal interface of ``bridge`` (a device in the host's namespace)
+        bound to Neutron port ``port_id`` with its MAC; idempotent."""
+        if not self.bridge_exists(bridge):
+            raise OVSError(f"OVS bridge {bridge} does not exist")
+        external_ids = {"iface-id": port_id, "attached-mac": mac, "iface-status": "active"}
+        with self.api.transaction(check_error=True) as txn:
+            txn.add(self.api.add_port(bridge, ifname, may_exist=True))
+            txn.add(self.api.db_set("Interface", ifname, ("type", "internal"),
+                                    ("mac", mac), ("external_ids", external_ids)))
+
     def forget_endpoint(self, ifname: str) -> None:
         """The interface no longer serves an endpoint (its port went back to the pool):
         removes the endpoint id and what was recorded for its published ports."""

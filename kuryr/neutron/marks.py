@@ -27,6 +27,10 @@ K8S_DEVICE_OWNER = "compute:kuryr-k8s"  # a pod's port; device_id = the pod's ui
 K8S_UNBOUND_DEVICE_OWNER = "kuryr-k8s:unbound"
 K8S_POOL_DEVICE_OWNER = "kuryr-k8s:pool"
 K8S_DEVICE_OWNERS = (K8S_DEVICE_OWNER, K8S_UNBOUND_DEVICE_OWNER, K8S_POOL_DEVICE_OWNER)
+# A node's own port on a pod network (kubelet's probes leave the host through
+# it); device_id = the node's name.  Not a pod's: no pool or GC of pods takes it.
+K8S_HOST_DEVICE_OWNER = "kuryr-k8s:host"
+K8S_HOST_PORT_PREFIX = "kuryr-k8s-host-"
 # The annotation on a Namespace naming its Neutron network (namespace driver).
 K8S_NETWORK_ANNOTATION = "openstack.org/kuryr-network"
 EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed ports

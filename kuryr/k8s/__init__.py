@@ -1,0 +1,1 @@
+"""Kuryr for Kubernetes: the CNI node daemon and the controller."""
