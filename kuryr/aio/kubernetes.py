@@ -19,14 +19,17 @@ import ssl
 import subprocess
 import sys
 import urllib.request
+from http import HTTPStatus
 from pathlib import Path
 
 from kuryr.aio import kubernetes_build, packages, procs
 from kuryr.aio.docker import IMAGE, Docker
 from kuryr.aio.k8s_pki import Pki
 from kuryr.aio.keystone import service_project_file
-from kuryr.aio.layout import Layout
+from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
 from kuryr.aio.outside import stack_neutron
+from kuryr.aio.plugin import KuryrPlugin
+from kuryr.localhttp import UnixHTTPConnection
 
 API_PORT = 6443
 ETCD_CLIENT = "http://127.0.0.1:2379"
@@ -507,10 +510,6 @@ class Kubelet(_Daemon):
             subprocess.run(["/bin/umount", target], check=False, capture_output=True, timeout=30)
 
 
-POD_NETWORK = "kuryr-aio-pods"
-POD_CIDR = "10.244.0.0/16"
-
-
 class PodNetwork:
     """The Neutron network every pod is on (`[kubernetes] pod_network_driver =
     shared`): no router, no uplink; only the node's own probe port joins the
@@ -558,3 +557,68 @@ class PodNetwork:
 
     def down(self) -> None:
         """The network stays with Neutron's database (`down --purge` wipes both)."""
+
+
+class KuryrCniDaemon:
+    """Kuryr's CNI node daemon (`kuryr cni-daemon`) from this checkout, on the
+    same kuryr.conf as the Docker plugin (its [kubernetes] section)."""
+
+    name = "kuryr-cni-daemon"
+    expect = "cni-daemon"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.pidfile = layout.pidfile("kuryr-cni-daemon")
+        self.started_conf = layout.k8s_dir / "kuryr-cni-daemon.conf-started"
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("kuryr-cni-daemon")]
+
+    def answers(self) -> bool:
+        conn = UnixHTTPConnection(str(self.layout.cni_socket), timeout=5)
+        try:
+            conn.request("POST", "/v1/status", body=b"{}",
+                         headers={"Content-Type": "application/json"})
+            return conn.getresponse().status == HTTPStatus.OK
+        finally:
+            conn.close()
+
+    def _conf_text(self) -> str:
+        try:
+            return self.layout.kuryr_conf.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def problems(self) -> list[str]:
+        if not procs.pid_alive(self.pidfile, self.expect):
+            return ["the Kuryr CNI daemon (kuryr cni-daemon) is not running"]
+        try:
+            if not self.answers():
+                return [f"the Kuryr CNI daemon is not ready on {self.layout.cni_socket}"]
+        except OSError as exc:
+            return [f"the Kuryr CNI daemon does not answer on {self.layout.cni_socket}: {exc}"]
+        started = self.started_conf.read_text() if self.started_conf.exists() else ""
+        if started != self._conf_text():
+            outdated = ("the Kuryr CNI daemon runs with an outdated kuryr.conf "
+                        "(`kuryr-aio up` restarts it)")
+            return [outdated]
+        return []
+
+    def up(self) -> None:
+        started = self.started_conf.read_text() if self.started_conf.exists() else ""
+        if started != self._conf_text():
+            self.down()
+        if not procs.pid_alive(self.pidfile, self.expect):
+            self.layout.cni_socket.unlink(missing_ok=True)
+            args = KuryrPlugin(self.layout).config_args
+            procs.spawn([sys.executable, "-m", "kuryr.cli", "cni-daemon", *args],
+                        pidfile=self.pidfile, log=self.layout.log("kuryr-cni-daemon"))
+            self.started_conf.write_text(self._conf_text())
+        probe = procs.answers_or_died(self.pidfile, self.answers)
+        if not procs.wait_for(probe, 60) or not procs.running(self.pidfile):
+            raise procs.StackError("the Kuryr CNI daemon did not come up "
+                                   f"(log: {self.layout.log('kuryr-cni-daemon')})")
+
+    def down(self) -> None:
+        procs.stop(self.pidfile, self.expect, timeout=20)

@@ -23,6 +23,9 @@ PUBLIC_CIDR = "198.51.100.0/24"
 PUBLIC_GATEWAY = "198.51.100.1"
 PUBLIC_NETWORK = "public"
 PHYSNET = "public"
+# Every pod's Neutron network (`up --k8s`, [kubernetes] pod_network_driver = shared).
+POD_NETWORK = "kuryr-aio-pods"
+POD_CIDR = "10.244.0.0/16"
 # How Neutron checks its callers: "noauth" (the default; anyone on loopback is
 # admin) or "keystone" (tokens from the stack's Keystone, Kuryr as a non-admin
 # user).  `kuryr-aio up --keystone` / `--noauth` switch; plain `up` keeps it.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kuryr import config
 from kuryr.aio import keystone, procs
-from kuryr.aio.layout import PUBLIC_NETWORK, Layout
+from kuryr.aio.layout import POD_NETWORK, PUBLIC_NETWORK, Layout
 from kuryr.localhttp import UnixHTTPConnection
 from kuryr.neutron.client import connect_endpoint
 
@@ -29,6 +29,13 @@ ovs_bridge = br-int
 [publish]
 # -p ports are also reachable from the external network through a floating IP.
 floating_ip_network = {public}
+
+[kubernetes]
+# Kuryr for Kubernetes (`kuryr-aio up --k8s`): every pod on one Neutron network.
+kubeconfig = {kubeconfig}
+pod_network_driver = shared
+pod_network = {pods}
+daemon_socket = {cni_socket}
 """
 
 
@@ -90,7 +97,9 @@ class KuryrPlugin:
         return KURYR_CONF.format(
             against=against, socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
             state=self.layout.base / "kuryr", neutron_section=neutron_section,
-            netns="/var/run/docker/netns", public=PUBLIC_NETWORK)
+            netns="/var/run/docker/netns", public=PUBLIC_NETWORK,
+            kubeconfig=self.layout.k8s_dir / "pki" / "kuryr.kubeconfig",
+            pods=POD_NETWORK, cni_socket=self.layout.cni_socket)
 
     def config_outdated(self) -> bool:
         """Whether the running plugin was started from another kuryr.conf."""

@@ -24,6 +24,7 @@ from kuryr.aio.kubernetes import (
     Kubelet,
     KubeScheduler,
     KubeTools,
+    KuryrCniDaemon,
     PodNetwork,
     kubeconfig,
     kubectl_path,
@@ -55,8 +56,8 @@ def kubernetes_components(layout: Layout) -> list[Component]:
     schedule and make pods come after kubelet, so `down` stops them before
     kubelet drains the node."""
     return [KubeTools(layout), PodNetwork(layout), Etcd(layout), KubeApiserver(layout),
-            Containerd(layout),
-            Kubelet(layout), KubeControllerManager(layout), KubeScheduler(layout)]
+            KuryrCniDaemon(layout), Containerd(layout), Kubelet(layout),
+            KubeControllerManager(layout), KubeScheduler(layout)]
 
 
 def components(layout: Layout, keystone: bool | None = None,

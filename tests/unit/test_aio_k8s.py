@@ -116,7 +116,8 @@ def test_control_plane_listens_on_loopback_only(tmp_path):
     layout = Layout(base=tmp_path, run=tmp_path / "run", host="h1")
     etcd = kubernetes.Etcd(layout).argv()
     urls = [a.split("=", 1)[1] for a in etcd if "-urls=" in a]
-    assert urls and all(u.startswith("http://127.0.0.1:") for u in urls)
+    assert len(urls) == 5  # client, advertised client, peer, advertised peer, metrics
+    assert all(u.startswith("http://127.0.0.1:") for u in urls)
     for daemon in (kubernetes.KubeApiserver, kubernetes.KubeControllerManager,
                    kubernetes.KubeScheduler):
         argv = daemon(layout).argv()
