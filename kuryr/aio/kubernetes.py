@@ -13,8 +13,10 @@ PID like the rest of the stack.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -449,6 +451,17 @@ KUBELET_CONFIG = {
 }
 
 
+def kubelet_address(host: str) -> str:
+    """Where kubelet listens: the loopback address the host's name resolves to
+    (the API server reaches kubelet by that name for exec and logs: Debian
+    names the host 127.0.1.1), else 127.0.0.1.  Never an outside address."""
+    try:
+        resolved = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return "127.0.0.1"
+    return str(resolved) if resolved.is_loopback else "127.0.0.1"
+
+
 class Kubelet(_Daemon):
     name = "kubelet"
     expect = "kubelet"
@@ -460,6 +473,7 @@ class Kubelet(_Daemon):
     def prepare(self) -> None:
         conf = json.loads(json.dumps(KUBELET_CONFIG))
         conf["authentication"]["x509"]["clientCAFile"] = str(pki_of(self.layout).ca_cert)
+        conf["address"] = kubelet_address(self.layout.host)
         self.config.write_text(json.dumps(conf, indent=1) + "\n")
 
     def argv(self) -> list[str]:

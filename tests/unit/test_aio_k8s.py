@@ -123,3 +123,17 @@ def test_control_plane_listens_on_loopback_only(tmp_path):
         argv = daemon(layout).argv()
         assert "--bind-address=127.0.0.1" in argv
         assert not any(a.startswith("--insecure-bind-address") for a in argv)
+
+
+def test_kubelet_listens_where_the_host_name_resolves_if_that_is_loopback(monkeypatch):
+    answers = {"debian": "127.0.1.1", "public": "192.0.2.7"}
+
+    def resolve(name):
+        if name not in answers:
+            raise kubernetes.socket.gaierror(name)
+        return answers[name]
+
+    monkeypatch.setattr(kubernetes.socket, "gethostbyname", resolve)
+    assert kubernetes.kubelet_address("debian") == "127.0.1.1"
+    assert kubernetes.kubelet_address("public") == "127.0.0.1"
+    assert kubernetes.kubelet_address("unknown") == "127.0.0.1"
