@@ -35,6 +35,7 @@ from kuryr.libnetwork.ipam import DefaultPools, Ipam
 from kuryr.libnetwork.names import DockerNames
 from kuryr.libnetwork.networks import Networks, NetworkSettings
 from kuryr.libnetwork.ports import Publishing
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
 from kuryr.neutron.types import SubnetPool
 from kuryr.publish.forwarder import Forwarder, Limits
@@ -111,12 +112,13 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     bridge = conf.binding.ovs_bridge
     # Always a pool: [pool] size = 0 only sets the default, and a network
     # can still ask for ready ports (-o kuryr.pool.size=N).
-    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge)
+    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
+                    owners=marks.DOCKER_OWNERS)
     dns_enabled = "dns-integration" in extensions
     names = DockerNames(conf.docker_uri) if dns_enabled and conf.container_names_in_dns \
         else None
     lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
-        host=host, default_bridge=bridge, dns_enabled=dns_enabled,
+        host=host, default_bridge=bridge, owners=marks.DOCKER_OWNERS, dns_enabled=dns_enabled,
         wait_for_refill=conf.pool.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout,
         plug_is_fatal=conf.neutron.vif_plugging_is_fatal), names or NoNames())

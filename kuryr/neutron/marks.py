@@ -18,15 +18,34 @@ UNBOUND_DEVICE_OWNER = "kuryr:unbound"
 POOL_DEVICE_OWNER = "kuryr:pool"  # created, bound and plugged ahead of any container
 NET_IPV6_TAG = "kuryr.net.ipv6"  # Docker asks for IPv6 addresses on this network
 NET_POOL_TAG = "kuryr.pool.size:"  # ports kept ready for this network
-# Every Kuryr device owner: the garbage collector looks at nothing else.
-KURYR_DEVICE_OWNERS = (DEVICE_OWNER, UNBOUND_DEVICE_OWNER, POOL_DEVICE_OWNER)
 # Kuryr for Kubernetes marks its ports with owners of its own, so Docker's
 # Kuryr (and its garbage collector) on the same host never takes or deletes a
 # pod's port, and the CNI daemon never a container's.
 K8S_DEVICE_OWNER = "compute:kuryr-k8s"  # a pod's port; device_id = the pod's uid
 K8S_UNBOUND_DEVICE_OWNER = "kuryr-k8s:unbound"
 K8S_POOL_DEVICE_OWNER = "kuryr-k8s:pool"
-K8S_DEVICE_OWNERS = (K8S_DEVICE_OWNER, K8S_UNBOUND_DEVICE_OWNER, K8S_POOL_DEVICE_OWNER)
+
+
+@dataclass(frozen=True)
+class Owners:
+    """The device owners of one front end's ports.  The core is given one at
+    construction and touches no port of another owner set: Docker's Kuryr and
+    the CNI daemon on one host never take, recycle or delete each other's ports."""
+
+    container: str  # serving a container (or pod)
+    unbound: str  # reserved, no container yet
+    pool: str  # created, bound and plugged ahead of any container
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.container, self.unbound, self.pool)
+
+
+DOCKER_OWNERS = Owners(DEVICE_OWNER, UNBOUND_DEVICE_OWNER, POOL_DEVICE_OWNER)
+K8S_OWNERS = Owners(K8S_DEVICE_OWNER, K8S_UNBOUND_DEVICE_OWNER, K8S_POOL_DEVICE_OWNER)
+# Docker's device owners: its garbage collector looks at nothing else.
+KURYR_DEVICE_OWNERS = DOCKER_OWNERS.all
+K8S_DEVICE_OWNERS = K8S_OWNERS.all
 # The annotation on a Namespace naming its Neutron network (namespace driver).
 K8S_NETWORK_ANNOTATION = "openstack.org/kuryr-network"
 EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed ports
