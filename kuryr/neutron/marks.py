@@ -48,6 +48,32 @@ KURYR_DEVICE_OWNERS = DOCKER_OWNERS.all
 K8S_DEVICE_OWNERS = K8S_OWNERS.all
 # The annotation on a Namespace naming its Neutron network (namespace driver).
 K8S_NETWORK_ANNOTATION = "openstack.org/kuryr-network"
+K8S_POD_TAG = "kuryr.k8s.pod:"  # on a pod's port: kuryr.k8s.pod:<namespace>/<name>
+K8S_POD_PORT_NAME_PREFIX = "kuryr-pod-"
+TAG_MAX = 60  # Neutron's limit on a tag
+NAME_MAX = 255  # Neutron's limit on a port name
+_POD_TAG_DIGEST = 8  # hex characters of sha256 that stand for a cut-off pod name
+
+
+def pod_port_name(namespace: str, name: str) -> str:
+    """A pod's port says which pod it serves: kuryr-pod-<namespace>/<name>, cut to
+    Neutron's 255 characters (a namespace is <= 63 and a pod name <= 253)."""
+    return f"{K8S_POD_PORT_NAME_PREFIX}{namespace}/{name}"[:NAME_MAX]
+
+
+def pod_tag(namespace: str, name: str) -> str:
+    """kuryr.k8s.pod:<namespace>/<name>, or, when that passes Neutron's 60 characters,
+    its first characters, "~" and 8 hex characters of the sha256 of <namespace>/<name>:
+    still unique for a pod (the port name carries the rest), and searchable."""
+    import hashlib
+
+    whole = f"{namespace}/{name}"
+    tag = K8S_POD_TAG + whole
+    if len(tag) <= TAG_MAX:
+        return tag
+    digest = hashlib.sha256(whole.encode()).hexdigest()[:_POD_TAG_DIGEST]
+    keep = TAG_MAX - len(K8S_POD_TAG) - 1 - _POD_TAG_DIGEST
+    return f"{K8S_POD_TAG}{whole[:keep]}~{digest}"
 EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed ports
 NETWORK_NAME_PREFIX = "kuryr-net-"
 SUBNET_NAME_PREFIX = "kuryr-subnet-"

@@ -1,0 +1,2 @@
+"""Kuryr for Kubernetes: the CNI node daemon (``kuryr cni-daemon``) and, later,
+the controller.  The ``kuryr-cni`` executable (kuryr/cni/) never imports this."""
