@@ -123,8 +123,8 @@ class CniDaemon:
         assert wait_until(self._answers, 60), self.log.read_text()[-3000:]
 
     def _answers(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, \
-            self.log.read_text()[-3000:]
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(str(self.sock))
@@ -192,7 +192,7 @@ def ping(ns: str, address: str) -> bool:
 
 
 def test_add_ping_check_del_and_nothing_left(daemon, pods, neutron, ovs, pod_net, unique):
-    net, subnet = pod_net
+    net, _ = pod_net
     ids = [uuid.uuid4().hex * 2 for _ in pods]
     uids = [str(uuid.uuid4()) for _ in pods]
     results = []
@@ -238,7 +238,7 @@ def test_add_ping_check_del_and_nothing_left(daemon, pods, neutron, ovs, pod_net
         assert cni("DEL", daemon, cid, ns) == (0, None)
         assert cni("DEL", daemon, cid, ns) == (0, None)  # again: still a success
     status, error = cni("CHECK", daemon, ids[0], pods[0])
-    assert status == 1 and error["code"] == 3, error
+    assert (status, error["code"]) == (1, 3), error
 
     _assert_nothing_left(neutron, ovs, net.id, pod_port_ids, ids)
 
@@ -252,8 +252,9 @@ def _assert_nothing_left(neutron, ovs, network_id: str, pod_ports: list[str],
 
     def settled():
         ports = list(neutron.api.ports(network_id=network_id))
+        # Back in the pool: two background PUTs (owner/device_id, then the tags).
         in_use = [p for p in ports if p.device_owner != marks.K8S_POOL_DEVICE_OWNER
-                  or p.device_id]
+                  or p.device_id or p.tags]
         if in_use or any(ep in cids for ep in ovs.endpoint_ports()):
             return None
         links = netlink.link_names()
@@ -264,7 +265,6 @@ def _assert_nothing_left(neutron, ovs, network_id: str, pod_ports: list[str],
                  if port_id in deleted and port_id not in kept]
         stray += [VIF(pid, "").host_ifname for pid in deleted - kept
                   if VIF(pid, "").host_ifname in links]
-        stray += [f"tags of pooled port {p.id}" for p in ports if p.tags]
         for port in ports:
             vif = VIF(port.id, port.mac_address)
             if vif.host_ifname not in links or vif.container_ifname not in links:
@@ -272,6 +272,55 @@ def _assert_nothing_left(neutron, ovs, network_id: str, pod_ports: list[str],
         return {"ports": ports, "stray": stray}
 
     found = wait_until(settled, 20)
-    assert found is not None, [(p.id, p.device_owner, p.device_id)
+    assert found is not None, [(p.id, p.device_owner, p.device_id, p.tags)
                                for p in neutron.api.ports(network_id=network_id)]
     assert not found["stray"]
+
+
+def test_a_daemon_killed_after_add_finds_the_pod_again(daemon, pods, neutron, ovs, pod_net,
+                                                        unique):
+    net, _ = pod_net
+    cid, uid = uuid.uuid4().hex * 2, str(uuid.uuid4())
+    status, result = cni("ADD", daemon, cid, pods[0], pod=f"db-{unique}", uid=uid)
+    assert status == 0, result
+    daemon.kill(signal.SIGKILL)
+    daemon.start()  # the stale socket is replaced
+    assert cni("CHECK", daemon, cid, pods[0], pod=f"db-{unique}") == (0, None)
+    assert cni("ADD", daemon, cid, pods[0], pod=f"db-{unique}", uid=uid) == (0, result)
+    port = wait_until(lambda: next((p for p in neutron.api.ports(network_id=net.id)
+                                    if p.device_id == uid), None), 15)
+    assert port is not None
+    assert port.device_owner == marks.K8S_DEVICE_OWNER
+    assert cni("DEL", daemon, cid, pods[0]) == (0, None)
+    assert cni("DEL", daemon, cid, pods[0]) == (0, None)
+    _assert_nothing_left(neutron, ovs, net.id, [port.id], [cid])
+
+
+def test_gc_detaches_what_the_runtime_no_longer_lists(daemon, pods, neutron, ovs, pod_net,
+                                                      unique):
+    net, _ = pod_net
+    ids = [uuid.uuid4().hex * 2 for _ in pods]
+    for i, (cid, ns) in enumerate(zip(ids, pods, strict=True)):
+        assert cni("ADD", daemon, cid, ns, pod=f"gc-{unique}-{i}", uid=str(uuid.uuid4()))[0] == 0
+    env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "GC", "CNI_PATH": "/opt/cni/bin"}
+    config = {"cniVersion": "1.1.0", "name": "kuryr", "type": "kuryr-cni",
+              "daemon_socket": str(daemon.sock),
+              "cni.dev/valid-attachments": [{"containerID": ids[0], "ifname": "eth0"}]}
+    proc = subprocess.run([str(BIN / "kuryr-cni")], input=json.dumps(config).encode(),
+                          env=env, capture_output=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert cni("CHECK", daemon, ids[0], pods[0])[0] == 0
+    status, error = cni("CHECK", daemon, ids[1], pods[1])
+    assert (status, error["code"]) == (1, 3), error
+    assert cni("DEL", daemon, ids[0], pods[0]) == (0, None)
+    _assert_nothing_left(neutron, ovs, net.id, [], ids)
+
+
+def test_status_answers_while_the_daemon_runs(daemon):
+    env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "STATUS"}
+    config = {"cniVersion": "1.1.0", "name": "kuryr", "type": "kuryr-cni",
+              "daemon_socket": str(daemon.sock)}
+    proc = subprocess.run([str(BIN / "kuryr-cni")], input=json.dumps(config).encode(),
+                          env=env, capture_output=True, timeout=30, check=False)
+    assert (proc.returncode, proc.stdout) == (0, b"")
+    assert daemon.sock.stat().st_mode & 0o777 == 0o600
