@@ -21,8 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         '`eval "$(kuryr-aio env)"`; a missing one is an error), else\n'
         f"{config.DEFAULT_CONFIG_FILE} when it exists. `kuryr status` first prints\n"
         "which files it read.")
-    parser.add_argument("command", choices=["serve", "ports", "gc", "status"],
+    parser.add_argument("command", choices=["serve", "cni-daemon", "ports", "gc", "status"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
+                        "cni-daemon: run the Kubernetes node daemon kuryr-cni talks to "
+                        "([kubernetes] daemon_socket); "
                         "ports: list the ports published on this host (what `docker port` "
                         "cannot show for a remote driver); "
                         "gc: remove what this host's Kuryr left behind for containers "
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kuryr.server import serve
 
         return serve(conf)
+    if args.command == "cni-daemon":
+        from kuryr.k8s.cni_daemon import serve as serve_cni
+
+        return serve_cni(conf)
     if args.command == "ports":
         return list_ports(conf)
     if args.command == "status":

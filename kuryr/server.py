@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import ssl
-import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from kuryr.libnetwork.ipam import DefaultPools, Ipam
 from kuryr.libnetwork.names import DockerNames
 from kuryr.libnetwork.networks import Networks, NetworkSettings
 from kuryr.libnetwork.ports import Publishing
+from kuryr.listen import unix_socket
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
 from kuryr.neutron.types import SubnetPool
 from kuryr.publish.forwarder import Forwarder, Limits
@@ -111,12 +111,13 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     bridge = conf.binding.ovs_bridge
     # Always a pool: [pool] size = 0 only sets the default, and a network
     # can still ask for ready ports (-o kuryr.pool.size=N).
-    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge)
+    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
+                    owners=marks.DOCKER_OWNERS)
     dns_enabled = "dns-integration" in extensions
     names = DockerNames(conf.docker_uri) if dns_enabled and conf.container_names_in_dns \
         else None
     lifecycle = PortLifecycle(neutron, binder, pool, background, state, Settings(
-        host=host, default_bridge=bridge, dns_enabled=dns_enabled,
+        host=host, default_bridge=bridge, owners=marks.DOCKER_OWNERS, dns_enabled=dns_enabled,
         wait_for_refill=conf.pool.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout,
         plug_is_fatal=conf.neutron.vif_plugging_is_fatal), names or NoNames())
@@ -172,61 +173,6 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     return Service(plugin=plugin, daemon=daemon, host=host)
 
 
-def _unix_socket(path: Path, group: str) -> socket.socket:
-    """Bind the plugin socket ourselves so its mode is right from the first moment:
-    root-only (0600), or 0660 for ``group``.  Whoever can write to it creates
-    Neutron ports with Kuryr's credentials."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            sock.close()
-            raise SystemExit(f"kuryr: socket_group {group!r} does not exist") from None
-        os.chown(path, -1, gid)
-        path.chmod(0o660)
-    sock.listen(128)
-    return sock
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A socket file left by a Kuryr that died is removed; one that answers is a
-    Kuryr still serving, and taking its path would cut dockerd off from it.
-    Anything else at the path (a directory, a regular file) is someone's: never
-    removed, and named rather than failing later in unlink or bind."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SystemExit(f"kuryr: {path} is {_file_kind(mode)}, not a socket: remove it "
-                         "or set kuryr_uri to another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)  # nobody listens: stale
-        return
-    finally:
-        probe.close()
-    raise SystemExit(f"kuryr: another process is serving on {path}: stop it first "
-                     "(or set kuryr_uri to another socket)")
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"),
-             (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "a file of an unknown kind")
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -257,7 +203,7 @@ def listen_args(conf: cfg.ConfigOpts) -> dict:
     uri = urlparse(conf.kuryr_uri)
     if uri.scheme == "unix":
         # detach(): the descriptor now belongs to uvicorn, not to a socket object
-        return {"fd": _unix_socket(Path(uri.path), conf.socket_group).detach()}
+        return {"fd": unix_socket(Path(uri.path), conf.socket_group, "kuryr_uri").detach()}
     if uri.scheme not in ("http", "https", "tcp"):
         raise SystemExit(f"kuryr: kuryr_uri {conf.kuryr_uri!r} must be unix:// or http(s)://")
     host, port = uri.hostname or "127.0.0.1", uri.port or 23750

@@ -171,3 +171,33 @@ def link_names() -> set[str]:
     """Names of the links in the host's namespace."""
     with IPRoute() as ipr:
         return {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+
+
+def interface_in_netns(netns_path: str, ifname: str) -> tuple[str, list[str]] | None:
+    """The MAC and addresses (address/prefixlen) of ``ifname`` in the namespace at
+    ``netns_path`` (which must exist: it is never created), None when there is no
+    such interface."""
+    with NetNS(netns_path, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)
+        if not idx:
+            return None
+        link = ns.get_links(idx[0])[0]
+        addresses = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                     for a in ns.get_addr(index=idx[0])]
+        return str(link.get_attr("IFLA_ADDRESS")), addresses
+
+
+def move_out_of_netns(netns_path: str, ifname: str, host_name: str) -> bool:
+    """Undo move_into_netns: ``ifname`` leaves the namespace for this process's
+    own, without addresses, down and named ``host_name`` (renamed first: the
+    host may have an interface of the container's name, eth0).  False when the
+    namespace has no ``ifname``."""
+    with NetNS(netns_path, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)
+        if not idx:
+            return False
+        ns.flush_addr(index=idx[0])
+        ns.link("set", index=idx[0], state="down")
+        ns.link("set", index=idx[0], ifname=host_name)
+        ns.link("set", index=idx[0], net_ns_pid=os.getpid())
+        return True

@@ -245,6 +245,13 @@ class OVS:
                 return str(port_id) if port_id is not None else None
         return None
 
+    def endpoint_ports(self) -> dict[str, str]:
+        """Every endpoint Kuryr recorded on an interface: endpoint id -> Neutron port
+        id (any front end's: the caller tells them apart by the port's owner)."""
+        return {str(row.external_ids[ENDPOINT_KEY]): str(row.external_ids.get("iface-id", ""))
+                for row in self.api.db_list_rows("Interface").execute(check_error=True)
+                if ENDPOINT_KEY in row.external_ids}
+
     def managed_interfaces(self) -> dict[str, str]:
         """Interfaces Kuryr plugged (any bridge): name -> Neutron port id."""
         return {row.name: row.external_ids.get("iface-id", "")

@@ -53,6 +53,14 @@ class Code(IntEnum):
     # Kuryr's: the node daemon took longer than the command's time limit; it may
     # still finish, so the runtime's DEL-then-ADD retry is the way out.
     DAEMON_TIMEOUT = 101
+    # Kuryr's, answered by the node daemon (docs/kubernetes.md, "Error codes"):
+    # the request collides with what is there (the interface name is taken in
+    # the pod's namespace by another interface, an address in use).
+    CONFLICT = 102
+    # The node itself failed (netlink, Open vSwitch refused, an unexpected error).
+    HOST_FAILURE = 103
+    # CHECK: the pod's interface is missing or not as ADD set it up.
+    INTERFACE_NOT_AS_SET = 104
 
 
 class CniError(Exception):

@@ -82,6 +82,7 @@ class Lease:
     netns: str | None = None  # the container's namespace, known from Join
     plain: bool = True  # nothing endpoint-specific was set: it can serve the next one
     ended: bool = False  # the endpoint is gone: the port was recycled, deleted or given back
+    record_tags: tuple[str, ...] = ()  # tags a front end's record put on the port (a pod's)
     made_at: float = field(default_factory=time.monotonic)
 
     @property

@@ -1,6 +1,7 @@
 """Whose port is it?  The one place that decides which Neutron ports Kuryr may use.
 
-Kuryr may use only ports it made on this host, the port of one of this
+Kuryr may use only ports it made on this host (with its own front end's
+device owners: Docker's Kuryr and the CNI daemon never use each other's), the port of one of this
 host's endpoints, or a port a user made for it on purpose: without an owner
 (no device_owner, no device_id).  A VM's port, another host's container, or
 Neutron's own DHCP/metadata port is never Kuryr's, whatever address it holds.
@@ -30,14 +31,15 @@ def describe(port: Port) -> str:
     return f"Neutron port {port.id} ({owner}{device}{where})"
 
 
-def claim(port: Port, host: str, endpoint_id: str = "") -> Claim:
-    """May Kuryr on ``host`` use ``port`` for ``endpoint_id``?  When not, a Conflict
-    whose message names the holder: the port and its owner."""
+def claim(port: Port, owners: marks.Owners, host: str, endpoint_id: str = "") -> Claim:
+    """May the front end owning ``owners`` on ``host`` use ``port`` for
+    ``endpoint_id``?  When not, a Conflict whose message names the holder: the
+    port and its owner (another front end's port is never claimed)."""
     if port.device_owner.startswith(NEUTRON_OWNER_PREFIX):
         raise errors.Conflict(f"Neutron's own {describe(port)}, never a container's")
     if endpoint_id and port.device_id == endpoint_id:
         return Claim.OURS  # Docker replays CreateEndpoint after a Kuryr restart
-    if port.device_owner in marks.KURYR_DEVICE_OWNERS:
+    if port.device_owner in owners.all:
         if port.binding_host_id != host:
             raise errors.Conflict(f"a container of another host: {describe(port)}")
         if port.device_id:
@@ -56,6 +58,7 @@ def is_adopted(port: Port) -> bool:
     return marks.PORT_EXISTING_TAG in port.tags
 
 
-def is_this_hosts(port: Port, host: str) -> bool:
-    """Made by Kuryr for this host (the only ports cleanup paths may delete)."""
-    return port.device_owner in marks.KURYR_DEVICE_OWNERS and port.binding_host_id == host
+def is_this_hosts(port: Port, owners: marks.Owners, host: str) -> bool:
+    """Made by this front end's Kuryr for this host (the only ports its cleanup
+    paths may delete)."""
+    return port.device_owner in owners.all and port.binding_host_id == host

@@ -6,9 +6,11 @@ wired them.  A request takes one with no Neutron request at all; the
 container takes the port's MAC.  The pool's own thread refills it.
 
 Bookkeeping lives in Neutron and on the host, so it survives a crash: pooled
-ports carry device_owner ``kuryr:pool``, no device_id, and are bound to this
-host.  After a restart a pooled port is free only when all of these hold:
-Neutron says so (owner kuryr:pool, no device_id), OVS names no endpoint on
+ports carry the front end's pool device_owner (``kuryr:pool`` for Docker,
+``kuryr-k8s:pool`` for pods: a pool never hands out another front end's
+port), no device_id, and are bound to this host.  After a restart a pooled
+port is free only when all of these hold: Neutron says so (that owner, no
+device_id), OVS names no endpoint on
 its interface, and its container end is still in the host namespace.
 """
 
@@ -39,8 +41,12 @@ class _Waiter:
 
 class PortPool:
     def __init__(self, neutron: Neutron, binder: Binder, background: Background, host: str,
-                 default_size: int, default_bridge: str) -> None:
+                 default_size: int, default_bridge: str, *, owners: marks.Owners,
+                 security_group_ids: tuple[str, ...] = ()) -> None:
         self.neutron = neutron
+        self.owners = owners
+        # Made with the front end's groups, so a taken port needs no PUT for them.
+        self.security_group_ids = security_group_ids
         self.binder = binder
         self.background = background
         self.host = host
@@ -226,8 +232,9 @@ class PortPool:
         fixed_ips = tuple({"subnet_id": s.id} for s in net.subnets)
         created = self.neutron.create_ports([NewPort(
             network_id=net.neutron_id, fixed_ips=fixed_ips,
-            device_owner=marks.POOL_DEVICE_OWNER, binding_host_id=self.host,
-            name=marks.POOL_PORT_NAME) for _ in range(missing)])
+            device_owner=self.owners.pool, binding_host_id=self.host,
+            name=marks.POOL_PORT_NAME, security_group_ids=self.security_group_ids)
+            for _ in range(missing)])
         ready = []
         for port in created:
             try:
@@ -278,7 +285,7 @@ class PortPool:
             return
         # Pooled ports this process may not know (made before a restart).
         for port in self.neutron.ports(network_id=net.neutron_id,
-                                       device_owner=marks.POOL_DEVICE_OWNER,
+                                       device_owner=self.owners.pool,
                                        binding_host_id=self.host):
             if self._is_free(port) or not self.binder.is_plugged(
                     vif_of(port, None, self.default_bridge)):
@@ -286,7 +293,7 @@ class PortPool:
 
     def _is_free(self, port: Port) -> bool:
         vif = vif_of(port, None, self.default_bridge)
-        return (port.device_owner == marks.POOL_DEVICE_OWNER and not port.device_id
+        return (port.device_owner == self.owners.pool and not port.device_id
                 and self.binder.is_plugged(vif) and self.binder.is_free(vif)
                 and self.binder.endpoint_of(vif) is None)
 
@@ -297,7 +304,7 @@ class PortPool:
         names one, is in use even if its container end has not moved yet (Kuryr
         was killed between CreateEndpoint and Docker moving the interface)."""
         free = 0
-        ports = self.neutron.ports(device_owner=marks.POOL_DEVICE_OWNER,
+        ports = self.neutron.ports(device_owner=self.owners.pool,
                                    binding_host_id=self.host)
         with self._lock:
             self._known.update(p.network_id for p in ports)

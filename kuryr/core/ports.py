@@ -47,10 +47,22 @@ ABANDONED_AFTER = 30.0
 class Settings:
     host: str
     default_bridge: str
+    owners: marks.Owners  # the front end's device owners: no other port is ever used
     dns_enabled: bool = False
     wait_for_refill: float = 0.0
     plug_timeout: float = 30.0
     plug_is_fatal: bool = True
+    security_group_ids: tuple[str, ...] = ()  # of every port made; empty: the default
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """How a front end records in Neutron that a port serves one of its endpoints,
+    when that is not Docker's way (device_id = endpoint id, named after it)."""
+
+    device_id: str
+    name: str
+    tags: tuple[str, ...] = ()  # replace the port's tags; removed when it returns to a pool
 
 
 @dataclass(frozen=True)
@@ -155,10 +167,10 @@ class PortLifecycle:
                          wanted: str | None, name: str, mac: str,
                          endpoint_id: str = "") -> Port:
         new = NewPort(network_id=net.neutron_id, fixed_ips=tuple(fixed_ips),
-                      device_owner=marks.UNBOUND_DEVICE_OWNER,
+                      device_owner=self.settings.owners.unbound,
                       binding_host_id=self.settings.host,
                       name=marks.PORT_NAME_PREFIX + (name or endpoint_id[:12] or "docker"),
-                      mac_address=mac,
+                      mac_address=mac, security_group_ids=self.settings.security_group_ids,
                       dns_name=name if name and self.settings.dns_enabled else "")
         try:
             return self.neutron.create_port(new)
@@ -175,7 +187,8 @@ class PortLifecycle:
             raise errors.Conflict(f"address {address} is already in use") from conflict
         holder = holders[0]
         try:
-            claim = ownership.claim(holder, self.settings.host, endpoint_id)
+            claim = ownership.claim(holder, self.settings.owners, self.settings.host,
+                                    endpoint_id)
         except errors.Conflict as exc:
             raise errors.Conflict(f"address {address} is already in use by {exc}") \
                 from conflict
@@ -196,7 +209,7 @@ class PortLifecycle:
                 else "a container being created"
             raise errors.Conflict(f"address {address} is already in use by {user} "
                                   f"(port {port.id})")
-        if port.device_owner == marks.POOL_DEVICE_OWNER:
+        if port.device_owner == self.settings.owners.pool:
             self.pool.claim(net.neutron_id, port.id)
         recorded = self.binder.endpoint_of(vif_of(port, net.mtu, self.settings.default_bridge))
         if recorded and recorded != endpoint_id:
@@ -213,7 +226,7 @@ class PortLifecycle:
         try:
             bound = self.neutron.update_port(
                 holder.id, binding_host_id=self.settings.host,
-                device_owner=marks.UNBOUND_DEVICE_OWNER,
+                device_owner=self.settings.owners.unbound,
                 mac_address=mac if mac and mac != holder.mac_address else None,
                 # The tag update above is one revision.
                 if_revision=holder.revision_number + 1)
@@ -247,6 +260,30 @@ class PortLifecycle:
             self.state.unattach(lease)
             if not lease.held:  # nobody will release it: Docker's own IPAM, or none
                 self._dispose(net, lease)
+            raise
+        return lease
+
+    def attach_ready(self, net: NetworkRecord, subnet: Subnet, endpoint_id: str,
+                     record: EndpointRecord) -> Lease:
+        """For a front end that asks for no address of its own (CNI): a ready pooled
+        port of ``subnet`` (no Neutron request), else a new one, attached to
+        ``endpoint_id``, recorded in the background as ``record`` and plugged.
+        The endpoint's existing lease when it has one (a repeated request)."""
+        known = self.state.endpoint(endpoint_id)
+        if known is not None:
+            return known
+        port, from_pool = self._ready_or_new_port(net, subnet, None, "", "")
+        lease = self.state.hand_out(port, net.neutron_id, from_pool)
+        if not self.state.attach(lease, endpoint_id):  # a concurrent request won
+            self._free_unattached(net, lease)
+            return self.state.endpoint(endpoint_id) or lease
+        lease.record_tags = record.tags
+        try:
+            self._record_endpoint_later(port, endpoint_id, net.neutron_id, lease, record)
+            self._plug(net, lease, endpoint_id)
+        except Exception:
+            self.state.unattach(lease)
+            self._free_unattached(net, lease)
             raise
         return lease
 
@@ -302,7 +339,7 @@ class PortLifecycle:
                   *(g for g in extras.security_group_ids if g not in port.security_group_ids)]
         old_vif = vif_of(port, net.mtu, self.settings.default_bridge)
         lease.port = self.neutron.update_port(
-            port.id, device_id=endpoint_id, device_owner=marks.DEVICE_OWNER,
+            port.id, device_id=endpoint_id, device_owner=self.settings.owners.container,
             binding_host_id=self.settings.host,
             name=_name_for(port, endpoint_id, lease.adopted),
             security_group_ids=groups if extras.security_group_ids else None,
@@ -311,26 +348,33 @@ class PortLifecycle:
             self.binder.unplug(old_vif)  # a pooled veth has the old MAC
 
     def _record_endpoint_later(self, port: Port, endpoint_id: str, network_id: str,
-                               lease: Lease | None = None) -> None:
+                               lease: Lease | None = None,
+                               given: EndpointRecord | None = None) -> None:
         """device_id and the rest in one background PUT; with Neutron DNS, once the
         container's name is known (or known not to come), so dns_name rides along.
         ``lease``: the endpoint's, whose write is dropped if the endpoint went
-        meanwhile (its port may serve another container by then)."""
-        host = self.settings.host
-        name = _name_for(port, endpoint_id, lease is not None and lease.adopted)
+        meanwhile (its port may serve another container by then).  ``given``:
+        the front end's own record (CNI: the pod), written as is (no DNS)."""
+        host, owner = self.settings.host, self.settings.owners.container
+        record_as = given or EndpointRecord(
+            device_id=endpoint_id,
+            name=_name_for(port, endpoint_id, lease is not None and lease.adopted) or "")
 
         def record(dns_label: str) -> None:
             def write() -> None:
                 if lease is not None and self.state.endpoint(endpoint_id) is not lease:
                     return  # gone before its name came: nothing to record
-                self.neutron.update_port(port.id, device_id=endpoint_id,
-                                         device_owner=marks.DEVICE_OWNER,
-                                         binding_host_id=host, name=name,
+                self.neutron.update_port(port.id, device_id=record_as.device_id,
+                                         device_owner=owner, binding_host_id=host,
+                                         name=record_as.name or None,
                                          dns_name=dns_label or None)
+                if record_as.tags:
+                    self.neutron.set_port_tags(port.id, record_as.tags)
             self.background.submit(port.id, f"record endpoint {endpoint_id[:12]} on port "
                                    f"{port.id}", write, group=network_id)
 
-        if lease is None or lease.adopted or not self.settings.dns_enabled:
+        if given is not None or lease is None or lease.adopted \
+                or not self.settings.dns_enabled:
             record("")  # a user's port keeps its own dns_name
         else:
             self.naming.when_named(endpoint_id, record)
@@ -429,13 +473,9 @@ class PortLifecycle:
             # Clearing its endpoint in OVS (~3 ms) is local work Docker need not wait
             # for.  Neutron's record is queued first: a next container's record of
             # itself, queued once the port is ready again, always lands after it.
-            port_id = lease.port.id
             self.background.submit(
-                port_id, f"return port {port_id} to the pool",
-                lambda: self.neutron.update_port(port_id, device_id="",
-                                                 device_owner=marks.POOL_DEVICE_OWNER,
-                                                 name=marks.POOL_PORT_NAME),
-                group=lease.network_id)
+                lease.port.id, f"return port {lease.port.id} to the pool",
+                lambda: self._record_back_in_pool(lease), group=lease.network_id)
             self._unplugger.submit(self._return_to_pool, net, lease)
             return lease
         # The container has left: removing its veth and OVS port (~40 ms of OVSDB
@@ -446,6 +486,15 @@ class PortLifecycle:
                                vif_of(lease.port, mtu, self.settings.default_bridge))
         self._dispose(net, lease)
         return lease
+
+    def _record_back_in_pool(self, lease: Lease) -> None:
+        """1 PUT; and 1 more to remove the tags a front end's record put on the
+        port (a pod's), so a ready port names nobody."""
+        port_id = lease.port.id
+        self.neutron.update_port(port_id, device_id="", device_owner=self.settings.owners.pool,
+                                 name=marks.POOL_PORT_NAME)
+        if lease.record_tags or lease.port.tags:
+            self.neutron.set_port_tags(port_id, [])
 
     def _return_to_pool(self, net: NetworkRecord, lease: Lease) -> None:
         """In the unplug thread: the port is ready again, or (OVS refused) deleted."""
@@ -488,7 +537,7 @@ class PortLifecycle:
         the next container's record were both queued when the process died."""
         lost = 0
         for port in self.neutron.ports(binding_host_id=self.settings.host):
-            if port.device_owner not in marks.KURYR_DEVICE_OWNERS:
+            if port.device_owner not in self.settings.owners.all:
                 continue
             endpoint_id = self.binder.endpoint_of(vif_of(port, None,
                                                          self.settings.default_bridge))
@@ -532,7 +581,7 @@ class PortLifecycle:
         the address out): free only a reservation of this host that no endpoint
         took (1 GET)."""
         for port in self.neutron.ports(network_id=net.neutron_id, ip_address=address):
-            if port.device_owner != marks.UNBOUND_DEVICE_OWNER or port.device_id \
+            if port.device_owner != self.settings.owners.unbound or port.device_id \
                     or port.binding_host_id != self.settings.host:
                 continue
             lease = self.state.hand_out(port, net.neutron_id)

@@ -1,1 +1,2 @@
-"""Kuryr for Kubernetes: the CNI node daemon and the controller."""
+"""Kuryr for Kubernetes: the CNI node daemon (``kuryr cni-daemon``) and the
+controller.  The ``kuryr-cni`` executable (kuryr/cni/) never imports this."""

@@ -1,11 +1,13 @@
 """Garbage collection: what this host's Kuryr left behind for containers that
 are gone (Kuryr or dockerd killed mid-operation, a Neutron write abandoned).
 
-Only what this host's Kuryr made is ever looked at:
-  * Neutron ports with a Kuryr device_owner bound to this host (binding:host_id);
+Only what this host's Kuryr for Docker made is ever looked at:
+  * Neutron ports with one of Docker's Kuryr device_owners (marks.DOCKER_OWNERS,
+    never the CNI daemon's marks.K8S_OWNERS) bound to this host (binding:host_id);
     ports adopted from the user (tag kuryr.port.existing) are only unbound;
   * veth pairs named by Kuryr (tap<id>/tc<id>, both ends in the host namespace)
-    and OVS interfaces marked external_ids:kuryr-managed=true;
+    and OVS interfaces marked external_ids:kuryr-managed=true, whose Neutron
+    port is not bound to this host (a pod's port is, so a pod's veth is kept);
   * security groups named kuryr-expose-* whose description starts with this
     host's mark (kuryr@<host>:);
   * networks Kuryr created for this host's Docker (tag kuryr.host:<host>) that
@@ -124,12 +126,12 @@ def _ports(ports: list[Port], links: set[str], grace: datetime.timedelta,
            now: datetime.datetime) -> list[Garbage]:
     found = []
     for port in ports:
-        if port.device_owner not in marks.KURYR_DEVICE_OWNERS or _age(port, now) < grace:
+        if port.device_owner not in marks.DOCKER_OWNERS.all or _age(port, now) < grace:
             continue
         vif = VIF(port_id=port.id, mac=port.mac_address)
         if vif.host_ifname not in links:
             reason = "its veth is gone (the container or the pool's plug is gone)"
-        elif port.device_owner != marks.POOL_DEVICE_OWNER and vif.container_ifname in links:
+        elif port.device_owner != marks.DOCKER_OWNERS.pool and vif.container_ifname in links:
             reason = "no container ever took its interface"
         else:
             continue  # in use by a container, or a free pooled port
@@ -211,7 +213,7 @@ def remove(scope: Scope, garbage: list[Garbage]) -> list[Garbage]:
 def _remove_network(scope: Scope, network_id: str) -> None:
     """Kuryr's own ports on it go first; a port of anyone else keeps it (Conflict)."""
     for port in scope.neutron.ports(network_id=network_id):
-        if port.device_owner in marks.KURYR_DEVICE_OWNERS \
+        if port.device_owner in marks.DOCKER_OWNERS.all \
                 and port.binding_host_id == scope.host \
                 and marks.PORT_EXISTING_TAG not in port.tags:
             host_ifname = f"{HOST_PREFIX}{port.id[:11]}"

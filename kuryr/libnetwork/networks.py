@@ -298,7 +298,7 @@ class Networks:
         in_use = self.state.ports_in_use()
         for port in self.neutron.ports(network_id=record.neutron_id,
                                        binding_host_id=self.settings.host):
-            if port.device_owner not in marks.KURYR_DEVICE_OWNERS or port.id in in_use \
+            if port.device_owner not in marks.DOCKER_OWNERS.all or port.id in in_use \
                     or marks.PORT_EXISTING_TAG in port.tags:
                 continue
             vif = vif_of(port, record.mtu, self.settings.default_bridge)

@@ -194,5 +194,6 @@ def _is_netns_file(path: str) -> bool:
 
 
 def published_ports_on_host(neutron: Neutron, host: str) -> list[Port]:
-    return [p for p in neutron.ports(device_owner=marks.DEVICE_OWNER, binding_host_id=host)
+    return [p for p in neutron.ports(device_owner=marks.DOCKER_OWNERS.container,
+                                          binding_host_id=host)
             if (p.description or "").startswith(spec.DESCRIPTION_PREFIX)]

@@ -18,21 +18,66 @@ UNBOUND_DEVICE_OWNER = "kuryr:unbound"
 POOL_DEVICE_OWNER = "kuryr:pool"  # created, bound and plugged ahead of any container
 NET_IPV6_TAG = "kuryr.net.ipv6"  # Docker asks for IPv6 addresses on this network
 NET_POOL_TAG = "kuryr.pool.size:"  # ports kept ready for this network
-# Every Kuryr device owner: the garbage collector looks at nothing else.
-KURYR_DEVICE_OWNERS = (DEVICE_OWNER, UNBOUND_DEVICE_OWNER, POOL_DEVICE_OWNER)
 # Kuryr for Kubernetes marks its ports with owners of its own, so Docker's
 # Kuryr (and its garbage collector) on the same host never takes or deletes a
 # pod's port, and the CNI daemon never a container's.
 K8S_DEVICE_OWNER = "compute:kuryr-k8s"  # a pod's port; device_id = the pod's uid
 K8S_UNBOUND_DEVICE_OWNER = "kuryr-k8s:unbound"
 K8S_POOL_DEVICE_OWNER = "kuryr-k8s:pool"
-K8S_DEVICE_OWNERS = (K8S_DEVICE_OWNER, K8S_UNBOUND_DEVICE_OWNER, K8S_POOL_DEVICE_OWNER)
+
+
+@dataclass(frozen=True)
+class Owners:
+    """The device owners of one front end's ports.  The core is given one at
+    construction and touches no port of another owner set: Docker's Kuryr and
+    the CNI daemon on one host never take, recycle or delete each other's ports."""
+
+    container: str  # serving a container (or pod)
+    unbound: str  # reserved, no container yet
+    pool: str  # created, bound and plugged ahead of any container
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.container, self.unbound, self.pool)
+
+
+DOCKER_OWNERS = Owners(DEVICE_OWNER, UNBOUND_DEVICE_OWNER, POOL_DEVICE_OWNER)
+K8S_OWNERS = Owners(K8S_DEVICE_OWNER, K8S_UNBOUND_DEVICE_OWNER, K8S_POOL_DEVICE_OWNER)
+# Docker's device owners: its garbage collector looks at nothing else.
+KURYR_DEVICE_OWNERS = DOCKER_OWNERS.all
+K8S_DEVICE_OWNERS = K8S_OWNERS.all
 # A node's own port on a pod network (kubelet's probes leave the host through
 # it); device_id = the node's name.  Not a pod's: no pool or GC of pods takes it.
 K8S_HOST_DEVICE_OWNER = "kuryr-k8s:host"
 K8S_HOST_PORT_PREFIX = "kuryr-k8s-host-"
 # The annotation on a Namespace naming its Neutron network (namespace driver).
 K8S_NETWORK_ANNOTATION = "openstack.org/kuryr-network"
+K8S_POD_TAG = "kuryr.k8s.pod:"  # on a pod's port: kuryr.k8s.pod:<namespace>/<name>
+K8S_POD_PORT_NAME_PREFIX = "kuryr-pod-"
+TAG_MAX = 60  # Neutron's limit on a tag
+NAME_MAX = 255  # Neutron's limit on a port name
+_POD_TAG_DIGEST = 8  # hex characters of sha256 that stand for a cut-off pod name
+
+
+def pod_port_name(namespace: str, name: str) -> str:
+    """A pod's port says which pod it serves: kuryr-pod-<namespace>/<name>, cut to
+    Neutron's 255 characters (a namespace is <= 63 and a pod name <= 253)."""
+    return f"{K8S_POD_PORT_NAME_PREFIX}{namespace}/{name}"[:NAME_MAX]
+
+
+def pod_tag(namespace: str, name: str) -> str:
+    """kuryr.k8s.pod:<namespace>/<name>, or, when that passes Neutron's 60 characters,
+    its first characters, "~" and 8 hex characters of the sha256 of <namespace>/<name>:
+    still unique for a pod (the port name carries the rest), and searchable."""
+    import hashlib
+
+    whole = f"{namespace}/{name}"
+    tag = K8S_POD_TAG + whole
+    if len(tag) <= TAG_MAX:
+        return tag
+    digest = hashlib.sha256(whole.encode()).hexdigest()[:_POD_TAG_DIGEST]
+    keep = TAG_MAX - len(K8S_POD_TAG) - 1 - _POD_TAG_DIGEST
+    return f"{K8S_POD_TAG}{whole[:keep]}~{digest}"
 EXPOSE_GROUP_PREFIX = "kuryr-expose-"  # security group of an endpoint's exposed ports
 NETWORK_NAME_PREFIX = "kuryr-net-"
 SUBNET_NAME_PREFIX = "kuryr-subnet-"

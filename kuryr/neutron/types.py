@@ -184,6 +184,7 @@ class NewPort:
     dns_name: str = ""
     device_id: str = ""
     tags: tuple[str, ...] = field(default=())
+    security_group_ids: tuple[str, ...] = field(default=())  # empty: the project's default
 
     def body(self) -> dict[str, object]:
         attrs: dict[str, object] = {
@@ -196,4 +197,6 @@ class NewPort:
                 attrs[key] = getattr(self, key)
         if self.tags:
             attrs["tags"] = list(self.tags)
+        if self.security_group_ids:
+            attrs["security_group_ids"] = list(self.security_group_ids)
         return attrs

@@ -8,6 +8,7 @@ import time
 
 from kuryr import errors
 from kuryr.core.background import Background
+from kuryr.neutron import marks
 
 
 def test_cancelling_a_job_that_keeps_getting_404_frees_the_queue_at_once():
@@ -85,7 +86,8 @@ def test_draining_the_pool_drops_the_queued_return_of_a_port_it_deletes():
     background = Background()
     background.start()
     neutron = SimpleNamespace(delete_port=deleted.add, update_port=update_port)
-    pool = PortPool(neutron, FakeBinder(), background, "h", 0, "br-int")  # type: ignore[arg-type]
+    pool = PortPool(neutron, FakeBinder(), background, "h", 0, "br-int",
+                    owners=marks.DOCKER_OWNERS)  # type: ignore[arg-type]
     net = NetworkRecord(docker_id="d" * 64, neutron_id="n1", mtu=1450)
     port = Port(id="p1", network_id="n1", mac_address="fa:16:3e:00:00:01")
     pool._ready["n1"] = collections.deque([port])

@@ -38,18 +38,19 @@ class Driver:
     """Kuryr's Docker driver over the fakes, built as the server builds it."""
 
     def __init__(self, pool_size: int = 0, neutron: FakeNeutron | None = None,
-                 binder: FakeBinder | None = None, naming: Naming | None = None) -> None:
+                 binder: FakeBinder | None = None, naming: Naming | None = None,
+                 owners: marks.Owners = marks.DOCKER_OWNERS) -> None:
         self.neutron = neutron or FakeNeutron()
         self.binder = binder or FakeBinder()
         self.state = State()
         self.background = Background()
         self.background.start()
         self.pool = PortPool(self.neutron, self.binder, self.background, HOST, pool_size,
-                             "br-int")
+                             "br-int", owners=owners)
         self.pool.start()
         self.ports = PortLifecycle(self.neutron, self.binder, self.pool, self.background,
                                    self.state, Settings(host=HOST, default_bridge="br-int",
-                                                        plug_timeout=1,
+                                                        owners=owners, plug_timeout=1,
                                                         dns_enabled=naming is not None),
                                    naming or NoNames())
         floating = FloatingPublisher(self.neutron, HOST, "", "kuryr-publish")
@@ -248,7 +249,7 @@ def test_claim_refuses_ports_that_are_not_kuryrs(owner, device, host, needle):
     port = Port(id="p1", network_id="n", mac_address="m", device_owner=owner,
                 device_id=device, binding_host_id=host)
     with pytest.raises(errors.Conflict, match=needle) as caught:
-        ownership.claim(port, HOST, "ep-mine")
+        ownership.claim(port, marks.DOCKER_OWNERS, HOST, "ep-mine")
     assert "p1" in str(caught.value)
 
 

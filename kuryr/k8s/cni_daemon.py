@@ -1,0 +1,143 @@
+"""`kuryr cni-daemon`: Kuryr's Kubernetes node daemon.  Built from config, on the
+same core as Docker's Kuryr (kuryr/server.py) but with device owners of its
+own (marks.K8S_OWNERS), serving kuryr-cni on a root-only unix socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from oslo_config import cfg
+
+from kuryr.binding.ovs import OVS
+from kuryr.binding.plugging import UnsupportedDriver, build_binder
+from kuryr.core.background import Background
+from kuryr.core.daemon import Daemon
+from kuryr.core.naming import NoNames
+from kuryr.core.pool import PortPool
+from kuryr.core.ports import PortLifecycle, Settings
+from kuryr.core.state import State
+from kuryr.k8s.app import CniService, build_app
+from kuryr.k8s.networks import SharedNetwork, build_pod_networks
+from kuryr.k8s.pods import PodAttachments
+from kuryr.listen import unix_socket
+from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron, connect
+
+LOG = logging.getLogger(__name__)
+STOP_WRITES_TIMEOUT = 30.0
+
+
+@dataclass
+class Node:
+    """A running CNI daemon: the API it serves and the daemon owning its threads."""
+
+    service: CniService
+    daemon: Daemon
+    host: str
+
+
+def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
+    """Every collaborator, built once from config; the threads started in order."""
+    host = conf.host or socket.gethostname()
+    bridge = conf.binding.ovs_bridge
+    ovs = OVS(conf.binding.ovsdb_connection)
+    try:
+        binder = build_binder(conf.port_driver, ovs, host)
+    except UnsupportedDriver as exc:
+        raise SystemExit(f"kuryr cni-daemon: {exc}") from None
+    neutron = neutron or connect(conf)
+    networks = build_pod_networks(conf, neutron)  # reaches Neutron, or does not start
+    groups = tuple(conf.kubernetes.pod_security_groups)
+    background = Background(neutron.counter.operation)
+    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
+                    owners=marks.K8S_OWNERS, security_group_ids=groups)
+    lifecycle = PortLifecycle(neutron, binder, pool, background, State(), Settings(
+        host=host, default_bridge=bridge, owners=marks.K8S_OWNERS,
+        wait_for_refill=conf.pool.wait_for_refill,
+        plug_timeout=conf.neutron.vif_plugging_timeout, plug_is_fatal=True,
+        security_group_ids=groups), NoNames())
+    pods = PodAttachments(lifecycle, networks, pool.held,
+                          lambda: pods_plugged_here(neutron, ovs, host))
+    daemon = Daemon()
+    daemon.start("Open vSwitch connection", lambda: None, ovs.close)  # stopped last
+    daemon.start("background writer", background.start,
+                 lambda: background.stop(STOP_WRITES_TIMEOUT))
+    daemon.start("port cleanup", lambda: None, lifecycle.stop)
+    daemon.start("port pool", pool.start, pool.stop)
+    free = pool.restore()
+    if free:
+        LOG.info("took back %d ready pooled ports", free)
+    if isinstance(networks, SharedNetwork):  # ready ports before the first pod
+        pool.refill_soon(networks.network_for(""))
+    return Node(service=CniService(pods=pods, healthy=_health_of(ovs, bridge)),
+                daemon=daemon, host=host)
+
+
+def pods_plugged_here(neutron: Neutron, ovs: OVS, host: str) -> dict[str, str]:
+    """Container id -> port id of every attachment this daemon plugged: OVS
+    interfaces naming a container whose port has a Kubernetes owner and is bound
+    to this host (1 GET; Docker's endpoints on this host are never included)."""
+    ours = {p.id for p in neutron.ports(binding_host_id=host)
+            if p.device_owner in marks.K8S_OWNERS.all}
+    return {cid: port_id for cid, port_id in ovs.endpoint_ports().items() if port_id in ours}
+
+
+def _health_of(ovs: OVS, bridge: str) -> Callable[[], str | None]:
+    """Neutron was reached at start (the pod network was looked up); OVS must
+    answer and have the bridge now."""
+    def problem() -> str | None:
+        try:
+            if ovs.bridge_exists(bridge):
+                return None
+            return f"Open vSwitch has no bridge {bridge}"
+        except Exception as exc:  # noqa: BLE001 - any failure is "not available"
+            return f"Open vSwitch does not answer: {exc}"
+    return problem
+
+
+def serve(conf: cfg.ConfigOpts) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if conf.debug else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)
+    path = Path(conf.kubernetes.daemon_socket)
+    if not path.is_absolute():
+        raise SystemExit(f"kuryr cni-daemon: [kubernetes] daemon_socket {path} is not an "
+                         "absolute path")
+    # Root only (0600): whoever can write to it creates and plugs Neutron ports.
+    listener = unix_socket(path, "", "[kubernetes] daemon_socket")
+    try:
+        node = build(conf)
+    except BaseException:
+        listener.close()
+        path.unlink(missing_ok=True)
+        raise
+    LOG.info("kuryr cni-daemon serving %s for host %s", path, node.host)
+    # As `kuryr serve`: uvicorn answers the calls in flight on SIGTERM, then
+    # raises the signal again with this handler, so the threads stop in order.
+    signal.signal(signal.SIGTERM, _stop_serving)
+    try:
+        uvicorn.run(build_app(node.service), log_level="warning",
+                    timeout_graceful_shutdown=5, fd=listener.detach())
+    except _Stopping:
+        pass
+    finally:
+        node.daemon.stop()
+        path.unlink(missing_ok=True)
+    return 0
+
+
+class _Stopping(Exception):
+    """SIGTERM arrived."""
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise _Stopping

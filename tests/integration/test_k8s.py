@@ -1,0 +1,170 @@
+"""Kubernetes pods on Neutron ports: the real cluster of `kuryr-aio up --k8s`
+(kube-apiserver, kubelet, containerd), Kuryr's CNI and its node daemon."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from kuryr.aio import kubernetes
+from kuryr.aio.layout import POD_CIDR, Layout
+from kuryr.binding import netlink
+from kuryr.neutron import marks
+
+from . import helpers
+
+pytestmark = pytest.mark.k8s
+HTTPD = ["sh", "-c", "echo ok > /var/www/index.html && exec httpd -f -p 8080 -h /var/www"]
+
+
+@pytest.fixture(scope="session")
+def cluster(stack) -> Layout:
+    """The stack with its Kubernetes cluster (built once: ~13 min on 2 cores)."""
+    proc = subprocess.run([helpers.aio_command(), "up", "--k8s"], text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"`kuryr-aio up --k8s` failed with exit code {proc.returncode}")
+    return stack
+
+
+def kubectl(layout: Layout, *args: str, input_text: str | None = None,
+            timeout: float = 120) -> str:
+    return kubernetes.kubectl(layout, *args, input_text=input_text, timeout=timeout)
+
+
+@pytest.fixture
+def namespace(cluster, unique):
+    """Namespaces of the test's own, deleted (with their pods) at the end."""
+    made = []
+
+    def make(labels: dict[str, str] | None = None) -> str:
+        name = f"kt-{unique}-{len(made)}"
+        doc = {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": labels or {}}}
+        kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(doc))
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        kubectl(cluster, "delete", "namespace", name, "--wait=true", timeout=180)
+
+
+def pod_doc(name: str, namespace: str, labels: dict[str, str] | None = None,
+            command: list[str] | None = None, readiness: bool = True) -> dict:
+    container: dict = {"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                       "command": command or HTTPD}
+    if readiness:
+        # kubelet probes from the host's namespace: through the node's own port.
+        container["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080},
+                                       "periodSeconds": 1, "failureThreshold": 30}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+            "spec": {"containers": [container], "terminationGracePeriodSeconds": 0,
+                     "automountServiceAccountToken": False}}
+
+
+def run_pods(layout: Layout, docs: list[dict], timeout: float = 120) -> list[dict]:
+    manifest = {"apiVersion": "v1", "kind": "List", "items": docs}
+    kubectl(layout, "apply", "-f", "-", input_text=json.dumps(manifest))
+    for doc in docs:
+        meta = doc["metadata"]
+        kubectl(layout, "wait", "-n", meta["namespace"], "--for=condition=Ready",
+                f"pod/{meta['name']}", f"--timeout={int(timeout)}s", timeout=timeout + 30)
+    return [get_pod(layout, d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs]
+
+
+def get_pod(layout: Layout, namespace: str, name: str) -> dict:
+    return json.loads(kubectl(layout, "get", "pod", "-n", namespace, name, "-o", "json"))
+
+
+def exec_in(layout: Layout, pod: dict, *argv: str) -> subprocess.CompletedProcess:
+    meta = pod["metadata"]
+    return subprocess.run(
+        [str(kubernetes.kubectl_path(layout)), f"--kubeconfig={kubernetes.kubeconfig(layout)}",
+         "exec", "-n", meta["namespace"], meta["name"], "--", *argv],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def pod_ports(neutron) -> dict[str, list]:
+    """Pods' Neutron ports (Kuryr for Kubernetes' container owner) by device_id."""
+    found: dict[str, list] = {}
+    for port in neutron.ports(device_owner=marks.K8S_DEVICE_OWNER):
+        found.setdefault(port.device_id, []).append(port)
+    return found
+
+
+def host_veths() -> set[str]:
+    return {n for n in netlink.link_names() if n.startswith("tap")}
+
+
+def test_pods_of_two_namespaces_reach_each_other_on_neutron_ports(cluster, namespace,
+                                                                  neutron):
+    a, b = namespace(), namespace()
+    pod_a, pod_b = run_pods(cluster, [pod_doc("web", a), pod_doc("web", b)])
+    ip_a, ip_b = pod_a["status"]["podIP"], pod_b["status"]["podIP"]
+    for ip in (ip_a, ip_b):
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR)
+    # Ready: kubelet's HTTP probe from the host reached each pod.
+    answer = exec_in(cluster, pod_a, "wget", "-q", "-O", "-", "-T", "5",
+                     f"http://{ip_b}:8080/")
+    assert answer.stdout.strip() == "ok", answer.stderr
+    assert exec_in(cluster, pod_b, "ping", "-c", "1", "-W", "2", ip_a).returncode == 0
+
+    def recorded():
+        ports = pod_ports(neutron)
+        return all(pod["metadata"]["uid"] in ports for pod in (pod_a, pod_b)) and ports
+    ports = helpers.wait_until(recorded, 20)
+    assert ports, "the pods' ports were not recorded with their uid"
+    for pod, ip in ((pod_a, ip_a), (pod_b, ip_b)):
+        [port] = ports[pod["metadata"]["uid"]]
+        assert port.binding_host_id == cluster.host
+        assert [f.ip_address for f in port.fixed_ips] == [ip]
+        assert port.status == "ACTIVE"
+
+
+def test_twenty_pods_deleted_leave_no_port_or_veth(cluster, namespace, neutron):
+    ns = namespace()
+    veths_before = host_veths()
+    pods = run_pods(cluster, [pod_doc(f"p{i}", ns, readiness=False,
+                                      command=["sleep", "3600"]) for i in range(20)],
+                    timeout=180)
+    uids = {p["metadata"]["uid"] for p in pods}
+    assert len({p["status"]["podIP"] for p in pods}) == 20
+    kubectl(cluster, "delete", "pods", "--all", "-n", ns, "--wait=true", timeout=180)
+
+    def nothing_left():
+        return not (uids & set(pod_ports(neutron))) and host_veths() <= veths_before \
+            and len(host_veths()) - len(veths_before) <= 0
+    assert helpers.wait_until(nothing_left, 60, interval=1), (
+        f"left: ports {uids & set(pod_ports(neutron))}, "
+        f"veths {host_veths() - veths_before}")
+
+
+def test_daemon_killed_during_pod_starts_leaves_one_port_per_pod(cluster, namespace,
+                                                                 neutron):
+    ns = namespace()
+    pidfile = cluster.pidfile("kuryr-cni-daemon")
+    docs = [pod_doc(f"c{i}", ns, readiness=False, command=["sleep", "3600"])
+            for i in range(8)]
+    kubectl(cluster, "apply", "-f", "-",
+            input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    time.sleep(1.0)  # some ADDs in flight, some done, some not started
+    os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+    proc = subprocess.run([helpers.aio_command(), "up"], text=True, check=False)
+    assert proc.returncode == 0
+    pods = run_pods(cluster, docs, timeout=180)
+    ports = helpers.wait_until(
+        lambda: (found := pod_ports(neutron)) and all(
+            p["metadata"]["uid"] in found for p in pods) and found, 30)
+    assert ports
+    for pod in pods:
+        assert len(ports[pod["metadata"]["uid"]]) == 1, pod["metadata"]["name"]
+    kubectl(cluster, "delete", "pods", "--all", "-n", ns, "--wait=true", timeout=180)
+    uids = {p["metadata"]["uid"] for p in pods}
+    assert helpers.wait_until(lambda: not (uids & set(pod_ports(neutron))), 60)
