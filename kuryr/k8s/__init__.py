@@ -1,0 +1,1 @@
+"""The Kubernetes controller: watches the API server, keeps Neutron in step."""
