@@ -7,7 +7,7 @@ the Kubernetes documentation writes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightkube import ApiError, Client, KubeConfig
@@ -83,7 +83,7 @@ class KubeApi:
 
     def patch_metadata(self, kind: str, obj: Obj, *,
                        annotations: dict[str, str | None] | None = None,
-                       finalizers: list[str] | None = None) -> Obj:
+                       finalizers: Sequence[str] | None = None) -> Obj:
         """A merge patch of the object's annotations (None removes one) and
         finalizers (the whole list), valid only for the version read: a
         finalizer list written over a newer one would drop another's."""
@@ -92,7 +92,7 @@ class KubeApi:
         if annotations is not None:
             changes["annotations"] = annotations
         if finalizers is not None:
-            changes["finalizers"] = finalizers
+            changes["finalizers"] = [*finalizers]
         kwargs = {} if kind in CLUSTER_SCOPED else {"namespace": meta["namespace"]}
         try:
             patched = self._client.patch(RESOURCES[kind], meta["name"], {"metadata": changes},
