@@ -343,7 +343,7 @@ class Neutron:
         its first address, DHCP on)."""
         with translated_errors(f"create subnet /{prefixlen} from pool {subnet_pool_id}"):
             return Subnet.from_sdk(self.api.create_subnet(
-                network_id=network_id, subnet_pool_id=subnet_pool_id, prefixlen=prefixlen,
+                network_id=network_id, subnet_pool_id=subnet_pool_id, prefix_length=prefixlen,
                 ip_version=ip_version, name=name, is_dhcp_enabled=True))
 
     def get_subnet(self, subnet_id: str) -> Subnet:
