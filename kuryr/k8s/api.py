@@ -17,7 +17,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from oslo_config import cfg
 
-from kuryr.k8s.events import Obj
+from kuryr.k8s.events import NotReady, Obj
 from kuryr.k8s.watch import Gone, Listing
 
 GONE = 410
@@ -37,8 +37,9 @@ class ObjectGone(Exception):
     """The object to patch no longer exists (404)."""
 
 
-class ObjectChanged(Exception):
-    """The object changed since the version the patch was based on (409)."""
+class ObjectChanged(NotReady):
+    """The object changed since the version the patch was based on (409): the
+    handler is tried again, with the newer version the watch brings meanwhile."""
 
 
 def connect(conf: cfg.ConfigOpts) -> Client:

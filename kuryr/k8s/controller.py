@@ -51,7 +51,9 @@ class Handlers:
             # comes only if the finalizer was removed by hand: clean up anyway.
             self._policies.delete_policy_group(_without_finalizers(event.obj))
             return
-        self._policies.apply_policy(event.obj)
+        # The newest version seen: a queued (or re-queued) event may be older
+        # than a patch of our own, and a patch must name the current version.
+        self._policies.apply_policy(self._view.policies.get(event.key) or event.obj)
 
     def _on_pod(self, event: Event) -> None:
         info = pod_info(event.obj)
@@ -64,7 +66,7 @@ class Handlers:
 
     def _on_namespace(self, event: Event) -> None:
         if self._networks is not None and event.type is not EventType.DELETED:
-            self._networks.apply_namespace(event.obj)
+            self._networks.apply_namespace(self._view.namespaces.get(event.key) or event.obj)
         deleted = event.type is EventType.DELETED
         state = None if deleted else tuple(sorted(labels(event.obj).items()))
         if self._peer_state_changed(event.key, state):

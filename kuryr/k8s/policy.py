@@ -56,7 +56,7 @@ class PodInfo:
     named_ports: tuple[NamedPort, ...] = ()
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """One Neutron security group rule; None: any."""
 

@@ -93,7 +93,13 @@ def rule_changes(desired: Iterable[Rule], existing: Iterable[SecurityGroupRule],
             delete.append(rule.id)
         else:
             kept.add(found)
-    return RuleChanges(create=sorted(wanted - kept), delete=delete)
+    return RuleChanges(create=sorted(wanted - kept, key=_rule_order), delete=delete)
+
+
+def _rule_order(rule: Rule) -> tuple[str, ...]:
+    """A stable order of requests (None, "any", sorts first)."""
+    return tuple("" if value is None else f"{value:>12}" if isinstance(value, int) else value
+                 for value in vars(rule).values())
 
 
 def rule_body(rule: Rule, group_id: str, group_ids: Mapping[str, str]) -> dict[str, object]:

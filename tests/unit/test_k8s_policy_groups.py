@@ -13,7 +13,7 @@ def test_a_new_group_loses_neutrons_default_egress_rules_and_gets_the_policys():
     desired = {Rule("ingress", "IPv4", "tcp", 80, 80, remote_address_group="ingress-0")}
     changes = rule_changes(desired, [existing("e4", "egress"), existing("e6", "egress", "IPv6")],
                            {"ingress-0": "ag-1"})
-    assert changes.create == sorted(desired)
+    assert changes.create == list(desired)
     assert sorted(changes.delete) == ["e4", "e6"]
 
 
@@ -43,7 +43,7 @@ def test_a_peer_set_whose_group_changed_gets_its_rule_again():
     desired = {Rule("ingress", "IPv4", remote_address_group="ingress-0")}
     changes = rule_changes(desired, [existing("a", "ingress", remote_address_group_id="ag-1")],
                            {"ingress-0": "ag-2"})
-    assert changes.create == sorted(desired)
+    assert changes.create == list(desired)
     assert changes.delete == ["a"]
 
 
@@ -60,3 +60,14 @@ def test_rule_body_names_the_address_group_by_id_and_leaves_out_anys():
 def test_group_names_are_cut_to_neutrons_limit():
     assert group_name("default", "web") == "kuryr-np-default-web"
     assert len(group_name("n" * 63, "p" * 253)) == 255
+
+
+def test_rules_with_and_without_ports_and_remotes_are_created_in_a_stable_order():
+    # Found on the live cluster: sorting rules whose fields mix None and values.
+    desired = [Rule("ingress", "IPv4", "tcp", 5432, 5432, remote_ip_prefix="172.17.0.0/24"),
+               Rule("ingress", "IPv4", "tcp", 5432, 5432, remote_address_group="ingress-0"),
+               Rule("ingress", "IPv4", remote_ip_prefix="192.0.2.1/32"),
+               Rule("ingress", "IPv6")]
+    first = rule_changes(desired, [], {"ingress-0": "ag-1"}).create
+    assert sorted(first, key=repr) == sorted(desired, key=repr)
+    assert rule_changes(list(reversed(desired)), [], {"ingress-0": "ag-1"}).create == first
