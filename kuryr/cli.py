@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         '`eval "$(kuryr-aio env)"`; a missing one is an error), else\n'
         f"{config.DEFAULT_CONFIG_FILE} when it exists. `kuryr status` first prints\n"
         "which files it read.")
-    parser.add_argument("command", choices=["serve", "cni-daemon", "ports", "gc", "status"],
+    parser.add_argument("command", choices=["serve", "cni-daemon", "k8s-controller", "ports",
+                                            "gc", "status"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
                         "cni-daemon: run the Kubernetes node daemon kuryr-cni talks to "
                         "([kubernetes] daemon_socket); "
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "gc: remove what this host's Kuryr left behind for containers "
                         "that are gone; "
                         "status: check Neutron, Open vSwitch, the plugin socket and dockerd, "
-                        "and say what is wrong (exit 1 when anything is)")
+                        "and say what is wrong (exit 1 when anything is); "
+                        "k8s-controller: run the Kubernetes controller until SIGTERM")
     parser.add_argument("--dry-run", action="store_true",
                         help="gc: only show what would be removed")
     parser.add_argument("--grace", type=float, default=None, metavar="SECONDS",
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_ports(conf)
     if args.command == "status":
         return status(conf)
+    if args.command == "k8s-controller":
+        return run_k8s_controller(conf)
     if args.command == "gc":
         return collect_garbage(conf, args.dry_run, args.grace, args.trust_docker)
     return 2
@@ -85,6 +89,25 @@ def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | N
     if not garbage:
         print("nothing to collect")
     return 1 if failed else 0
+
+
+def run_k8s_controller(conf: config.cfg.ConfigOpts) -> int:
+    import logging
+    import signal
+    import threading
+
+    from kuryr.k8s.factory import build_controller
+
+    logging.basicConfig(level=logging.DEBUG if conf.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    controller = build_controller(conf)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    controller.start()
+    stopping.wait()
+    controller.stop()
+    return 0
 
 
 def list_ports(conf: config.cfg.ConfigOpts) -> int:

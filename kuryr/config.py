@@ -348,6 +348,18 @@ kubernetes_opts = [
         default=[],
         help="Security groups (UUIDs) of every pod port; empty: the project's default group.",
     ),
+    cfg.ListOpt(
+        "pod_probe_cidrs",
+        default=[],
+        help="Addresses (CIDRs) kubelet's probes come from (the host's port on the pod "
+        "network): the controller lets them into every pod a NetworkPolicy isolates.",
+    ),
+    cfg.IntOpt(
+        "controller_workers",
+        default=4,
+        min=1,
+        help="Threads of the controller handling events (one object's events in order).",
+    ),
     cfg.StrOpt(
         "daemon_socket",
         default="/run/kuryr/cni.sock",

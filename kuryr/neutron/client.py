@@ -29,11 +29,13 @@ from openstack import connection as os_connection
 from openstack import exceptions as os_exc
 from openstack.network.v2.network import Network as OSNetwork
 from openstack.network.v2.port import Port as OSPort
+from openstack.network.v2.security_group import SecurityGroup as OSSecurityGroup
 from oslo_config import cfg
 
 from kuryr import errors
 from kuryr.config import NEUTRON_GROUP
 from kuryr.neutron.types import (
+    AddressGroup,
     FloatingIP,
     Network,
     NewPort,
@@ -41,6 +43,7 @@ from kuryr.neutron.types import (
     PortForwarding,
     Router,
     SecurityGroup,
+    SecurityGroupRule,
     Subnet,
     SubnetPool,
 )
@@ -334,6 +337,15 @@ class Neutron:
                         "allocated from the same pool") from exc
                 raise
 
+    def create_subnet_from_pool(self, network_id: str, subnet_pool_id: str, prefixlen: int,
+                                name: str, ip_version: int = 4) -> Subnet:
+        """1 POST: the pool picks the next free CIDR of that length (gateway:
+        its first address, DHCP on)."""
+        with translated_errors(f"create subnet /{prefixlen} from pool {subnet_pool_id}"):
+            return Subnet.from_sdk(self.api.create_subnet(
+                network_id=network_id, subnet_pool_id=subnet_pool_id, prefix_length=prefixlen,
+                ip_version=ip_version, name=name, is_dhcp_enabled=True))
+
     def get_subnet(self, subnet_id: str) -> Subnet:
         """1 GET."""
         with translated_errors(f"find subnet {subnet_id}"):
@@ -424,6 +436,61 @@ class Neutron:
         """1 DELETE; absent is fine."""
         with translated_errors(f"delete security group {group_id}"):
             self.api.delete_security_group(group_id, ignore_missing=True)
+
+    def security_groups_tagged(self, tags: Iterable[str]) -> list[SecurityGroup]:
+        """1 GET: groups carrying all ``tags``."""
+        with translated_errors("find security groups by tag"):
+            return [SecurityGroup.from_sdk(g)
+                    for g in self.api.security_groups(tags=",".join(tags))]
+
+    def set_security_group_tags(self, group_id: str, tags: Iterable[str]) -> None:
+        """1 PUT: replaces all tags of the group."""
+        with translated_errors(f"tag security group {group_id}"):
+            self.api.set_tags(OSSecurityGroup.existing(id=group_id), sorted(set(tags)))
+
+    def security_group_rules(self, group_id: str) -> list[SecurityGroupRule]:
+        """1 GET: the rules of one group."""
+        with translated_errors(f"list rules of security group {group_id}"):
+            return [SecurityGroupRule.from_sdk(r)
+                    for r in self.api.security_group_rules(security_group_id=group_id)]
+
+    def delete_security_group_rule(self, rule_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete security group rule {rule_id}"):
+            self.api.delete_security_group_rule(rule_id, ignore_missing=True)
+
+    # -- address groups (extension address-group) ---------------------------
+    def create_address_group(self, name: str, description: str,
+                             addresses: Iterable[str]) -> AddressGroup:
+        """1 POST."""
+        with translated_errors(f"create address group {name}"):
+            return AddressGroup.from_sdk(self.api.create_address_group(
+                name=name, description=description, addresses=sorted(addresses)))
+
+    def address_groups(self, description: str) -> list[AddressGroup]:
+        """1 GET: the groups with exactly this description (address groups take no tags)."""
+        with translated_errors("list address groups"):
+            return [AddressGroup.from_sdk(g)
+                    for g in self.api.address_groups(description=description)]
+
+    def add_addresses(self, group_id: str, addresses: Iterable[str]) -> None:
+        """1 PUT; nothing when there is nothing to add."""
+        added = sorted(addresses)
+        if added:
+            with translated_errors(f"add addresses to address group {group_id}"):
+                self.api.add_addresses_to_address_group(group_id, added)
+
+    def remove_addresses(self, group_id: str, addresses: Iterable[str]) -> None:
+        """1 PUT; nothing when there is nothing to remove."""
+        removed = sorted(addresses)
+        if removed:
+            with translated_errors(f"remove addresses from address group {group_id}"):
+                self.api.remove_addresses_from_address_group(group_id, removed)
+
+    def delete_address_group(self, group_id: str) -> None:
+        """1 DELETE; absent is fine; Conflict while a rule names it."""
+        with translated_errors(f"delete address group {group_id}"):
+            self.api.delete_address_group(group_id, ignore_missing=True)
 
     # -- routers and floating IPs (Neutron-native publishing) --------------
     def find_router(self, name: str) -> Router | None:

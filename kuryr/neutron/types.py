@@ -147,11 +147,56 @@ class SecurityGroup:
     description: str = ""
     created_at: str = ""
     updated_at: str = ""
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def from_sdk(cls, res: Any) -> SecurityGroup:  # noqa: ANN401
         return cls(id=_text(res.id), name=_text(res.name), description=_text(res.description),
-                   created_at=_text(res.created_at), updated_at=_text(res.updated_at))
+                   created_at=_text(res.created_at), updated_at=_text(res.updated_at),
+                   tags=_tags(getattr(res, "tags", ())))
+
+
+@dataclass(frozen=True)
+class SecurityGroupRule:
+    """A rule as Neutron stores it (protocol lower case; None: any)."""
+
+    id: str
+    security_group_id: str
+    direction: str
+    ethertype: str
+    protocol: str | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+    remote_address_group_id: str | None = None
+
+    @classmethod
+    def from_sdk(cls, res: Any) -> SecurityGroupRule:  # noqa: ANN401
+        def number(value: object) -> int | None:
+            return None if value is None else int(str(value))
+
+        return cls(id=_text(res.id), security_group_id=_text(res.security_group_id),
+                   direction=_text(res.direction), ethertype=_text(res.ether_type),
+                   protocol=str(res.protocol).lower() if res.protocol else None,
+                   port_range_min=number(res.port_range_min),
+                   port_range_max=number(res.port_range_max),
+                   remote_ip_prefix=res.remote_ip_prefix or None,
+                   remote_group_id=res.remote_group_id or None,
+                   remote_address_group_id=getattr(res, "remote_address_group_id", None) or None)
+
+
+@dataclass(frozen=True)
+class AddressGroup:
+    id: str
+    name: str = ""
+    description: str = ""
+    addresses: frozenset[str] = frozenset()  # CIDRs, as Neutron normalises them
+
+    @classmethod
+    def from_sdk(cls, res: Any) -> AddressGroup:  # noqa: ANN401
+        return cls(id=_text(res.id), name=_text(res.name), description=_text(res.description),
+                   addresses=frozenset(str(a) for a in (res.addresses or ())))
 
 
 @dataclass(frozen=True)

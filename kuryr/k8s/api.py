@@ -1,0 +1,107 @@
+"""The Kubernetes API server, through lightkube: the only module that imports it.
+
+Objects cross this boundary as plain JSON dictionaries (``Obj``), the shape
+the API server sends: the handlers and the pure policy code read them the way
+the Kubernetes documentation writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.core.client import on_error_raise
+from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.types import PatchType
+from oslo_config import cfg
+
+from kuryr.k8s.events import NotReady, Obj
+from kuryr.k8s.watch import Gone, Listing
+
+GONE = 410
+NOT_FOUND = 404
+CONFLICT = 409
+FIELD_MANAGER = "kuryr-controller"
+
+RESOURCES: dict[str, Any] = {
+    "Namespace": Namespace,
+    "Pod": Pod,
+    "NetworkPolicy": NetworkPolicy,
+}
+CLUSTER_SCOPED = frozenset({"Namespace"})
+
+
+class ObjectGone(Exception):
+    """The object to patch no longer exists (404)."""
+
+
+class ObjectChanged(NotReady):
+    """The object changed since the version the patch was based on (409): the
+    handler is tried again, with the newer version the watch brings meanwhile."""
+
+
+def connect(conf: cfg.ConfigOpts) -> Client:
+    """A client from ``[kubernetes] kubeconfig``, or the pod's service account."""
+    path = conf.kubernetes.kubeconfig
+    config = KubeConfig.from_file(path) if path else KubeConfig.from_service_account()
+    return Client(config=config, field_manager=FIELD_MANAGER, trust_env=False)
+
+
+def _namespace_arg(kind: str) -> dict[str, str]:
+    return {} if kind in CLUSTER_SCOPED else {"namespace": "*"}
+
+
+def _to_obj(model: Any) -> Obj:  # noqa: ANN401 - a lightkube model
+    found = model.to_dict()
+    return found if isinstance(found, dict) else {}
+
+
+class KubeApi:
+    """What the controller asks of the API server (a watch.Source, and patches)."""
+
+    def __init__(self, client: Client) -> None:
+        # Any: lightkube's overloads split global and namespaced resources,
+        # which RESOURCES (picked by kind at run time) cannot tell mypy.
+        self._client: Any = client
+
+    def list(self, kind: str) -> Listing:
+        found = self._client.list(RESOURCES[kind], **_namespace_arg(kind))
+        items = [_to_obj(obj) for obj in found]
+        return Listing(items, found.resourceVersion)
+
+    def watch(self, kind: str, resource_version: str) -> Iterator[tuple[str, Obj]]:
+        events = self._client.watch(RESOURCES[kind], resource_version=resource_version,
+                                    on_error=on_error_raise, **_namespace_arg(kind))
+        try:
+            for kind_of_change, obj in events:
+                yield kind_of_change, _to_obj(obj)
+        except ApiError as exc:
+            if exc.status.code == GONE:
+                raise Gone(str(exc)) from exc
+            raise
+
+    def patch_metadata(self, kind: str, obj: Obj, *,
+                       annotations: dict[str, str | None] | None = None,
+                       finalizers: Sequence[str] | None = None) -> Obj:
+        """A merge patch of the object's annotations (None removes one) and
+        finalizers (the whole list), valid only for the version read: a
+        finalizer list written over a newer one would drop another's."""
+        meta = obj["metadata"]
+        changes: dict[str, Any] = {"resourceVersion": meta["resourceVersion"]}
+        if annotations is not None:
+            changes["annotations"] = annotations
+        if finalizers is not None:
+            changes["finalizers"] = [*finalizers]
+        kwargs = {} if kind in CLUSTER_SCOPED else {"namespace": meta["namespace"]}
+        try:
+            patched = self._client.patch(RESOURCES[kind], meta["name"], {"metadata": changes},
+                                         patch_type=PatchType.MERGE, **kwargs)
+        except ApiError as exc:
+            if exc.status.code == NOT_FOUND:
+                raise ObjectGone(f"{kind} {meta['name']} is gone") from exc
+            if exc.status.code == CONFLICT:
+                raise ObjectChanged(f"{kind} {meta['name']} changed meanwhile") from exc
+            raise
+        return _to_obj(patched)

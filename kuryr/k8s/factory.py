@@ -1,0 +1,44 @@
+"""Builds the controller from kuryr.conf (the only place that reads its options)."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from kuryr.k8s import api
+from kuryr.k8s.controller import Controller
+from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
+from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
+from kuryr.k8s.watch import Store
+from kuryr.neutron.client import Neutron, connect
+
+
+class ControllerConfigError(Exception):
+    """kuryr.conf's [kubernetes] section is incomplete for the chosen driver."""
+
+
+def pod_network_plan(conf: cfg.ConfigOpts, neutron: Neutron) -> PodNetworkPlan:
+    group = conf.kubernetes
+    if not group.pod_subnetpool or not group.pod_router:
+        raise ControllerConfigError("pod_network_driver = namespace needs [kubernetes] "
+                                    "pod_subnetpool and pod_router")
+    pool = neutron.find_subnetpool(group.pod_subnetpool)
+    if pool is None:
+        raise ControllerConfigError(f"subnetpool {group.pod_subnetpool!r} does not exist")
+    router = neutron.find_router(group.pod_router)
+    if router is None:
+        raise ControllerConfigError(f"router {group.pod_router!r} does not exist")
+    return PodNetworkPlan(subnetpool_id=pool.id, prefixlen=group.pod_subnet_prefixlen,
+                          router_id=router.id)
+
+
+def build_controller(conf: cfg.ConfigOpts) -> Controller:
+    group = conf.kubernetes
+    neutron = connect(conf)
+    kube = api.KubeApi(api.connect(conf))
+    view = ClusterView(namespaces=Store("Namespace"), pods=Store("Pod"),
+                       policies=Store("NetworkPolicy"))
+    policies = PolicyGroups(neutron, kube, view, default_groups=group.pod_security_groups,
+                            always_allowed_ingress=group.pod_probe_cidrs)
+    networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
+                if group.pod_network_driver == "namespace" else None)
+    return Controller(kube, view, policies, networks, workers=group.controller_workers)
