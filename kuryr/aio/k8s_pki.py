@@ -99,6 +99,14 @@ class Pki:
     def serving_key(self) -> Path:
         return self.dir / "apiserver.key"
 
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.dir / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet-serving.key"
+
     def cert(self, who: str) -> Path:
         return self.dir / f"{who}.crt"
 
@@ -110,7 +118,8 @@ class Pki:
 
     def files(self) -> list[Path]:
         made = [self.ca_cert, self.ca_key, self.sa_key, self.sa_pub,
-                self.serving_cert, self.serving_key]
+                self.serving_cert, self.serving_key,
+                self.kubelet_serving_cert, self.kubelet_serving_key]
         for ident in identities(self.node):
             made += [self.cert(ident.name), self.key(ident.name), self.kubeconfig(ident.name)]
         return made
@@ -131,6 +140,11 @@ class Pki:
         if not self.serving_cert.exists() or not self.serving_key.exists():
             self._issue(ca, ca_key, self.serving_cert, self.serving_key,
                         _name("kube-apiserver"), server_names=self._server_names())
+        if not self.kubelet_serving_cert.exists() or not self.kubelet_serving_key.exists():
+            # The API server checks kubelet's certificate (exec, logs) against the CA.
+            self._issue(ca, ca_key, self.kubelet_serving_cert, self.kubelet_serving_key,
+                        _name(f"system:node:{self.node}", ("system:nodes",)),
+                        server_names=self._kubelet_names())
         for ident in identities(self.node):
             if not self.cert(ident.name).exists() or not self.key(ident.name).exists():
                 self._issue(ca, ca_key, self.cert(ident.name), self.key(ident.name),
@@ -144,6 +158,11 @@ class Pki:
                                       "kubernetes.default.svc.cluster.local", self.node)]
         names += [x509.IPAddress(ipaddress.ip_address(a))
                   for a in ("127.0.0.1", self.service_ip)]
+        return names
+
+    def _kubelet_names(self) -> list[x509.GeneralName]:
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (self.node, "localhost")]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "127.0.1.1")]
         return names
 
     def _make_ca(self) -> None:

@@ -25,7 +25,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from kuryr.aio import kubernetes_build, packages, procs
-from kuryr.aio.docker import IMAGE, Docker
+from kuryr.aio.docker import Docker, busybox_rootfs
 from kuryr.aio.k8s_pki import Pki
 from kuryr.aio.keystone import service_project_file
 from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
@@ -41,6 +41,9 @@ ETCD_PEER = "http://127.0.0.1:2380"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 PAUSE_IMAGE = "docker.io/kuryr-aio/pause:1"
+PAUSE_BUILD = "kuryr-aio/pause-build:1"  # dockerd's name while it is made
+BUSYBOX_BUILD = "kuryr-aio/busybox-build:1"
+IMAGE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
 K8S_PACKAGES = {"etcd": "etcd-server", "/usr/lib/cni/loopback": "containernetworking-plugins"}
 CONTAINERD_NS = "k8s.io"
@@ -311,6 +314,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri.v1"]
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
+  # Pods' OOM scores no lower than containerd's own: lowering one needs
+  # CAP_SYS_RESOURCE, which a host that is itself a container may not grant
+  # (runc then fails every sandbox: "can't get final child's PID from pipe").
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -420,16 +427,32 @@ class Containerd(_Daemon):
             self._import_images()
 
     def _import_images(self) -> None:
-        """busybox (as `image: busybox` names it) and a pause image, both made from
-        the stack's locally made busybox image: nothing is pulled."""
+        """busybox (as `image: busybox` names it) and a pause image, made from
+        the host's static busybox like the stack's Docker image: nothing is
+        pulled.  dockerd builds them (`docker import`), containerd imports them."""
         docker = Docker(self.layout)
-        docker.cli("tag", IMAGE, "kuryr-aio/pause:1")
+        rootfs = self.layout.k8s_dir / "busybox-rootfs.tar"
         archive = self.layout.k8s_dir / "images.tar"
+        made = {BUSYBOX_BUILD: ['CMD ["sh"]'],
+                # The sandbox's only process: sleeps until the pod is stopped (SIGKILL).
+                PAUSE_BUILD: ['CMD ["sleep", "2147483647"]']}
         try:
-            docker.cli("save", "-o", str(archive), IMAGE, "kuryr-aio/pause:1", timeout=120)
-            self.ctr("images", "import", "--no-unpack", str(archive))
+            rootfs.write_bytes(busybox_rootfs())
+            for tag, changes in made.items():
+                # containerd, unlike dockerd, gives a process no default PATH.
+                argv = ["import", "--change", f"ENV PATH={IMAGE_PATH}"]
+                for change in changes:
+                    argv += ["--change", change]
+                docker.cli(*argv, str(rootfs), tag, timeout=120)
+            docker.cli("save", "-o", str(archive), *made, timeout=120)
+            self.ctr("images", "import", str(archive))
+            self.ctr("images", "tag", "--force", f"docker.io/{BUSYBOX_BUILD}", BUSYBOX_IMAGE)
+            self.ctr("images", "tag", "--force", f"docker.io/{PAUSE_BUILD}", PAUSE_IMAGE)
+            self.ctr("images", "remove", f"docker.io/{BUSYBOX_BUILD}", f"docker.io/{PAUSE_BUILD}")
         finally:
+            rootfs.unlink(missing_ok=True)
             archive.unlink(missing_ok=True)
+            docker.cli("rmi", *made, check=False, timeout=60)
 
 
 KUBELET_CONFIG = {
@@ -474,6 +497,8 @@ class Kubelet(_Daemon):
         conf = json.loads(json.dumps(KUBELET_CONFIG))
         conf["authentication"]["x509"]["clientCAFile"] = str(pki_of(self.layout).ca_cert)
         conf["address"] = kubelet_address(self.layout.host)
+        conf["tlsCertFile"] = str(pki_of(self.layout).kubelet_serving_cert)
+        conf["tlsPrivateKeyFile"] = str(pki_of(self.layout).kubelet_serving_key)
         self.config.write_text(json.dumps(conf, indent=1) + "\n")
 
     def argv(self) -> list[str]:
@@ -490,6 +515,11 @@ class Kubelet(_Daemon):
         ]
 
     def answers(self) -> bool:
+        # Its own health first: the node's Ready condition outlives a restart.
+        with urllib.request.urlopen("http://127.0.0.1:10248/healthz",
+                                    timeout=3) as resp:
+            if resp.read().strip() != b"ok":
+                return False
         node = _api_get(self.layout, f"/api/v1/nodes/{self.layout.host}")
         conditions = node.get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -592,7 +622,7 @@ class KuryrCniDaemon:
     def answers(self) -> bool:
         conn = UnixHTTPConnection(str(self.layout.cni_socket), timeout=5)
         try:
-            conn.request("POST", "/v1/status", body=b"{}",
+            conn.request("POST", "/v1/status", body=b'{"command": "STATUS"}',
                          headers={"Content-Type": "application/json"})
             return conn.getresponse().status == HTTPStatus.OK
         finally:

@@ -25,6 +25,7 @@ from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
 from kuryr.k8s.app import CniService, build_app
+from kuryr.k8s.host_reach import HostReach
 from kuryr.k8s.networks import SharedNetwork, build_pod_networks
 from kuryr.k8s.pods import PodAttachments
 from kuryr.listen import unix_socket
@@ -75,8 +76,12 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     free = pool.restore()
     if free:
         LOG.info("took back %d ready pooled ports", free)
-    if isinstance(networks, SharedNetwork):  # ready ports before the first pod
-        pool.refill_soon(networks.network_for(""))
+    if isinstance(networks, SharedNetwork):
+        pod_net = networks.network_for("")
+        pool.refill_soon(pod_net)  # ready ports before the first pod
+        # kubelet's probes reach the pods through the node's own port.
+        HostReach(neutron, ovs, conf.kubernetes.node_name or host, host, bridge).ensure(
+            pod_net.neutron_id, networks.subnet_of(pod_net), pod_net.mtu)
     return Node(service=CniService(pods=pods, healthy=_health_of(ovs, bridge)),
                 daemon=daemon, host=host)
 

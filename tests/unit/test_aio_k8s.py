@@ -48,6 +48,17 @@ def test_api_server_certificate_names_loopback_and_the_service_address(tmp_path)
     assert "kubernetes.default.svc" in names.get_values_for_type(x509.DNSName)
 
 
+def test_kubelet_serves_with_a_certificate_of_the_ca(tmp_path):
+    pki = Pki(tmp_path / "pki", "node-1", "10.96.0.1")
+    pki.make("https://127.0.0.1:6443")
+    serving = _cert(pki.kubelet_serving_cert)
+    serving.verify_directly_issued_by(_cert(pki.ca_cert))
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "node-1" in names.get_values_for_type(x509.DNSName)
+    usage = serving.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
 def test_pki_is_made_once(tmp_path):
     pki = Pki(tmp_path / "pki", "node-1", "10.96.0.1")
     pki.make("https://127.0.0.1:6443")
