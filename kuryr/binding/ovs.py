@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ovsdbapp.backend.ovs_idl import connection, idlutils
@@ -24,6 +25,10 @@ NETNS_KEY = "kuryr-netns"
 TARGET_KEY = "kuryr-publish-address"
 PUBLISHED_KEY = "kuryr-published"
 PUBLISH_KEYS = (NETNS_KEY, TARGET_KEY, PUBLISHED_KEY)
+# How a front end that is not Docker records the endpoint in Neutron (the CNI
+# daemon: device_id = the pod's uid, its name and tags), kept on the interface
+# from plug time, so a restarted daemon writes a record lost with the process.
+RECORD_PREFIX = "kuryr-record-"
 # Set on the Interface by ovn-controller once the port's flows are installed.
 INSTALLED_KEY = "ovn-installed"
 
@@ -142,7 +147,8 @@ class OVS:
     def bridge_exists(self, bridge: str) -> bool:
         return bool(self.api.br_exists(bridge).execute(check_error=True))
 
-    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "") -> None:
+    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None:
         """Add ``ifname`` (default: the VIF's host end) to the VIF's bridge.
 
         The external_ids are the ones OVN (and the OVS agent) use to bind the
@@ -161,6 +167,7 @@ class OVS:
             # Durable and local: a restarted Kuryr finds the endpoint's port here
             # even before Neutron has recorded the endpoint as device_id.
             external_ids[ENDPOINT_KEY] = endpoint_id
+        external_ids.update({RECORD_PREFIX + k: v for k, v in (record or {}).items()})
         with self.api.transaction(check_error=True) as txn:
             txn.add(self.api.add_port(vif.bridge, ifname, may_exist=True))
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
@@ -179,8 +186,10 @@ class OVS:
     def forget_endpoint(self, ifname: str) -> None:
         """The interface no longer serves an endpoint (its port went back to the pool):
         removes the endpoint id and what was recorded for its published ports."""
+        recorded = [k for k in self.interface_external_ids(ifname)
+                    if k.startswith(RECORD_PREFIX)]
         self.api.db_remove("Interface", ifname, "external_ids", ENDPOINT_KEY, *PUBLISH_KEYS,
-                           if_exists=True).execute(check_error=True)
+                           *recorded, if_exists=True).execute(check_error=True)
 
     def record_published(self, ifname: str, values: dict[str, str]) -> bool:
         """Record ``values`` (PUBLISH_KEYS) on the interface; False when it is not

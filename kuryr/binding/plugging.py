@@ -28,7 +28,7 @@ from typing import Protocol
 
 from kuryr import errors
 from kuryr.binding import UnsupportedDriver, netlink
-from kuryr.binding.ovs import ENDPOINT_KEY, OVS
+from kuryr.binding.ovs import ENDPOINT_KEY, OVS, RECORD_PREFIX
 from kuryr.binding.vif import VIF
 
 __all__ = ["DRIVERS", "Binder", "BinderFactory", "HostLinks", "Links", "Switch",
@@ -40,8 +40,10 @@ LOG = logging.getLogger(__name__)
 class Binder(Protocol):
     """Plugs and unplugs the host side of container ports (what the core calls)."""
 
-    def plug(self, vif: VIF, endpoint_id: str = "") -> None:
+    def plug(self, vif: VIF, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None:
         """Make the VIF's interfaces and attach the host end; idempotent.
+        ``record``: how the front end records the endpoint, kept locally with it.
 
         On failure nothing this call made is left behind.
         """
@@ -58,6 +60,9 @@ class Binder(Protocol):
 
     def endpoint_of(self, vif: VIF) -> str | None:
         """The endpoint recorded on the VIF's interface at plug time (local read)."""
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        """The ``record`` given at plug time (local read; empty when none)."""
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
         """The Neutron port id plugged for ``endpoint_id`` (local read)."""
@@ -88,7 +93,8 @@ class Links(Protocol):
 class Switch(Protocol):
     """What a Binder needs of Open vSwitch (kuryr.binding.ovs.OVS); failures raise."""
 
-    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "") -> None: ...
+    def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None: ...
 
     def unplug(self, ifname: str, bridge: str | None = None) -> None: ...
 
@@ -157,7 +163,8 @@ def _link_failure() -> Iterator[None]:
 class _Wiring(Protocol):
     """The attachment of a veth's host end for one family of VIF types."""
 
-    def attach(self, vif: VIF, endpoint_id: str) -> None: ...
+    def attach(self, vif: VIF, endpoint_id: str,
+               record: Mapping[str, str] | None = None) -> None: ...
 
     def detach(self, vif: VIF) -> None:
         """Undo attach (may raise: the binder logs)."""
@@ -168,6 +175,8 @@ class _Wiring(Protocol):
 
     def endpoint_of(self, vif: VIF) -> str | None: ...
 
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]: ...
+
 
 class _OvsWiring:
     """A port on an OVS bridge that OVN (or the OVS agent) binds by its external_ids."""
@@ -175,10 +184,11 @@ class _OvsWiring:
     def __init__(self, switch: Switch) -> None:
         self._switch = switch
 
-    def attach(self, vif: VIF, endpoint_id: str) -> None:
+    def attach(self, vif: VIF, endpoint_id: str,
+               record: Mapping[str, str] | None = None) -> None:
         with _ovs_failure(f"cannot plug {vif.host_ifname} (port {vif.port_id}) "
                           f"into bridge {vif.bridge}"):
-            self._switch.plug(vif, endpoint_id=endpoint_id)
+            self._switch.plug(vif, endpoint_id=endpoint_id, record=record)
 
     def detach(self, vif: VIF) -> None:
         self._switch.unplug(vif.host_ifname)
@@ -195,6 +205,11 @@ class _OvsWiring:
         with _ovs_failure(f"cannot read {vif.host_ifname}"):
             return self._switch.interface_external_ids(vif.host_ifname).get(ENDPOINT_KEY)
 
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        with _ovs_failure(f"cannot read {vif.host_ifname}"):
+            ids = self._switch.interface_external_ids(vif.host_ifname)
+        return {k[len(RECORD_PREFIX):]: v for k, v in ids.items() if k.startswith(RECORD_PREFIX)}
+
 
 class _LinuxBridgeWiring:
     """A port of a Linux bridge (ML2/linuxbridge): nothing local says when it is wired."""
@@ -202,7 +217,8 @@ class _LinuxBridgeWiring:
     def __init__(self, links: Links) -> None:
         self._links = links
 
-    def attach(self, vif: VIF, endpoint_id: str) -> None:
+    def attach(self, vif: VIF, endpoint_id: str,
+               record: Mapping[str, str] | None = None) -> None:
         with _link_failure():
             self._links.attach_to_linux_bridge(vif.host_ifname, vif.bridge)
 
@@ -217,6 +233,9 @@ class _LinuxBridgeWiring:
 
     def endpoint_of(self, vif: VIF) -> None:
         return None
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return {}
 
 
 # -- the veth Binder -------------------------------------------------------------------------
@@ -242,12 +261,13 @@ class VethBinder:
         })
 
     # -- plug / unplug ----------------------------------------------------------------------
-    def plug(self, vif: VIF, endpoint_id: str = "") -> None:
+    def plug(self, vif: VIF, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None:
         wiring = self._wiring_to_plug(vif)  # refusals come before anything is made
         with _link_failure():
             made = self._links.create_veth(vif)
         try:
-            wiring.attach(vif, endpoint_id)
+            wiring.attach(vif, endpoint_id, record)
         except BaseException:
             if made:
                 self._remove(vif, wiring)
@@ -296,6 +316,9 @@ class VethBinder:
 
     def endpoint_of(self, vif: VIF) -> str | None:
         return self._wirings.get(vif.vif_type, self._ovs).endpoint_of(vif)
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return self._wirings.get(vif.vif_type, self._ovs).endpoint_record_of(vif)
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
         with _ovs_failure(f"cannot look up endpoint {endpoint_id[:12]}"):

@@ -20,8 +20,10 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import ipaddress
+import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kuryr import errors
@@ -58,11 +60,27 @@ class Settings:
 @dataclass(frozen=True)
 class EndpointRecord:
     """How a front end records in Neutron that a port serves one of its endpoints,
-    when that is not Docker's way (device_id = endpoint id, named after it)."""
+    when that is not Docker's way (device_id = endpoint id, named after it).
+    Kept on the port's interface too (binding's plug ``record``), so a record
+    lost with the process is written again after a restart."""
 
     device_id: str
     name: str
     tags: tuple[str, ...] = ()  # replace the port's tags; removed when it returns to a pool
+
+    def as_local(self) -> dict[str, str]:
+        return {"device-id": self.device_id, "name": self.name,
+                "tags": json.dumps(list(self.tags))}
+
+    @classmethod
+    def from_local(cls, values: Mapping[str, str]) -> EndpointRecord | None:
+        """None when nothing (or something unreadable) was kept."""
+        try:
+            tags = json.loads(values.get("tags", "[]"))
+            return cls(device_id=values["device-id"], name=values.get("name", ""),
+                       tags=tuple(str(t) for t in tags))
+        except (KeyError, ValueError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -280,7 +298,7 @@ class PortLifecycle:
         lease.record_tags = record.tags
         try:
             self._record_endpoint_later(port, endpoint_id, net.neutron_id, lease, record)
-            self._plug(net, lease, endpoint_id)
+            self._plug(net, lease, endpoint_id, record)
         except Exception:
             self.state.unattach(lease)
             self._free_unattached(net, lease)
@@ -394,9 +412,10 @@ class PortLifecycle:
         self.background.submit(port_id, f"name endpoint {endpoint_id[:12]} {dns_label!r}",
                                write, group=lease.network_id)
 
-    def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str) -> None:
+    def _plug(self, net: NetworkRecord, lease: Lease, endpoint_id: str,
+              record: EndpointRecord | None = None) -> None:
         vif = vif_of(lease.port, net.mtu, self.settings.default_bridge)
-        self.binder.plug(vif, endpoint_id)
+        self.binder.plug(vif, endpoint_id, record.as_local() if record else None)
 
     # -- join ------------------------------------------------------------------------------
     def join(self, net: NetworkRecord, endpoint_id: str, netns: str) -> Lease:
@@ -539,12 +558,16 @@ class PortLifecycle:
         for port in self.neutron.ports(binding_host_id=self.settings.host):
             if port.device_owner not in self.settings.owners.all:
                 continue
-            endpoint_id = self.binder.endpoint_of(vif_of(port, None,
-                                                         self.settings.default_bridge))
-            if not endpoint_id or endpoint_id == port.device_id:
+            vif = vif_of(port, None, self.settings.default_bridge)
+            endpoint_id = self.binder.endpoint_of(vif)
+            if not endpoint_id:
+                continue
+            record = EndpointRecord.from_local(self.binder.endpoint_record_of(vif))
+            recorded = record.device_id if record else endpoint_id
+            if recorded == port.device_id and port.device_owner == self.settings.owners.container:
                 continue
             lost += 1
-            self._record_endpoint_later(port, endpoint_id, port.network_id)
+            self._record_endpoint_later(port, endpoint_id, port.network_id, given=record)
         return lost
 
     # -- release ---------------------------------------------------------------------------

@@ -76,6 +76,11 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     free = pool.restore()
     if free:
         LOG.info("took back %d ready pooled ports", free)
+    # Pods whose record in Neutron (device_id = uid) was queued when the process
+    # died: written again from what their interfaces keep (1 GET).
+    lost = lifecycle.record_lost_endpoints()
+    if lost:
+        LOG.info("recording %d pods again whose record was lost with the process", lost)
     if isinstance(networks, SharedNetwork):
         pod_net = networks.network_for("")
         pool.refill_soon(pod_net)  # ready ports before the first pod

@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 
 from kuryr import errors
 from kuryr.binding.vif import VIF
@@ -266,15 +267,20 @@ class FakeBinder:
         self.plugged: dict[str, VIF] = {}  # host ifname ->
         self.in_container: set[str] = set()  # host ifnames whose container end moved
         self.endpoints: dict[str, str] = {}  # host ifname -> endpoint id
+        self.records: dict[str, dict[str, str]] = {}  # host ifname -> plug-time record
 
-    def plug(self, vif: VIF, endpoint_id: str = "") -> None:
+    def plug(self, vif: VIF, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None:
         self.plugged[vif.host_ifname] = vif
         if endpoint_id:
             self.endpoints[vif.host_ifname] = endpoint_id
+        if record:
+            self.records[vif.host_ifname] = dict(record)
 
     def unplug(self, vif: VIF) -> None:
         self.plugged.pop(vif.host_ifname, None)
         self.endpoints.pop(vif.host_ifname, None)
+        self.records.pop(vif.host_ifname, None)
         self.in_container.discard(vif.host_ifname)
 
     def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
@@ -282,9 +288,13 @@ class FakeBinder:
 
     def forget_endpoint(self, vif: VIF) -> None:
         self.endpoints.pop(vif.host_ifname, None)
+        self.records.pop(vif.host_ifname, None)
 
     def endpoint_of(self, vif: VIF) -> str | None:
         return self.endpoints.get(vif.host_ifname)
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return dict(self.records.get(vif.host_ifname, {}))
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
         for ifname, ep in self.endpoints.items():

@@ -74,7 +74,7 @@ class FakeSwitch:
         if name in self.fail:
             raise RuntimeError(f"ovsdb: {name} failed")
 
-    def plug(self, vif, ifname=None, endpoint_id=""):
+    def plug(self, vif, ifname=None, endpoint_id="", record=None):
         self._op("plug", vif.host_ifname, vif.bridge, endpoint_id)
         ids = {"iface-id": vif.port_id}
         if endpoint_id:

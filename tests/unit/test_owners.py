@@ -181,6 +181,30 @@ def test_docker_leaves_a_pods_lost_record_alone(cores, net, neutron, binder):
     assert neutron.ports_[lease.port.id].device_id == "pod-uid"
 
 
+def test_a_pods_record_lost_with_the_process_is_written_again_from_its_interface(
+        cores, net, neutron, binder):
+    _, k8s = cores
+    _fill(k8s, net)
+    record = EndpointRecord("pod-uid-2", "kuryr-pod-ns/db-0", ("kuryr.k8s.pod:ns/db-0",))
+    lease = k8s.ports.attach_ready(net, net.subnets[0], "d" * 64, record)
+    k8s.settle()
+    # As if the process died before its background write: the port is still pooled.
+    neutron.update_port(lease.port.id, device_id="", device_owner=marks.K8S_POOL_DEVICE_OWNER,
+                        name=marks.POOL_PORT_NAME)
+    neutron.set_port_tags(lease.port.id, [])
+    fresh = Core(neutron, binder, marks.K8S_OWNERS)
+    try:
+        assert fresh.ports.record_lost_endpoints() == 1
+        fresh.settle()
+        port = neutron.ports_[lease.port.id]
+        assert (port.device_owner, port.device_id, port.name, port.tags) == (
+            marks.K8S_DEVICE_OWNER, "pod-uid-2", "kuryr-pod-ns/db-0",
+            ("kuryr.k8s.pod:ns/db-0",))
+        assert fresh.ports.record_lost_endpoints() == 0, "nothing left to record"
+    finally:
+        fresh.close()
+
+
 def test_dockers_garbage_collector_never_sees_a_pods_port():
     old = "2020-01-01T00:00:00Z"
     now = datetime.datetime.now(datetime.UTC)
