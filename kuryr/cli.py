@@ -100,6 +100,8 @@ def run_k8s_controller(conf: config.cfg.ConfigOpts) -> int:
 
     logging.basicConfig(level=logging.DEBUG if conf.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One INFO line per API request (every watch reconnect) drowns the controller's own.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if conf.debug else logging.WARNING)
     controller = build_controller(conf)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

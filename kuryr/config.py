@@ -351,8 +351,9 @@ kubernetes_opts = [
     cfg.ListOpt(
         "pod_probe_cidrs",
         default=[],
-        help="Addresses (CIDRs) kubelet's probes come from (the host's port on the pod "
-        "network): the controller lets them into every pod a NetworkPolicy isolates.",
+        help="Addresses (CIDRs) kubelet's probes come from, beyond the nodes' own ports "
+        "on the pod network (found in Neutron at start): the controller lets them into "
+        "every pod a NetworkPolicy isolates.",
     ),
     cfg.IntOpt(
         "controller_workers",

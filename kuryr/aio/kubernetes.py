@@ -666,3 +666,57 @@ class KuryrCniDaemon:
 
     def down(self) -> None:
         procs.stop(self.pidfile, self.expect, timeout=20)
+
+
+class KuryrController:
+    """Kuryr's Kubernetes controller (`kuryr k8s-controller`) from this checkout:
+    NetworkPolicy as security groups (the shared pod network needs no
+    per-namespace networks).  It serves nothing: alive is its health, and its
+    work shows in Neutron (the shared open groups it makes at start)."""
+
+    name = "kuryr-k8s-controller"
+    expect = "k8s-controller"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.pidfile = layout.pidfile("kuryr-k8s-controller")
+        self.started_conf = layout.k8s_dir / "kuryr-k8s-controller.conf-started"
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.layout.log("kuryr-k8s-controller")]
+
+    def _conf_text(self) -> str:
+        try:
+            return self.layout.kuryr_conf.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def _outdated(self) -> bool:
+        started = self.started_conf.read_text() if self.started_conf.exists() else ""
+        return started != self._conf_text()
+
+    def problems(self) -> list[str]:
+        if not procs.pid_alive(self.pidfile, self.expect):
+            return ["the Kuryr controller (kuryr k8s-controller) is not running"]
+        if self._outdated():
+            outdated = ("the Kuryr controller runs with an outdated kuryr.conf "
+                        "(`kuryr-aio up` restarts it)")
+            return [outdated]
+        return []
+
+    def up(self) -> None:
+        if self._outdated():
+            self.down()
+        if not procs.pid_alive(self.pidfile, self.expect):
+            args = KuryrPlugin(self.layout).config_args
+            procs.spawn([sys.executable, "-m", "kuryr.cli", "k8s-controller", *args],
+                        pidfile=self.pidfile, log=self.layout.log("kuryr-k8s-controller"))
+            self.started_conf.write_text(self._conf_text())
+        # It exits at once on a bad config or an unreachable API server or Neutron.
+        if procs.wait_for(lambda: not procs.running(self.pidfile), 3):
+            raise procs.StackError("the Kuryr controller exited at start "
+                                   f"(log: {self.layout.log('kuryr-k8s-controller')})")
+
+    def down(self) -> None:
+        procs.stop(self.pidfile, self.expect, timeout=20)

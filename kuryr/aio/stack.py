@@ -25,6 +25,7 @@ from kuryr.aio.kubernetes import (
     KubeScheduler,
     KubeTools,
     KuryrCniDaemon,
+    KuryrController,
     PodNetwork,
     kubeconfig,
     kubectl_path,
@@ -57,7 +58,7 @@ def kubernetes_components(layout: Layout) -> list[Component]:
     kubelet drains the node."""
     return [KubeTools(layout), PodNetwork(layout), Etcd(layout), KubeApiserver(layout),
             KuryrCniDaemon(layout), Containerd(layout), Kubelet(layout),
-            KubeControllerManager(layout), KubeScheduler(layout)]
+            KubeControllerManager(layout), KubeScheduler(layout), KuryrController(layout)]
 
 
 def components(layout: Layout, keystone: bool | None = None,

@@ -9,6 +9,7 @@ from kuryr.k8s.controller import Controller
 from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
 from kuryr.k8s.watch import Store
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
 
 
@@ -31,6 +32,15 @@ def pod_network_plan(conf: cfg.ConfigOpts, neutron: Neutron) -> PodNetworkPlan:
                           router_id=router.id)
 
 
+def probe_cidrs(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
+    """Where kubelet's probes come from: every node's own port on a pod network
+    (the CNI daemons make them; 1 GET), and [kubernetes] pod_probe_cidrs."""
+    nodes = [f"{fixed.ip_address}/{32 if ':' not in fixed.ip_address else 128}"
+             for port in neutron.ports(device_owner=marks.K8S_HOST_DEVICE_OWNER)
+             for fixed in port.fixed_ips]
+    return sorted(set(conf.kubernetes.pod_probe_cidrs) | set(nodes))
+
+
 def build_controller(conf: cfg.ConfigOpts) -> Controller:
     group = conf.kubernetes
     neutron = connect(conf)
@@ -38,7 +48,7 @@ def build_controller(conf: cfg.ConfigOpts) -> Controller:
     view = ClusterView(namespaces=Store("Namespace"), pods=Store("Pod"),
                        policies=Store("NetworkPolicy"))
     policies = PolicyGroups(neutron, kube, view, default_groups=group.pod_security_groups,
-                            always_allowed_ingress=group.pod_probe_cidrs)
+                            always_allowed_ingress=probe_cidrs(conf, neutron))
     networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
                 if group.pod_network_driver == "namespace" else None)
     return Controller(kube, view, policies, networks, workers=group.controller_workers)
