@@ -297,6 +297,10 @@ class PortPool:
                 and self.binder.is_plugged(vif) and self.binder.is_free(vif)
                 and self.binder.endpoint_of(vif) is None)
 
+    def _has_own_groups(self, port: Port) -> bool:
+        return not self.security_group_ids or \
+            set(port.security_group_ids) == set(self.security_group_ids)
+
     def restore(self) -> int:
         """Take back the free pooled ports of this host after a restart (1 GET).
 
@@ -311,6 +315,10 @@ class PortPool:
         for port in ports:
             if not self.binder.is_plugged(vif_of(port, None, self.default_bridge)):
                 self._delete_pooled_port(port)  # its veth is gone (host reboot, crash)
+            elif self._is_free(port) and not self._has_own_groups(port):
+                # Its return to the pool (which sets the groups) died with the process:
+                # it may still carry a previous pod's NetworkPolicy groups.
+                self._delete_pooled_port(port)
             elif self._is_free(port):
                 with self._lock:
                     self._ready.setdefault(port.network_id, collections.deque()).append(port)

@@ -510,8 +510,10 @@ class PortLifecycle:
         """1 PUT; and 1 more to remove the tags a front end's record put on the
         port (a pod's), so a ready port names nobody."""
         port_id = lease.port.id
+        # The front end's groups again (a NetworkPolicy may have changed them).
+        groups = list(self.settings.security_group_ids) or None
         self.neutron.update_port(port_id, device_id="", device_owner=self.settings.owners.pool,
-                                 name=marks.POOL_PORT_NAME)
+                                 name=marks.POOL_PORT_NAME, security_group_ids=groups)
         if lease.record_tags or lease.port.tags:
             self.neutron.set_port_tags(port_id, [])
 

@@ -57,6 +57,15 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     neutron = neutron or connect(conf)
     networks = build_pod_networks(conf, neutron)  # reaches Neutron, or does not start
     groups = tuple(conf.kubernetes.pod_security_groups)
+    if isinstance(networks, SharedNetwork):
+        # kubelet's probes reach the pods through the node's own port.
+        pod_net = networks.network_for("")
+        node_port = HostReach(neutron, ovs, conf.kubernetes.node_name or host, host,
+                              bridge).ensure(pod_net.neutron_id, networks.subnet_of(pod_net),
+                                             pod_net.mtu)
+        # Named, not left to Neutron: a port back in the pool gets them again,
+        # whatever groups a NetworkPolicy gave it meanwhile.
+        groups = groups or node_port.security_group_ids
     background = Background(neutron.counter.operation)
     pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
                     owners=marks.K8S_OWNERS, security_group_ids=groups)
@@ -84,9 +93,6 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     if isinstance(networks, SharedNetwork):
         pod_net = networks.network_for("")
         pool.refill_soon(pod_net)  # ready ports before the first pod
-        # kubelet's probes reach the pods through the node's own port.
-        HostReach(neutron, ovs, conf.kubernetes.node_name or host, host, bridge).ensure(
-            pod_net.neutron_id, networks.subnet_of(pod_net), pod_net.mtu)
     return Node(service=CniService(pods=pods, healthy=_health_of(ovs, bridge)),
                 daemon=daemon, host=host)
 

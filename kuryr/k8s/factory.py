@@ -41,13 +41,30 @@ def probe_cidrs(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
     return sorted(set(conf.kubernetes.pod_probe_cidrs) | set(nodes))
 
 
+def pod_groups(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
+    """The groups of a pod no policy selects: [kubernetes] pod_security_groups, or
+    (empty) those Neutron gives a port made without any, the project's default
+    group, as the nodes' own ports show (1 GET).  A pod a policy selected
+    gets them back when the policy goes."""
+    if conf.kubernetes.pod_security_groups:
+        return list(conf.kubernetes.pod_security_groups)
+    nodes = neutron.ports(device_owner=marks.K8S_HOST_DEVICE_OWNER)
+    groups = sorted({g for port in nodes for g in port.security_group_ids})
+    if not groups:
+        raise ControllerConfigError(
+            "[kubernetes] pod_security_groups is empty and no node's own port (made by "
+            "the CNI daemon at start) shows the project's default group: start a CNI "
+            "daemon first, or name the groups")
+    return groups
+
+
 def build_controller(conf: cfg.ConfigOpts) -> Controller:
     group = conf.kubernetes
     neutron = connect(conf)
     kube = api.KubeApi(api.connect(conf))
     view = ClusterView(namespaces=Store("Namespace"), pods=Store("Pod"),
                        policies=Store("NetworkPolicy"))
-    policies = PolicyGroups(neutron, kube, view, default_groups=group.pod_security_groups,
+    policies = PolicyGroups(neutron, kube, view, default_groups=pod_groups(conf, neutron),
                             always_allowed_ingress=probe_cidrs(conf, neutron))
     networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
                 if group.pod_network_driver == "namespace" else None)

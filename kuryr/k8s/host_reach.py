@@ -37,9 +37,9 @@ class HostReach:
     bridge: str = "br-int"
     ifname: str = INTERFACE
 
-    def ensure(self, network_id: str, subnet: Subnet, mtu: int | None = None) -> str:
-        """The node's address on the pod subnet (CIDR form), made reachable:
-        the port found or made (0-1 POST), plugged and addressed (local)."""
+    def ensure(self, network_id: str, subnet: Subnet, mtu: int | None = None) -> Port:
+        """The node's port on the pod subnet, made reachable: found or made
+        (1 GET, 0-1 POST), plugged and addressed (local)."""
         port = self._find_port(network_id) or self._create_port(network_id, subnet)
         address = next((f.ip_address for f in port.fixed_ips if f.subnet_id == subnet.id),
                        None)
@@ -52,7 +52,7 @@ class HostReach:
         netlink.deafen_to_ipv6(self.ifname)
         LOG.info("node %s reaches its pods through %s (%s, Neutron port %s)",
                  self.node, self.ifname, cidr, port.id)
-        return cidr
+        return port
 
     def _find_port(self, network_id: str) -> Port | None:
         found = [p for p in self.neutron.ports(network_id=network_id, device_id=self.node,

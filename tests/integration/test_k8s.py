@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,12 +27,15 @@ HTTPD = ["sh", "-c", "echo ok > /var/www/index.html && exec httpd -f -p 8080 -h 
 
 
 @pytest.fixture(scope="session")
-def cluster(stack) -> Layout:
-    """The stack with its Kubernetes cluster (built once: ~13 min on 2 cores)."""
+def cluster(stack) -> Iterator[Layout]:
+    """The stack with its Kubernetes cluster (built once: ~13 min on 2 cores),
+    held under the lock kuryr-bench --k8s takes too (it switches the CNI)."""
     proc = subprocess.run([helpers.aio_command(), "up", "--k8s"], text=True, check=False)
     if proc.returncode != 0:
         pytest.fail(f"`kuryr-aio up --k8s` failed with exit code {proc.returncode}")
-    return stack
+    with (stack.run / "k8s.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield stack
 
 
 def kubectl(layout: Layout, *args: str, input_text: str | None = None,
@@ -169,6 +174,8 @@ def test_daemon_killed_during_pod_starts_leaves_one_port_per_pod(cluster, namesp
             input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
     time.sleep(1.0)  # some ADDs in flight, some done, some not started
     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+    controller = cluster.pidfile("kuryr-k8s-controller").read_text().split()[0]
+    os.kill(int(controller), signal.SIGKILL)
     proc = subprocess.run([helpers.aio_command(), "up"], text=True, check=False)
     assert proc.returncode == 0
     pods = run_pods(cluster, docs, timeout=180)
@@ -181,3 +188,40 @@ def test_daemon_killed_during_pod_starts_leaves_one_port_per_pod(cluster, namesp
     kubectl(cluster, "delete", "pods", "--all", "-n", ns, "--wait=true", timeout=180)
     uids = {p["metadata"]["uid"] for p in pods}
     assert helpers.wait_until(lambda: not (uids & set(pod_ports(neutron))), 60)
+
+
+def policy_doc(name: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def answers(layout: Layout, client: dict, address: str) -> bool:
+    return http_get(layout, client, address).splitlines()[-1:] == ["ok"]
+
+
+def test_network_policy_denies_then_admits_exactly_the_labelled_pod(cluster, namespace):
+    ns = namespace()
+    web, friend, stranger = run_pods(cluster, [
+        pod_doc("web", ns, labels={"app": "web"}),
+        pod_doc("friend", ns, labels={"role": "client"}),
+        pod_doc("stranger", ns)])
+    address = web["status"]["podIP"]
+    assert answers(cluster, friend, address)
+    assert answers(cluster, stranger, address)
+    deny = policy_doc("deny-ingress", ns, {"podSelector": {}, "policyTypes": ["Ingress"]})
+    kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(deny))
+    # OVN enforces it: both connections refused (time out), not just unanswered.
+    assert helpers.wait_until(lambda: not answers(cluster, friend, address), 60, interval=1)
+    assert not answers(cluster, stranger, address)
+    allow = policy_doc("allow-clients", ns, {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                     "ports": [{"protocol": "TCP", "port": 8080}]}]})
+    kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(allow))
+    assert helpers.wait_until(lambda: answers(cluster, friend, address), 60, interval=1)
+    assert not answers(cluster, stranger, address)
+    # The isolated pod stays Ready: kubelet's probes come from the node's own port.
+    kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/web", "--timeout=30s")
+    kubectl(cluster, "delete", "networkpolicy", "-n", ns, "deny-ingress", "allow-clients",
+            "--wait=true")
+    assert helpers.wait_until(lambda: answers(cluster, stranger, address), 60, interval=1)

@@ -31,15 +31,16 @@ class Core:
     """One front end's core over shared fakes (one Neutron, one host)."""
 
     def __init__(self, neutron: FakeNeutron, binder: FakeBinder, owners: marks.Owners,
-                 pool_size: int = 2) -> None:
+                 pool_size: int = 2, groups: tuple[str, ...] = ()) -> None:
         self.background = Background()
         self.background.start()
         self.pool = PortPool(neutron, binder, self.background, HOST, pool_size, "br-int",
-                             owners=owners)
+                             owners=owners, security_group_ids=groups)
         self.pool.start()
         self.ports = PortLifecycle(neutron, binder, self.pool, self.background, State(),
                                    Settings(host=HOST, default_bridge="br-int", owners=owners,
-                                            plug_timeout=1), NoNames())
+                                            plug_timeout=1, security_group_ids=groups),
+                                   NoNames())
 
     def settle(self) -> None:
         assert self.background.wait_idle(5)
@@ -203,6 +204,30 @@ def test_a_pods_record_lost_with_the_process_is_written_again_from_its_interface
         assert fresh.ports.record_lost_endpoints() == 0, "nothing left to record"
     finally:
         fresh.close()
+
+
+def test_a_pod_port_back_in_the_pool_loses_the_groups_a_policy_gave_it(neutron, binder, net):
+    k8s = Core(neutron, binder, marks.K8S_OWNERS, groups=("sg-default",))
+    try:
+        _fill(k8s, net)
+        lease = k8s.ports.attach_ready(net, net.subnets[0], "e" * 64,
+                                       EndpointRecord("pod-uid-3", "kuryr-pod-ns/x"))
+        k8s.settle()
+        neutron.update_port(lease.port.id, security_group_ids=["sg-policy"])  # the controller
+        k8s.ports.detach(net, "e" * 64)
+        k8s.settle()
+        assert neutron.ports_[lease.port.id].security_group_ids == ("sg-default",)
+        # A return that died with the process: a restarted pool does not reuse it.
+        neutron.update_port(lease.port.id, security_group_ids=["sg-policy"])
+        fresh = Core(neutron, binder, marks.K8S_OWNERS, groups=("sg-default",))
+        try:
+            fresh.pool.restore()
+            fresh.settle()
+            assert lease.port.id not in fresh.pool.held()
+        finally:
+            fresh.close()
+    finally:
+        k8s.close()
 
 
 def test_dockers_garbage_collector_never_sees_a_pods_port():
