@@ -31,12 +31,15 @@ def connect_unix(path: str, timeout: float | None) -> socket.socket:
 
 
 def http_request(uri: str, method: str, path: str, timeout: float,
-                 limit: int | None = 4096) -> tuple[int, str]:
+                 limit: int | None = 4096, body: bytes | None = None) -> tuple[int, str]:
     """``method path`` on unix:///x.sock, tcp://HOST:PORT or http://HOST:PORT; the
-    first ``limit`` bytes of the answer (None: all of it)."""
+    first ``limit`` bytes of the answer (None: all of it).  A ``body`` is sent as JSON."""
     conn = connection(uri, timeout)
     try:
-        conn.request(method, path, body=b"" if method == "POST" else None)
+        if body is not None:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        else:
+            conn.request(method, path, body=b"" if method == "POST" else None)
         response = conn.getresponse()
         return response.status, response.read(limit).decode(errors="replace")
     finally:

@@ -382,6 +382,51 @@ def check_docker(conf: cfg.ConfigOpts, timeout: float = TIMEOUT) -> Result:
     return Result("docker", True, f"dockerd answers at {uri}")
 
 
+# -- Kubernetes ------------------------------------------------------------------
+
+def kubernetes_configured(conf: cfg.ConfigOpts) -> bool:
+    """A host of Kuryr for Kubernetes: its kubeconfig is set, or a CNI daemon's
+    socket is where [kubernetes] daemon_socket says."""
+    return bool(conf.kubernetes.kubeconfig) or Path(conf.kubernetes.daemon_socket).exists()
+
+
+def check_cni_daemon(conf: cfg.ConfigOpts, timeout: float = TIMEOUT) -> Result:
+    """The node daemon answers kuryr-cni's STATUS over its socket."""
+    path = conf.kubernetes.daemon_socket
+    try:
+        status, body = http_request(f"unix://{path}", "POST", "/v1/status", timeout,
+                                    body=b'{"command": "STATUS"}')
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return Result("cni-daemon", False, f"the CNI daemon does not answer on {path}: "
+                      f"{_reason(exc, timeout)} (is `kuryr cni-daemon` running?)")
+    if status != HTTPStatus.OK:
+        return Result("cni-daemon", False, f"the CNI daemon on {path} is not ready: "
+                      f"{status} {body[:120]!r}")
+    return Result("cni-daemon", True, f"the CNI daemon answers on {path}")
+
+
+def check_controller(conf: cfg.ConfigOpts) -> Result:
+    """The controller renewed its Lease (kube-system/kuryr-controller) lately."""
+    from kuryr.k8s import api
+    from kuryr.k8s.controller import LEASE_DURATION
+
+    try:
+        age = api.KubeApi(api.connect(conf)).lease_age()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence
+        return Result("k8s-controller", False, "cannot read the controller's Lease from "
+                      f"the API server ([kubernetes] kubeconfig): {_first_line(exc)}")
+    where = f"{api.LEASE_NAMESPACE}/{api.LEASE_NAME}"
+    if age is None:
+        return Result("k8s-controller", False, f"no Lease {where}: the controller "
+                      "(`kuryr k8s-controller`) never ran in this cluster")
+    holder, seconds = age
+    if seconds > LEASE_DURATION:
+        return Result("k8s-controller", False, f"the controller on {holder} last renewed "
+                      f"{where} {seconds:.0f} s ago (is `kuryr k8s-controller` running?)")
+    return Result("k8s-controller", True, f"the controller on {holder} renewed {where} "
+                  f"{seconds:.0f} s ago")
+
+
 # -- all together ----------------------------------------------------------------
 
 def checks_for(conf: cfg.ConfigOpts) -> list[tuple[str, Callable[[], Result]]]:
@@ -395,6 +440,9 @@ def checks_for(conf: cfg.ConfigOpts) -> list[tuple[str, Callable[[], Result]]]:
         ("plugin", lambda: check_plugin_answers(conf)),
         ("docker", lambda: check_docker(conf)),
     ]
+    if kubernetes_configured(conf):
+        checks += [("cni-daemon", lambda: check_cni_daemon(conf)),
+                   ("k8s-controller", lambda: check_controller(conf))]
     return checks
 
 

@@ -239,15 +239,16 @@ class KubeApiserver(_Daemon):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not found and not self.layout.k8s_rbac_stamp.exists():
-            found.append("Kuryr's RBAC is not applied")
+        stamp = self.layout.k8s_rbac_stamp
+        if not found and (not stamp.exists() or stamp.read_text() != RBAC_MANIFEST.read_text()):
+            found.append("Kuryr's RBAC is not applied (or changed since)")
         return found
 
     def up(self) -> None:
         super().up()
         # Kuryr's role: what it may read and write (the same file as for a real cluster).
         kubectl(self.layout, "apply", "-f", str(RBAC_MANIFEST))
-        self.layout.k8s_rbac_stamp.touch()
+        self.layout.k8s_rbac_stamp.write_text(RBAC_MANIFEST.read_text())
 
 
 class KubeControllerManager(_Daemon):

@@ -7,11 +7,15 @@ the Kubernetes documentation writes them.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.core.client import on_error_raise
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
@@ -31,6 +35,9 @@ RESOURCES: dict[str, Any] = {
     "NetworkPolicy": NetworkPolicy,
 }
 CLUSTER_SCOPED = frozenset({"Namespace"})
+# The controller's heartbeat: `kuryr status` reads how recently it was renewed.
+LEASE_NAMESPACE = "kube-system"
+LEASE_NAME = "kuryr-controller"
 
 
 class ObjectGone(Exception):
@@ -81,6 +88,38 @@ class KubeApi:
             if exc.status.code == GONE:
                 raise Gone(str(exc)) from exc
             raise
+
+    def renew_lease(self, holder: str, duration: int) -> None:
+        """The controller's Lease says ``holder`` was alive now (made on first use)."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        spec = {"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": now}
+        try:
+            self._client.patch(Lease, LEASE_NAME, {"spec": spec}, namespace=LEASE_NAMESPACE,
+                               patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code != NOT_FOUND:
+                raise
+            self._client.create(Lease(
+                metadata=ObjectMeta(name=LEASE_NAME, namespace=LEASE_NAMESPACE),
+                spec=LeaseSpec(holderIdentity=holder, leaseDurationSeconds=duration)))
+            self._client.patch(Lease, LEASE_NAME, {"spec": spec}, namespace=LEASE_NAMESPACE,
+                               patch_type=PatchType.MERGE)
+
+    def lease_age(self) -> tuple[str, float] | None:
+        """(holder, seconds since the controller's last renewal); None: no Lease."""
+        try:
+            lease = self._client.get(Lease, LEASE_NAME, namespace=LEASE_NAMESPACE)
+        except ApiError as exc:
+            if exc.status.code == NOT_FOUND:
+                return None
+            raise
+        renewed = lease.spec.renewTime
+        if renewed is None:
+            return (lease.spec.holderIdentity or "", float("inf"))
+        if isinstance(renewed, str):
+            renewed = datetime.datetime.fromisoformat(renewed)
+        age = datetime.datetime.now(datetime.UTC) - renewed
+        return (lease.spec.holderIdentity or "", age.total_seconds())
 
     def patch_metadata(self, kind: str, obj: Obj, *,
                        annotations: dict[str, str | None] | None = None,

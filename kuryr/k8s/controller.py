@@ -20,6 +20,8 @@ from kuryr.k8s.watch import Source, Watcher
 LOG = logging.getLogger(__name__)
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy")
+HEARTBEAT_PERIOD = 10.0
+LEASE_DURATION = 30  # seconds: `kuryr status` calls a controller silent longer than this down
 
 
 class Handlers:
@@ -93,10 +95,39 @@ def _without_finalizers(obj: Obj) -> Obj:
     return {**obj, "metadata": meta}
 
 
+class Heartbeat:
+    """Renews the controller's Lease every ``period`` seconds (its own thread)."""
+
+    def __init__(self, renew: Callable[[], None], period: float = HEARTBEAT_PERIOD) -> None:
+        self._renew = renew
+        self._period = period
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="k8s-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._renew()
+            except Exception as exc:  # noqa: BLE001 - the API server may be away a while
+                LOG.warning("cannot renew the controller's Lease: %s", exc)
+            self._stopping.wait(self._period)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(self._period + 5)
+
+
 class Controller:
     def __init__(self, source: Source, view: ClusterView, policies: PolicyGroups,
-                 networks: NamespaceNetworks | None, workers: int = 4) -> None:
+                 networks: NamespaceNetworks | None, workers: int = 4,
+                 heartbeat: Heartbeat | None = None) -> None:
         self._policies = policies
+        self._heartbeat = heartbeat
         self.queue = KeyedQueue(self._handle, workers=workers)
         self.handlers = Handlers(view, policies, networks, self.queue.put)
         stores = {"Namespace": view.namespaces, "Pod": view.pods,
@@ -113,8 +144,12 @@ class Controller:
         self.queue.start()
         for watcher in self.watchers:
             watcher.start()
+        if self._heartbeat is not None:
+            self._heartbeat.start()
 
     def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         for watcher in self.watchers:
             watcher.stop()
         self.queue.stop()

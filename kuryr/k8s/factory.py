@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 from oslo_config import cfg
 
 from kuryr.k8s import api
-from kuryr.k8s.controller import Controller
+from kuryr.k8s.controller import LEASE_DURATION, Controller, Heartbeat
 from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
 from kuryr.k8s.watch import Store
@@ -68,4 +70,7 @@ def build_controller(conf: cfg.ConfigOpts) -> Controller:
                             always_allowed_ingress=probe_cidrs(conf, neutron))
     networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
                 if group.pod_network_driver == "namespace" else None)
-    return Controller(kube, view, policies, networks, workers=group.controller_workers)
+    holder = conf.host or socket.gethostname()
+    heartbeat = Heartbeat(lambda: kube.renew_lease(holder, LEASE_DURATION))
+    return Controller(kube, view, policies, networks, workers=group.controller_workers,
+                      heartbeat=heartbeat)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +229,14 @@ def test_network_policy_denies_then_admits_exactly_the_labelled_pod(cluster, nam
     kubectl(cluster, "delete", "networkpolicy", "-n", ns, "deny-ingress", "allow-clients",
             "--wait=true")
     assert helpers.wait_until(lambda: answers(cluster, stranger, address), 60, interval=1)
+
+
+def test_kuryr_status_covers_the_cni_daemon_and_the_controller(cluster):
+    kuryr = str(Path(helpers.aio_command()).parent / "kuryr")
+    proc = subprocess.run([kuryr, "status"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KURYR_CONFIG_FILE": str(cluster.kuryr_conf)},
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("OK    cni-daemon:") for line in lines), lines
+    assert any(line.startswith("OK    k8s-controller:") for line in lines), lines
