@@ -31,6 +31,7 @@ from kuryr.aio.keystone import service_project_file
 from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
 from kuryr.aio.outside import stack_neutron
 from kuryr.aio.plugin import KuryrPlugin
+from kuryr.cni import install as cni_install
 from kuryr.localhttp import UnixHTTPConnection
 
 API_PORT = 6443
@@ -330,12 +331,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri.v1"]
     max_conf_num = 1
 """
 
-CONFLIST = {
-    "cniVersion": "0.4.0",
-    "name": "kuryr",
-    "plugins": [{"type": "kuryr-cni", "daemon_socket": ""}],
-}
-
 
 class Containerd(_Daemon):
     name = "containerd"
@@ -366,21 +361,15 @@ class Containerd(_Daemon):
         self._install_cni()
 
     def _install_cni(self) -> None:
-        """kuryr-cni as the only network, and the loopback plugin containerd
-        runs for every pod's `lo`."""
-        self.cni_bin.mkdir(parents=True, exist_ok=True)
-        self.cni_conf.mkdir(parents=True, exist_ok=True)
-        links = {"kuryr-cni": Path(sys.executable).parent / "kuryr-cni",
-                 "loopback": Path("/usr/lib/cni/loopback")}
-        for name, target in links.items():
-            link = self.cni_bin / name
-            if link.is_symlink() and link.readlink() == target:
-                continue
+        """kuryr-cni as the only network, installed as on any node
+        (kuryr-cni-install: the self-contained plugin and its conflist), and the
+        loopback plugin containerd runs for every pod's `lo`."""
+        cni_install.install(self.cni_bin, self.cni_conf, str(self.layout.cni_socket))
+        link = self.cni_bin / "loopback"
+        target = Path("/usr/lib/cni/loopback")
+        if not (link.is_symlink() and link.readlink() == target):
             link.unlink(missing_ok=True)
             link.symlink_to(target)
-        conflist = json.loads(json.dumps(CONFLIST))
-        conflist["plugins"][0]["daemon_socket"] = str(self.layout.cni_socket)
-        (self.cni_conf / "10-kuryr.conflist").write_text(json.dumps(conflist, indent=1) + "\n")
 
     def argv(self) -> list[str]:
         return ["containerd", "--config", str(self.config)]
@@ -419,6 +408,10 @@ class Containerd(_Daemon):
         found = super().problems()
         if found:
             return found
+        plugin = self.cni_bin / "kuryr-cni"
+        if plugin.is_symlink() or not plugin.is_file() or \
+                plugin.read_bytes() != cni_install.plugin_bytes():
+            return [f"{plugin} is not this checkout's kuryr-cni"]
         missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - self.images()
         return [f"containerd lacks images {' '.join(sorted(missing))}"] if missing else []
 

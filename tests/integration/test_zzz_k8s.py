@@ -240,3 +240,15 @@ def test_kuryr_status_covers_the_cni_daemon_and_the_controller(cluster):
     lines = proc.stdout.splitlines()
     assert any(line.startswith("OK    cni-daemon:") for line in lines), lines
     assert any(line.startswith("OK    k8s-controller:") for line in lines), lines
+
+
+def test_deployment_manifests_are_valid_for_the_api_server(cluster):
+    """The DaemonSet, Deployment, RBAC and ConfigMap of docs/kubernetes.md, checked by
+    the real API server (server-side dry run: validated and admitted, not stored)."""
+    manifests = Path(kubernetes.__file__).parent.parent / "k8s" / "manifests"
+    out = kubectl(cluster, "apply", "--dry-run=server", "-f", str(manifests / "rbac.yaml"),
+                  "-f", str(manifests / "kuryr.yaml"))
+    for kind in ("clusterrole.rbac.authorization.k8s.io/kuryr", "serviceaccount/kuryr",
+                 "configmap/kuryr-config", "daemonset.apps/kuryr-cni",
+                 "deployment.apps/kuryr-controller"):
+        assert kind in out, out

@@ -92,7 +92,10 @@ def test_containerd_is_the_stacks_own_with_kuryr_as_the_only_network(tmp_path):
     conflist = json.loads(conflists[0].read_text())
     assert conflist["plugins"] == [{"type": "kuryr-cni",
                                     "daemon_socket": str(layout.cni_socket)}]
-    assert (containerd.cni_bin / "kuryr-cni").is_symlink()
+    plugin = containerd.cni_bin / "kuryr-cni"
+    assert plugin.is_file()
+    assert plugin.stat().st_mode & 0o777 == 0o755
+    assert (containerd.cni_bin / "loopback").is_symlink()
     containerd.prepare()  # again: links kept, nothing raises
 
 
