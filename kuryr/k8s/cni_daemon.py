@@ -28,6 +28,7 @@ from kuryr.k8s.app import CniService, build_app
 from kuryr.k8s.host_reach import HostReach
 from kuryr.k8s.networks import SharedNetwork, build_pod_networks
 from kuryr.k8s.pods import PodAttachments
+from kuryr.libnetwork import gc
 from kuryr.listen import unix_socket
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
@@ -93,8 +94,26 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     if isinstance(networks, SharedNetwork):
         pod_net = networks.network_for("")
         pool.refill_soon(pod_net)  # ready ports before the first pod
+    collector = _collector_of_pods(conf, neutron, ovs, host, lifecycle, pool)
+    removed = gc.run_once(collector.scope, conf.gc.grace)
+    if removed:
+        LOG.info("removed %d leftovers of pods that are gone", len(removed))
+    daemon.start("garbage collector", collector.start, collector.stop)
     return Node(service=CniService(pods=pods, healthy=_health_of(ovs, bridge)),
                 daemon=daemon, host=host)
+
+
+def _collector_of_pods(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
+                       lifecycle: PortLifecycle, pool: PortPool) -> gc.Collector:
+    """Pods' ports of this host whose veth is gone (the runtime removed a sandbox
+    and its namespace without a CNI DEL: kubelet or containerd killed, a node
+    rebooted): unplugged and deleted after [gc] grace.  Docker's are never seen."""
+    def in_use() -> set[str]:
+        return lifecycle.state.live_port_ids(conf.gc.grace) | pool.held()
+
+    scope = gc.Scope(neutron=neutron, ovs=ovs, host=host, bridge=conf.binding.ovs_bridge,
+                     held=in_use, owners=marks.K8S_OWNERS)
+    return gc.Collector(scope, conf.gc.interval, conf.gc.grace)
 
 
 def pods_plugged_here(neutron: Neutron, ovs: OVS, host: str) -> dict[str, str]:

@@ -4,6 +4,9 @@ are gone (Kuryr or dockerd killed mid-operation, a Neutron write abandoned).
 Only what this host's Kuryr for Docker made is ever looked at:
   * Neutron ports with one of Docker's Kuryr device_owners (marks.DOCKER_OWNERS,
     never the CNI daemon's marks.K8S_OWNERS) bound to this host (binding:host_id);
+    the CNI daemon runs its own collector with Scope.owners = marks.K8S_OWNERS,
+    which finds pods' ports whose veth is gone (a pod sandbox removed without a
+    CNI DEL takes its veth with its namespace);
     ports adopted from the user (tag kuryr.port.existing) are only unbound;
   * veth pairs named by Kuryr (tap<id>/tc<id>, both ends in the host namespace)
     and OVS interfaces marked external_ids:kuryr-managed=true, whose Neutron
@@ -75,6 +78,8 @@ class Scope:
     # last container's device_owner until the update lands).
     held: Callable[[], set[str]] = set
     user_pool_prefix: str = "kuryrPool"  # [DEFAULT] subnetpool_name_prefix
+    # Whose ports: Docker's Kuryr's, or (the CNI daemon's collector) pods'.
+    owners: marks.Owners = marks.DOCKER_OWNERS
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
@@ -115,7 +120,7 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     ports = scope.neutron.ports(binding_host_id=scope.host)
     now = scope.neutron.counter.server_now()
     held = scope.held()
-    found = _ports([p for p in ports if p.id not in held], links, grace_td, now)
+    found = _ports([p for p in ports if p.id not in held], links, grace_td, now, scope.owners)
     found += _veths(ports, links, managed)
     found += _security_groups(scope, ports, grace_td, now)
     found += _networks(scope, grace_td, now)
@@ -123,15 +128,15 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
 
 
 def _ports(ports: list[Port], links: set[str], grace: datetime.timedelta,
-           now: datetime.datetime) -> list[Garbage]:
+           now: datetime.datetime, owners: marks.Owners = marks.DOCKER_OWNERS) -> list[Garbage]:
     found = []
     for port in ports:
-        if port.device_owner not in marks.DOCKER_OWNERS.all or _age(port, now) < grace:
+        if port.device_owner not in owners.all or _age(port, now) < grace:
             continue
         vif = VIF(port_id=port.id, mac=port.mac_address)
         if vif.host_ifname not in links:
             reason = "its veth is gone (the container or the pool's plug is gone)"
-        elif port.device_owner != marks.DOCKER_OWNERS.pool and vif.container_ifname in links:
+        elif port.device_owner != owners.pool and vif.container_ifname in links:
             reason = "no container ever took its interface"
         else:
             continue  # in use by a container, or a free pooled port

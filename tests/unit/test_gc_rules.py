@@ -108,3 +108,13 @@ def test_networks_are_never_judged_on_a_dockerd_that_does_not_know_any_of_ours()
     assert gc._networks(scope_with(nets, None), GRACE, NOW) == []  # dockerd unreachable
     # ... unless the operator vouches for docker_uri (kuryr gc --trust-docker)
     assert len(gc._networks(scope_with(nets, {"f" * 64}, trust=True), GRACE, NOW)) == 2
+
+
+def test_a_pods_port_whose_veth_is_gone_is_only_the_cni_daemons_garbage():
+    pod = port("eeeeeeee-5555", owner=marks.K8S_DEVICE_OWNER)
+    pooled = port("ffffffff-6666", owner=marks.K8S_POOL_DEVICE_OWNER)
+    links = names(pooled.id)
+    assert gc._ports([pod, pooled], links=links, grace=GRACE, now=NOW) == []  # Docker's
+    found = gc._ports([pod, pooled], links=links, grace=GRACE, now=NOW,
+                      owners=marks.K8S_OWNERS)
+    assert [(g.kind, g.name) for g in found] == [("port", pod.id)]
