@@ -16,7 +16,7 @@ from lightkube.core.client import on_error_raise
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from oslo_config import cfg
@@ -33,8 +33,9 @@ RESOURCES: dict[str, Any] = {
     "Namespace": Namespace,
     "Pod": Pod,
     "NetworkPolicy": NetworkPolicy,
+    "Node": Node,
 }
-CLUSTER_SCOPED = frozenset({"Namespace"})
+CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
 # The controller's heartbeat: `kuryr status` reads how recently it was renewed.
 LEASE_NAMESPACE = "kube-system"
 LEASE_NAME = "kuryr-controller"

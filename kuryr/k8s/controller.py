@@ -12,14 +12,15 @@ from collections.abc import Callable
 
 from kuryr.k8s.events import Event, EventType, Obj, labels, metadata
 from kuryr.k8s.namespaces import NamespaceNetworks
+from kuryr.k8s.nodes import NodePorts
 from kuryr.k8s.policy import pod_info
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
 from kuryr.k8s.queue import KeyedQueue
-from kuryr.k8s.watch import Source, Watcher
+from kuryr.k8s.watch import Source, Store, Watcher
 
 LOG = logging.getLogger(__name__)
 
-KINDS = ("Namespace", "Pod", "NetworkPolicy")
+KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
 HEARTBEAT_PERIOD = 10.0
 LEASE_DURATION = 30  # seconds: `kuryr status` calls a controller silent longer than this down
 
@@ -29,8 +30,9 @@ class Handlers:
 
     def __init__(self, view: ClusterView, policies: PolicyGroups,
                  networks: NamespaceNetworks | None,
-                 requeue: Callable[[Event], None]) -> None:
+                 requeue: Callable[[Event], None], nodes: NodePorts | None = None) -> None:
         self._view = view
+        self._nodes = nodes
         self._policies = policies
         self._networks = networks  # None: the shared pod network driver
         self._requeue = requeue
@@ -46,6 +48,12 @@ class Handlers:
             self._on_pod(event)
         elif event.kind == "Namespace":
             self._on_namespace(event)
+        elif event.kind == "Node":
+            self._on_node(event)
+
+    def _on_node(self, event: Event) -> None:
+        if event.type is EventType.DELETED and self._nodes is not None:
+            self._nodes.delete_ports_of(str(metadata(event.obj).get("name") or ""))
 
     def _on_policy(self, event: Event) -> None:
         if event.type is EventType.DELETED:
@@ -125,13 +133,13 @@ class Heartbeat:
 class Controller:
     def __init__(self, source: Source, view: ClusterView, policies: PolicyGroups,
                  networks: NamespaceNetworks | None, workers: int = 4,
-                 heartbeat: Heartbeat | None = None) -> None:
+                 heartbeat: Heartbeat | None = None, nodes: NodePorts | None = None) -> None:
         self._policies = policies
         self._heartbeat = heartbeat
         self.queue = KeyedQueue(self._handle, workers=workers)
-        self.handlers = Handlers(view, policies, networks, self.queue.put)
+        self.handlers = Handlers(view, policies, networks, self.queue.put, nodes)
         stores = {"Namespace": view.namespaces, "Pod": view.pods,
-                  "NetworkPolicy": view.policies}
+                  "NetworkPolicy": view.policies, "Node": Store("Node")}
         self.watchers = [Watcher(kind, source, stores[kind], self.queue.put) for kind in KINDS]
 
     def _handle(self, event: Event) -> None:

@@ -9,6 +9,7 @@ from oslo_config import cfg
 from kuryr.k8s import api
 from kuryr.k8s.controller import LEASE_DURATION, Controller, Heartbeat
 from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
+from kuryr.k8s.nodes import NodePorts
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
 from kuryr.k8s.watch import Store
 from kuryr.neutron import marks
@@ -73,4 +74,4 @@ def build_controller(conf: cfg.ConfigOpts) -> Controller:
     holder = conf.host or socket.gethostname()
     heartbeat = Heartbeat(lambda: kube.renew_lease(holder, LEASE_DURATION))
     return Controller(kube, view, policies, networks, workers=group.controller_workers,
-                      heartbeat=heartbeat)
+                      heartbeat=heartbeat, nodes=NodePorts(neutron))
