@@ -252,3 +252,25 @@ def test_deployment_manifests_are_valid_for_the_api_server(cluster):
                  "configmap/kuryr-config", "daemonset.apps/kuryr-cni",
                  "deployment.apps/kuryr-controller"):
         assert kind in out, out
+
+
+def test_a_deleted_nodes_pod_ports_are_collected_and_no_one_elses(cluster, neutron, unique):
+    node = f"kt-node-{unique}"
+    net = neutron.find_network("kuryr-aio-pods")
+    made = {owner: neutron.api.create_port(network_id=net.id, device_owner=owner,
+                                           binding_host_id=node, name=f"kt-{unique}")
+            for owner in (marks.K8S_DEVICE_OWNER, marks.K8S_POOL_DEVICE_OWNER,
+                          marks.DEVICE_OWNER)}
+    try:
+        doc = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+        kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(doc))
+        time.sleep(2)  # the controller has seen it (a Node it never saw is not collected)
+        kubectl(cluster, "delete", "node", node)
+
+        def left():
+            return {p.device_owner for p in neutron.ports(binding_host_id=node)}
+        assert helpers.wait_until(lambda: left() == {marks.DEVICE_OWNER}, 30, interval=1), \
+            left()
+    finally:
+        for port in made.values():
+            neutron.api.delete_port(port.id, ignore_missing=True)
