@@ -231,7 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="docker run repetitions per driver")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip kuryr-libnetwork (no install, no comparison)")
+    parser.add_argument("--k8s", action="store_true",
+                        help="Kubernetes pods instead: Kuryr's CNI against the bridge CNI "
+                             "plugin on the stack's cluster (kuryr-aio up --k8s first)")
     args = parser.parse_args(argv)
+    if args.k8s:
+        from kuryr.bench import k8s
+
+        return k8s.main(args)
     runs = args.runs or (5 if args.quick else 20)
     bursts = [5] if args.quick else [20, 50]
     rounds = 1 if args.quick else 3
