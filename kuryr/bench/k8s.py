@@ -40,7 +40,7 @@ from typing import Any
 from kuryr.aio import kubernetes
 from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
 from kuryr.aio.procs import StackError
-from kuryr.bench.run import percentile
+from kuryr.bench.stats import percentile
 
 BRIDGE_NAME = "kbench0"
 BRIDGE_SUBNET = "10.250.0.0/24"

@@ -23,17 +23,12 @@ from kuryr.aio.layout import Layout
 from kuryr.aio.procs import StackError, read_pid
 from kuryr.bench.peer import DRIVER as PEER_DRIVER
 from kuryr.bench.peer import KuryrLibnetwork
+from kuryr.bench.stats import percentile
 
 DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
 NO_POOL = ("-o", "kuryr.pool.size=0")
 # A count ends once neutron-server has logged nothing new for this long.
 QUIET_SECONDS = 2
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class Bench:
