@@ -23,17 +23,12 @@ from kuryr.aio.layout import Layout
 from kuryr.aio.procs import StackError, read_pid
 from kuryr.bench.peer import DRIVER as PEER_DRIVER
 from kuryr.bench.peer import KuryrLibnetwork
+from kuryr.bench.stats import percentile
 
 DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
 NO_POOL = ("-o", "kuryr.pool.size=0")
 # A count ends once neutron-server has logged nothing new for this long.
 QUIET_SECONDS = 2
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class Bench:
@@ -231,7 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="docker run repetitions per driver")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip kuryr-libnetwork (no install, no comparison)")
+    parser.add_argument("--k8s", action="store_true",
+                        help="Kubernetes pods instead: Kuryr's CNI against the bridge CNI "
+                             "plugin on the stack's cluster (kuryr-aio up --k8s first)")
     args = parser.parse_args(argv)
+    if args.k8s:
+        from kuryr.bench import k8s
+
+        return k8s.main(args)
     runs = args.runs or (5 if args.quick else 20)
     bursts = [5] if args.quick else [20, 50]
     rounds = 1 if args.quick else 3
