@@ -602,88 +602,26 @@ class PodNetwork:
         """The network stays with Neutron's database (`down --purge` wipes both)."""
 
 
-class KuryrCniDaemon:
-    """Kuryr's CNI node daemon (`kuryr cni-daemon`) from this checkout, on the
-    same kuryr.conf as the Docker plugin (its [kubernetes] section)."""
+class _KuryrProcess:
+    """A Kuryr command from this checkout on the stack's kuryr.conf, restarted
+    by `up` when kuryr.conf changed since it started (an auth mode switch)."""
 
-    name = "kuryr-cni-daemon"
-    expect = "cni-daemon"
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.pidfile = layout.pidfile("kuryr-cni-daemon")
-        self.started_conf = layout.k8s_dir / "kuryr-cni-daemon.conf-started"
-
-    @property
-    def logs(self) -> list[Path]:
-        return [self.layout.log("kuryr-cni-daemon")]
-
-    def answers(self) -> bool:
-        conn = UnixHTTPConnection(str(self.layout.cni_socket), timeout=5)
-        try:
-            conn.request("POST", "/v1/status", body=b'{"command": "STATUS"}',
-                         headers={"Content-Type": "application/json"})
-            return conn.getresponse().status == HTTPStatus.OK
-        finally:
-            conn.close()
-
-    def _conf_text(self) -> str:
-        try:
-            return self.layout.kuryr_conf.read_text()
-        except FileNotFoundError:
-            return ""
-
-    def problems(self) -> list[str]:
-        if not procs.pid_alive(self.pidfile, self.expect):
-            return ["the Kuryr CNI daemon (kuryr cni-daemon) is not running"]
-        try:
-            if not self.answers():
-                return [f"the Kuryr CNI daemon is not ready on {self.layout.cni_socket}"]
-        except OSError as exc:
-            return [f"the Kuryr CNI daemon does not answer on {self.layout.cni_socket}: {exc}"]
-        started = self.started_conf.read_text() if self.started_conf.exists() else ""
-        if started != self._conf_text():
-            outdated = ("the Kuryr CNI daemon runs with an outdated kuryr.conf "
-                        "(`kuryr-aio up` restarts it)")
-            return [outdated]
-        return []
-
-    def up(self) -> None:
-        started = self.started_conf.read_text() if self.started_conf.exists() else ""
-        if started != self._conf_text():
-            self.down()
-        if not procs.pid_alive(self.pidfile, self.expect):
-            self.layout.cni_socket.unlink(missing_ok=True)
-            args = KuryrPlugin(self.layout).config_args
-            procs.spawn([sys.executable, "-m", "kuryr.cli", "cni-daemon", *args],
-                        pidfile=self.pidfile, log=self.layout.log("kuryr-cni-daemon"))
-            self.started_conf.write_text(self._conf_text())
-        probe = procs.answers_or_died(self.pidfile, self.answers)
-        if not procs.wait_for(probe, 60) or not procs.running(self.pidfile):
-            raise procs.StackError("the Kuryr CNI daemon did not come up "
-                                   f"(log: {self.layout.log('kuryr-cni-daemon')})")
-
-    def down(self) -> None:
-        procs.stop(self.pidfile, self.expect, timeout=20)
-
-
-class KuryrController:
-    """Kuryr's Kubernetes controller (`kuryr k8s-controller`) from this checkout:
-    NetworkPolicy as security groups (the shared pod network needs no
-    per-namespace networks).  It serves nothing: alive is its health, and its
-    work shows in Neutron (the shared open groups it makes at start)."""
-
-    name = "kuryr-k8s-controller"
-    expect = "k8s-controller"
+    name = ""
+    command = ""  # `kuryr <command>`
+    expect = ""  # in its command line (a recycled PID is never taken for it)
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.pidfile = layout.pidfile("kuryr-k8s-controller")
-        self.started_conf = layout.k8s_dir / "kuryr-k8s-controller.conf-started"
+        self.pidfile = layout.pidfile(self.name)
+        self.started_conf = layout.k8s_dir / f"{self.name}.conf-started"
 
     @property
     def logs(self) -> list[Path]:
-        return [self.layout.log("kuryr-k8s-controller")]
+        return [self.layout.log(self.name)]
+
+    def health_problem(self) -> str | None:
+        """What is wrong with the running process, None when nothing."""
+        return None
 
     def _conf_text(self) -> str:
         try:
@@ -697,25 +635,82 @@ class KuryrController:
 
     def problems(self) -> list[str]:
         if not procs.pid_alive(self.pidfile, self.expect):
-            return ["the Kuryr controller (kuryr k8s-controller) is not running"]
+            return [f"{self.name} (kuryr {self.command}) is not running"]
+        problem = self.health_problem()
+        if problem:
+            return [problem]
         if self._outdated():
-            outdated = ("the Kuryr controller runs with an outdated kuryr.conf "
-                        "(`kuryr-aio up` restarts it)")
-            return [outdated]
+            return [f"{self.name} runs with an outdated kuryr.conf (`kuryr-aio up` restarts it)"]
         return []
 
     def up(self) -> None:
         if self._outdated():
             self.down()
         if not procs.pid_alive(self.pidfile, self.expect):
+            self.before_start()
             args = KuryrPlugin(self.layout).config_args
-            procs.spawn([sys.executable, "-m", "kuryr.cli", "k8s-controller", *args],
-                        pidfile=self.pidfile, log=self.layout.log("kuryr-k8s-controller"))
+            procs.spawn([sys.executable, "-m", "kuryr.cli", self.command, *args],
+                        pidfile=self.pidfile, log=self.layout.log(self.name))
             self.started_conf.write_text(self._conf_text())
-        # It exits at once on a bad config or an unreachable API server or Neutron.
-        if procs.wait_for(lambda: not procs.running(self.pidfile), 3):
-            raise procs.StackError("the Kuryr controller exited at start "
-                                   f"(log: {self.layout.log('kuryr-k8s-controller')})")
+        self.wait_started()
+
+    def before_start(self) -> None:
+        """What must be cleared before the process starts."""
+
+    def wait_started(self) -> None:
+        raise NotImplementedError
 
     def down(self) -> None:
         procs.stop(self.pidfile, self.expect, timeout=20)
+
+
+class KuryrCniDaemon(_KuryrProcess):
+    """Kuryr's CNI node daemon (`kuryr cni-daemon`), on the same kuryr.conf as
+    the Docker plugin (its [kubernetes] section)."""
+
+    name = "kuryr-cni-daemon"
+    command = "cni-daemon"
+    expect = "cni-daemon"
+
+    def answers(self) -> bool:
+        conn = UnixHTTPConnection(str(self.layout.cni_socket), timeout=5)
+        try:
+            conn.request("POST", "/v1/status", body=b'{"command": "STATUS"}',
+                         headers={"Content-Type": "application/json"})
+            return conn.getresponse().status == HTTPStatus.OK
+        finally:
+            conn.close()
+
+    def health_problem(self) -> str | None:
+        try:
+            if not self.answers():
+                return f"the Kuryr CNI daemon is not ready on {self.layout.cni_socket}"
+        except OSError as exc:
+            return f"the Kuryr CNI daemon does not answer on {self.layout.cni_socket}: {exc}"
+        return None
+
+    def before_start(self) -> None:
+        # A socket left by a killed daemon would refuse kuryr-cni until replaced.
+        self.layout.cni_socket.unlink(missing_ok=True)
+
+    def wait_started(self) -> None:
+        probe = procs.answers_or_died(self.pidfile, self.answers)
+        if not procs.wait_for(probe, 60) or not procs.running(self.pidfile):
+            raise procs.StackError("the Kuryr CNI daemon did not come up "
+                                   f"(log: {self.layout.log(self.name)})")
+
+
+class KuryrController(_KuryrProcess):
+    """Kuryr's Kubernetes controller (`kuryr k8s-controller`): NetworkPolicy as
+    security groups, nodes' garbage.  It serves nothing: alive is its health
+    here (`kuryr status` reads its heartbeat Lease)."""
+
+    name = "kuryr-k8s-controller"
+    command = "k8s-controller"
+    expect = "k8s-controller"
+
+    def wait_started(self) -> None:
+        # It exits at once on a bad config or an unreachable API server or Neutron.
+        if procs.wait_for(lambda: not procs.running(self.pidfile), 3):
+            raise procs.StackError("the Kuryr controller exited at start "
+                                   f"(log: {self.layout.log(self.name)})")
