@@ -71,7 +71,11 @@ class Handlers:
             tuple(sorted(info.labels.items())), info.ips)
         if self._peer_state_changed(event.key, state):
             self._reapply_policies()
-        if event.type is not EventType.DELETED and info.ips:
+        # A pod no policy of its namespace can select keeps the groups its port
+        # was made with: no Neutron request per pod event (a burst of pods would
+        # otherwise list every pod port once per event, beside the ADDs' writes).
+        if event.type is not EventType.DELETED and info.ips \
+                and self._policies.has_policies(info.namespace):
             self._policies.update_ports_in(info.namespace)
 
     def _on_namespace(self, event: Event) -> None:

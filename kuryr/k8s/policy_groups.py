@@ -250,6 +250,10 @@ class PolicyGroups:
             self._neutron.delete_security_group_rule(rule_id)
 
     # -- ports ------------------------------------------------------------
+    def has_policies(self, namespace: str) -> bool:
+        """Whether a NetworkPolicy of ``namespace`` is known (from the watch cache)."""
+        return any(metadata(p).get("namespace") == namespace for p in self._view.policies.values())
+
     def update_ports_in(self, namespace: str, leaving: str = "") -> None:
         """Give each pod port of the namespace the groups its policies say
         (``leaving``: the uid of a policy being deleted, no longer counted)."""
