@@ -355,6 +355,15 @@ kubernetes_opts = [
         "on the pod network (found in Neutron at start): the controller lets them into "
         "every pod a NetworkPolicy isolates.",
     ),
+    cfg.FloatOpt(
+        "wait_for_refill",
+        default=15.0,
+        min=0.0,
+        help="Seconds a pod's ADD that finds the pool empty waits for the next refill "
+        "before creating a port of its own: a burst of pods is then served by a few bulk "
+        "creates (one POST for many ports) instead of one POST per pod on Neutron's "
+        "critical path. [pool] wait_for_refill is Docker's.",
+    ),
     cfg.IntOpt(
         "controller_workers",
         default=4,

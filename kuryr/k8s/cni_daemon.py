@@ -72,7 +72,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
                     owners=marks.K8S_OWNERS, security_group_ids=groups)
     lifecycle = PortLifecycle(neutron, binder, pool, background, State(), Settings(
         host=host, default_bridge=bridge, owners=marks.K8S_OWNERS,
-        wait_for_refill=conf.pool.wait_for_refill,
+        wait_for_refill=conf.kubernetes.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout, plug_is_fatal=True,
         security_group_ids=groups), NoNames())
     pods = PodAttachments(lifecycle, networks, pool.held,
