@@ -343,6 +343,24 @@ kubernetes_opts = [
         "subnet is attached to, so pods of different namespaces (and the host's "
         "probe port) reach each other.",
     ),
+    cfg.FloatOpt(
+        "namespace_network_wait",
+        default=10.0,
+        min=0.0,
+        max=60.0,
+        help="namespace driver, CNI daemon: seconds an ADD waits for its namespace's "
+        "network annotation (the controller writes it) before answering CNI error 11, "
+        "try again later.",
+    ),
+    cfg.StrOpt(
+        "node_network",
+        default="",
+        help="namespace driver, CNI daemon: the Neutron network (name or UUID, one IPv4 "
+        "subnet whose gateway is pod_router's interface) of the node's own port, so "
+        "kubelet's probes reach pods of every namespace: the host routes "
+        "pod_subnetpool's prefixes via that gateway. Empty: no node port (probes from "
+        "the host do not reach pods).",
+    ),
     cfg.ListOpt(
         "pod_security_groups",
         default=[],

@@ -167,6 +167,17 @@ def address_host_interface(ifname: str, address: str, mtu: int | None = None,
                      prefixlen=iface.network.prefixlen)
 
 
+def route_via(ifname: str, prefixes: list[str], gateway: str) -> None:
+    """Routes in the host's namespace to ``prefixes`` via ``gateway`` on ``ifname``;
+    idempotent (replaced when they exist)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise LinkError(f"interface {ifname} does not exist")
+        for prefix in prefixes:
+            ipr.route("replace", dst=prefix, gateway=gateway, oif=idx[0])
+
+
 def link_names() -> set[str]:
     """Names of the links in the host's namespace."""
     with IPRoute() as ipr:

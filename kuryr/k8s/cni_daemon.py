@@ -24,14 +24,18 @@ from kuryr.core.naming import NoNames
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
+from kuryr.k8s import api
 from kuryr.k8s.app import CniService, build_app
 from kuryr.k8s.host_reach import HostReach
-from kuryr.k8s.networks import SharedNetwork, build_pod_networks
+from kuryr.k8s.namespace_cache import NamespaceNetworkCache
+from kuryr.k8s.networks import NamespaceNetworks, PodNetworks, SharedNetwork, look_up_network
 from kuryr.k8s.pods import PodAttachments
+from kuryr.k8s.watch import Store, Watcher
 from kuryr.libnetwork import gc
 from kuryr.listen import unix_socket
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
+from kuryr.neutron.types import Port
 
 LOG = logging.getLogger(__name__)
 STOP_WRITES_TIMEOUT = 30.0
@@ -56,14 +60,12 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     except UnsupportedDriver as exc:
         raise SystemExit(f"kuryr cni-daemon: {exc}") from None
     neutron = neutron or connect(conf)
-    networks = build_pod_networks(conf, neutron)  # reaches Neutron, or does not start
+    daemon = Daemon()
+    daemon.start("Open vSwitch connection", lambda: None, ovs.close)  # stopped last
+    networks = _pod_networks(conf, neutron, daemon)  # reaches Neutron, or does not start
     groups = tuple(conf.kubernetes.pod_security_groups)
-    if isinstance(networks, SharedNetwork):
-        # kubelet's probes reach the pods through the node's own port.
-        pod_net = networks.network_for("")
-        node_port = HostReach(neutron, ovs, conf.kubernetes.node_name or host, host,
-                              bridge).ensure(pod_net.neutron_id, networks.subnet_of(pod_net),
-                                             pod_net.mtu)
+    node_port = _node_port(conf, neutron, ovs, host, networks)
+    if node_port is not None:
         # Named, not left to Neutron: a port back in the pool gets them again,
         # whatever groups a NetworkPolicy gave it meanwhile.
         groups = groups or node_port.security_group_ids
@@ -77,8 +79,6 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
         security_group_ids=groups), NoNames())
     pods = PodAttachments(lifecycle, networks, pool.held,
                           lambda: pods_plugged_here(neutron, ovs, host))
-    daemon = Daemon()
-    daemon.start("Open vSwitch connection", lambda: None, ovs.close)  # stopped last
     daemon.start("background writer", background.start,
                  lambda: background.stop(STOP_WRITES_TIMEOUT))
     daemon.start("port cleanup", lambda: None, lifecycle.stop)
@@ -92,8 +92,10 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     if lost:
         LOG.info("recording %d pods again whose record was lost with the process", lost)
     if isinstance(networks, SharedNetwork):
-        pod_net = networks.network_for("")
-        pool.refill_soon(pod_net)  # ready ports before the first pod
+        pool.refill_soon(networks.network_for(""))  # ready ports before the first pod
+    # namespace driver: a namespace's pool fills when its first pod here takes a
+    # port (PortPool.take asks for a refill), not for every namespace of the
+    # cluster on every node.
     collector = _collector_of_pods(conf, neutron, ovs, host, lifecycle, pool)
     removed = gc.run_once(collector.scope, conf.gc.grace)
     if removed:
@@ -101,6 +103,52 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     daemon.start("garbage collector", collector.start, collector.stop)
     return Node(service=CniService(pods=pods, healthy=_health_of(ovs, bridge)),
                 daemon=daemon, host=host)
+
+
+def _pod_networks(conf: cfg.ConfigOpts, neutron: Neutron, daemon: Daemon) -> PodNetworks:
+    """The [kubernetes] pod_network_driver; for ``namespace``, the Namespace watch
+    feeding it is started (and later stopped) by ``daemon``."""
+    if conf.kubernetes.pod_network_driver == "shared":
+        return SharedNetwork.look_up(neutron, conf.kubernetes.pod_network)
+    cache = NamespaceNetworkCache(conf.kubernetes.namespace_network_wait)
+    try:
+        source = api.KubeApi(api.connect(conf))
+    except Exception as exc:  # noqa: BLE001 - a bad kubeconfig: say so and stop
+        raise SystemExit(f"kuryr cni-daemon: cannot reach the Kubernetes API server "
+                         f"([kubernetes] kubeconfig): {exc}") from None
+    watch = Watcher("Namespace", source, Store("Namespace"), cache.observe)
+    daemon.start("Namespace watch", watch.start, watch.stop)
+    return NamespaceNetworks(neutron, cache)
+
+
+def _node_port(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
+               networks: PodNetworks) -> Port | None:
+    """kubelet's probes reach the pods through the node's own port: on the pod
+    network (shared), or on [kubernetes] node_network (namespace), with routes
+    to every namespace's subnet through pod_router.  None: no such port."""
+    reach = HostReach(neutron, ovs, conf.kubernetes.node_name or host, host,
+                      conf.binding.ovs_bridge)
+    if isinstance(networks, SharedNetwork):
+        pod_net = networks.network_for("")
+        return reach.ensure(pod_net.neutron_id, networks.subnet_of(pod_net), pod_net.mtu)
+    if not conf.kubernetes.node_network:
+        LOG.warning("[kubernetes] node_network is empty: kubelet's probes from this host "
+                    "will not reach pods")
+        return None
+    node_net = look_up_network(neutron, conf.kubernetes.node_network, "node_network",
+                               "the node's own port is on")
+    return reach.ensure_routed(node_net.neutron_id, node_net.subnets[0], node_net.mtu,
+                               _pod_prefixes(conf, neutron))
+
+
+def _pod_prefixes(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
+    """Where namespaces' subnets come from: [kubernetes] pod_subnetpool's prefixes."""
+    name = conf.kubernetes.pod_subnetpool
+    pool = neutron.find_subnetpool(name) if name else None
+    if pool is None:
+        raise SystemExit(f"kuryr cni-daemon: [kubernetes] node_network needs "
+                         f"pod_subnetpool (the namespaces' prefixes); {name!r} not found")
+    return list(pool.prefixes)
 
 
 def _collector_of_pods(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,

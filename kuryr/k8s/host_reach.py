@@ -8,6 +8,11 @@ the connected route of the pod subnet then carries the probes, through
 OVN's security groups like any other packet (the node's port is in the
 default group, whose rules admit its members).
 
+namespace driver: every namespace has its own network, all attached to
+pod_router; the node's port is then on one more network attached to it
+([kubernetes] node_network) and the host routes the pod subnetpool's
+prefixes via the router's address there.
+
 Ownership: device_owner marks.K8S_HOST_DEVICE_OWNER, device_id = the node's
 name, bound to this host.  Found again after a restart by those (1 GET).
 """
@@ -52,6 +57,20 @@ class HostReach:
         netlink.deafen_to_ipv6(self.ifname)
         LOG.info("node %s reaches its pods through %s (%s, Neutron port %s)",
                  self.node, self.ifname, cidr, port.id)
+        return port
+
+    def ensure_routed(self, network_id: str, subnet: Subnet, mtu: int | None,
+                      prefixes: list[str]) -> Port:
+        """namespace driver: the node's port on a network of its own ([kubernetes]
+        node_network), plus host routes to ``prefixes`` (where namespaces' subnets
+        come from) via the subnet's gateway, pod_router's interface there."""
+        if not subnet.gateway_ip:
+            raise RuntimeError(f"subnet {subnet.cidr} of the node network has no gateway: "
+                               "attach it to pod_router so the node reaches namespaces")
+        port = self.ensure(network_id, subnet, mtu)
+        netlink.route_via(self.ifname, prefixes, subnet.gateway_ip)
+        LOG.info("node %s routes %s via %s", self.node, ", ".join(prefixes),
+                 subnet.gateway_ip)
         return port
 
     def _find_port(self, network_id: str) -> Port | None:

@@ -117,17 +117,16 @@ class PodAttachments:
     def delete(self, req: CniRequest) -> None:
         """Idempotent: an unknown container, or one deleted already, is a success."""
         cid = _required(req, netns=False)
-        net = self.networks.network_for(req.namespace)
-        self._detach(net, cid, Sandbox(req.netns, req.ifname))
+        self._detach(self._network_of_attachment(cid), cid, Sandbox(req.netns, req.ifname))
 
-    def _detach(self, net: NetworkRecord, cid: str, sandbox: Sandbox) -> None:
-        lease = self._attachment(net, cid)
+    def _detach(self, net: NetworkRecord | None, cid: str, sandbox: Sandbox) -> None:
+        lease = self._attachment(net, cid) if net is not None else None
         with self._lock:
             self._sandboxes.pop(cid, None)
             self._deleted[cid] = None
             while len(self._deleted) > RECENTLY_DELETED:
                 self._deleted.popitem(last=False)
-        if lease is None:
+        if net is None or lease is None:
             return
         self._take_back_from_sandbox(self._vif(net, lease.port), sandbox)
         # Back to the pool when its veth end is in the host's namespace again, else
@@ -148,9 +147,9 @@ class PodAttachments:
     def check(self, req: CniRequest) -> None:
         cid = _required(req)
         netns = _netns(req.netns)
-        net = self.networks.network_for(req.namespace)
-        lease = self._attachment(net, cid)
-        if lease is None:
+        net = self._network_of_attachment(cid)
+        lease = self._attachment(net, cid) if net is not None else None
+        if net is None or lease is None:
             raise errors.NotFound(f"container {cid[:12]} has no Kuryr attachment")
         subnet = self.networks.subnet_of(net)
         address = f"{_address_on(lease.port, subnet)}/{subnet.prefixlen}"
@@ -173,13 +172,12 @@ class PodAttachments:
         valid_ids = {cid for cid, _ in valid}
         with self._lock:
             known = dict(self._sandboxes)
-        net = self.networks.network_for(req.namespace)
         gone = []
         for cid in sorted(set(known) | set(self._ours_in_ovs())):
             sandbox = known.get(cid)
             if (cid, sandbox.ifname) in valid if sandbox else cid in valid_ids:
                 continue
-            self._detach(net, cid, sandbox or Sandbox("", ""))
+            self._detach(self._network_of_attachment(cid), cid, sandbox or Sandbox("", ""))
             gone.append(cid)
         return gone
 
@@ -190,6 +188,15 @@ class PodAttachments:
         known = self.ports.state.endpoint(cid)
         if known is not None:
             return known
+        if self._port_of_past_attachment(cid) is None:
+            return None
+        try:
+            return self.ports.endpoint(net, cid)
+        except errors.NotFound:
+            return None
+
+    def _port_of_past_attachment(self, cid: str) -> str | None:
+        """After a restart: the port the container's OVS interface names."""
         port_id = self.ports.binder.port_of_endpoint(cid)
         with self._lock:
             deleted = cid in self._deleted
@@ -197,9 +204,19 @@ class PodAttachments:
         # the pool or out: not an attachment.
         if port_id is None or deleted or port_id in self._pooled():
             return None
+        return port_id
+
+    def _network_of_attachment(self, cid: str) -> NetworkRecord | None:
+        """The network the container's port is on, found from the attachment, not
+        from the pod's namespace: DEL must work for a namespace being deleted
+        (its annotation gone) and GC names no pod.  None: no attachment."""
+        known = self.ports.state.endpoint(cid)
         try:
-            return self.ports.endpoint(net, cid)
-        except errors.NotFound:
+            if known is not None:
+                return self.networks.network_by_id(known.network_id)
+            port_id = self._port_of_past_attachment(cid)
+            return self.networks.network_of_port(port_id) if port_id else None
+        except errors.NotFound:  # the port went meanwhile, or is on no pod network
             return None
 
     def _vif(self, net: NetworkRecord, port: Port) -> VIF:
