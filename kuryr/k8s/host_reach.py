@@ -30,7 +30,14 @@ from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import NewPort, Port, Subnet
 
 LOG = logging.getLogger(__name__)
-INTERFACE = "kuryr-k8s0"  # <= 15 characters (IFNAMSIZ)
+INTERFACE_PREFIX = "k8s-"
+
+
+def interface_for(network_id: str) -> str:
+    """The node's interface on one network: k8s-<network id, 11 characters>
+    (IFNAMSIZ allows 15).  One per network, so two daemons of one host on two
+    networks (a test's beside the stack's) never take each other's."""
+    return INTERFACE_PREFIX + network_id[:11]
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,6 @@ class HostReach:
     node: str  # Kubernetes' node name (device_id)
     host: str  # Neutron's binding host
     bridge: str = "br-int"
-    ifname: str = INTERFACE
 
     def ensure(self, network_id: str, subnet: Subnet, mtu: int | None = None) -> Port:
         """The node's port on the pod subnet, made reachable: found or made
@@ -51,12 +57,13 @@ class HostReach:
         if address is None:
             raise RuntimeError(f"the node's port {port.id} has no address on {subnet.cidr}")
         cidr = f"{address}/{ipaddress.ip_network(subnet.cidr).prefixlen}"
-        self.ovs.plug_internal(self.bridge, self.ifname, port.id, port.mac_address)
-        netlink.address_host_interface(self.ifname, cidr, mtu)
+        ifname = interface_for(network_id)
+        self.ovs.plug_internal(self.bridge, ifname, port.id, port.mac_address)
+        netlink.address_host_interface(ifname, cidr, mtu)
         # No router advertisements or autoconfiguration from a pod network.
-        netlink.deafen_to_ipv6(self.ifname)
+        netlink.deafen_to_ipv6(ifname)
         LOG.info("node %s reaches its pods through %s (%s, Neutron port %s)",
-                 self.node, self.ifname, cidr, port.id)
+                 self.node, ifname, cidr, port.id)
         return port
 
     def ensure_routed(self, network_id: str, subnet: Subnet, mtu: int | None,
@@ -68,7 +75,7 @@ class HostReach:
             raise RuntimeError(f"subnet {subnet.cidr} of the node network has no gateway: "
                                "attach it to pod_router so the node reaches namespaces")
         port = self.ensure(network_id, subnet, mtu)
-        netlink.route_via(self.ifname, prefixes, subnet.gateway_ip)
+        netlink.route_via(interface_for(network_id), prefixes, subnet.gateway_ip)
         LOG.info("node %s routes %s via %s", self.node, ", ".join(prefixes),
                  subnet.gateway_ip)
         return port
@@ -87,7 +94,7 @@ class HostReach:
 
     def remove(self, network_id: str) -> None:
         """Unplug the interface and delete the node's port (a node leaving)."""
-        self.ovs.unplug(self.ifname, self.bridge)
+        self.ovs.unplug(interface_for(network_id), self.bridge)
         port = self._find_port(network_id)
         if port is not None:
             self.neutron.delete_port(port.id)

@@ -25,6 +25,7 @@ from pyroute2 import netns
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
 from kuryr.binding.vif import VIF
+from kuryr.k8s.host_reach import interface_for
 from kuryr.neutron import marks
 from kuryr.neutron.client import connect_endpoint
 
@@ -94,6 +95,8 @@ def pod_net(neutron, ovs, cleanup, unique):
     def delete_network():
         # After the daemon stopped: its ready pooled ports stay plugged (as they
         # would for its next start); this network's are removed here.
+        # The node's own port of this network (its probe interface) goes too.
+        ovs.unplug(interface_for(net.id))
         for port in neutron.api.ports(network_id=net.id):
             vif = VIF(port.id, port.mac_address)
             ovs.unplug(vif.host_ifname)
@@ -251,7 +254,9 @@ def _assert_nothing_left(neutron, ovs, network_id: str, pod_ports: list[str],
     cids = set(container_ids)
 
     def settled():
-        ports = list(neutron.api.ports(network_id=network_id))
+        # The node's own port (probes) stays for the next start, as the pool's do.
+        ports = [p for p in neutron.api.ports(network_id=network_id)
+                 if p.device_owner != marks.K8S_HOST_DEVICE_OWNER]
         # Back in the pool: two background PUTs (owner/device_id, then the tags).
         in_use = [p for p in ports if p.device_owner != marks.K8S_POOL_DEVICE_OWNER
                   or p.device_id or p.tags]
