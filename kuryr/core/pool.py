@@ -128,7 +128,11 @@ class PortPool:
             return False
         with self._lock:
             ready = self._ready.setdefault(net.neutron_id, collections.deque())
-            if net.neutron_id in self._drained or len(ready) >= 2 * self.size_of(net):
+            # Ports on their way back count: a burst of deletions must not
+            # overfill the pool between the check and the return.
+            returning = sum(1 for n in self._returning.values() if n == net.neutron_id)
+            if net.neutron_id in self._drained or \
+                    len(ready) + returning >= 2 * self.size_of(net):
                 return False
             self._returning[port.id] = net.neutron_id
             return True
