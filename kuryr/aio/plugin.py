@@ -29,7 +29,11 @@ ovs_bridge = br-int
 [publish]
 # -p ports are also reachable from the external network through a floating IP.
 floating_ip_network = {public}
+{kubernetes_section}"""
 
+# Only with `up --k8s`: `kuryr status` checks the CNI daemon and the controller
+# of a host whose kuryr.conf names a kubeconfig.
+KUBERNETES_SECTION = """
 [kubernetes]
 # Kuryr for Kubernetes (`kuryr-aio up --k8s`): every pod on one Neutron network.
 kubeconfig = {kubeconfig}
@@ -98,8 +102,10 @@ class KuryrPlugin:
             against=against, socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
             state=self.layout.base / "kuryr", neutron_section=neutron_section,
             netns="/var/run/docker/netns", public=PUBLIC_NETWORK,
-            kubeconfig=self.layout.k8s_dir / "pki" / "kuryr.kubeconfig",
-            pods=POD_NETWORK, cni_socket=self.layout.cni_socket)
+            kubernetes_section=KUBERNETES_SECTION.format(
+                kubeconfig=self.layout.k8s_dir / "pki" / "kuryr.kubeconfig",
+                pods=POD_NETWORK, cni_socket=self.layout.cni_socket)
+            if self.layout.k8s_enabled else "")
 
     def config_outdated(self) -> bool:
         """Whether the running plugin was started from another kuryr.conf."""

@@ -37,6 +37,8 @@ from kuryr.aio.outside import VETH_BRIDGE_END, Outside
 from kuryr.aio.packages import Packages
 from kuryr.aio.plugin import KuryrPlugin
 from kuryr.aio.switch import DATAPATH_TAPS, OVN, OpenVSwitch
+from kuryr.binding import netlink
+from kuryr.k8s.host_reach import INTERFACE_PREFIX
 
 
 class Component(Protocol):
@@ -191,6 +193,7 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
             log(f"{component.name}: stop failed: {exc}")
     removed = links.delete_created(layout, DATAPATH_TAPS)
+    removed += delete_node_interfaces()
     if removed:
         log(f"removed datapath tap devices: {' '.join(removed)}")
     if purge:
@@ -204,6 +207,18 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
         shutil.rmtree(layout.run, ignore_errors=True)
         log(f"state under {layout.base} wiped (kept {layout.base / 'venvs'})")
     log("stack is down")
+
+
+def delete_node_interfaces() -> list[str]:
+    """The CNI daemon's node interfaces (k8s-<network id>): OVS internal ports of
+    the userspace datapath, whose tap devices ovs-vswitchd leaves behind when it
+    stops.  A stale one keeps its address and its connected route to the pod
+    subnet, where kubelet's probes would then go (seen: pods never Ready after
+    a `down --purge` and `up --k8s`, the new pod network's interface being a
+    second route to the same prefix)."""
+    found = [name for name in netlink.link_names()
+             if name.startswith(INTERFACE_PREFIX) and links.kind(name) == "tun"]
+    return [name for name in found if netlink.delete_link(name)]
 
 
 def env_exports(layout: Layout) -> str:

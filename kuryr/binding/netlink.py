@@ -18,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from kuryr.binding.vif import VIF
 
 ENOENT = 2
+ENODEV = 19
 EEXIST = 17
 
 
@@ -84,7 +85,9 @@ def delete_link(ifname: str) -> bool:
             try:
                 ipr.link("del", index=idx)
             except NetlinkError as exc:
-                if exc.code != ENOENT:
+                # ENODEV: gone between the lookup and the delete (a veth whose
+                # peer's namespace was just removed goes with it).
+                if exc.code not in (ENOENT, ENODEV):
                     raise LinkError(f"cannot delete {ifname}: {exc}") from exc
         return bool(found)
 

@@ -149,6 +149,8 @@ def test_pods_of_two_namespaces_reach_each_other_on_neutron_ports(cluster, names
 
 def test_twenty_pods_deleted_leave_no_port_or_veth(cluster, namespace, neutron):
     ns = namespace()
+    # Earlier tests' leftovers (a dockerd killed mid-test) are not this test's.
+    orphans_before = orphan_veths(neutron, cluster.host)
     pods = run_pods(cluster, [pod_doc(f"p{i}", ns, readiness=False,
                                       command=["sleep", "3600"]) for i in range(20)],
                     timeout=180)
@@ -157,10 +159,11 @@ def test_twenty_pods_deleted_leave_no_port_or_veth(cluster, namespace, neutron):
     kubectl(cluster, "delete", "pods", "--all", "-n", ns, "--wait=true", timeout=180)
 
     def nothing_left():
-        return not (uids & set(pod_ports(neutron))) and not orphan_veths(neutron, cluster.host)
+        return not (uids & set(pod_ports(neutron))) \
+            and orphan_veths(neutron, cluster.host) <= orphans_before
     assert helpers.wait_until(nothing_left, 60, interval=1), (
         f"left: ports {uids & set(pod_ports(neutron))}, "
-        f"veths {orphan_veths(neutron, cluster.host)}")
+        f"veths {orphan_veths(neutron, cluster.host) - orphans_before}")
     # Recycled ports wait in the pool (up to twice its size) for the next pods.
     # (A refill made while the pods started may still be landing.)
     assert helpers.wait_until(
