@@ -144,17 +144,17 @@ class CniDaemon:
         self.proc.wait(30)
 
 
-@pytest.fixture
-def daemon(tmp_path, pod_net, cleanup):
-    net, _ = pod_net
+def start_daemon(tmp_path: Path, cleanup, kubernetes: dict[str, str],
+                 sections: dict[str, dict[str, str]]) -> CniDaemon:
+    """A daemon of the test's own: the stack's Neutron and OVS settings, the
+    test's [kubernetes] (its socket added) and other ``sections``."""
     aio = configparser.ConfigParser(interpolation=None)
     aio.read(AIO_CONF)
     conf = configparser.ConfigParser(interpolation=None)
     for section in ("neutron", "binding"):
         conf[section] = dict(aio[section]) if aio.has_section(section) else {}
-    conf["pool"] = {"size": "2"}
-    conf["kubernetes"] = {"pod_network_driver": "shared", "pod_network": net.id,
-                          "daemon_socket": str(tmp_path / "cni.sock")}
+    conf.read_dict(sections)
+    conf["kubernetes"] = {**kubernetes, "daemon_socket": str(tmp_path / "cni.sock")}
     path = tmp_path / "kuryr.conf"
     with path.open("w") as out:
         conf.write(out)
@@ -162,6 +162,14 @@ def daemon(tmp_path, pod_net, cleanup):
     cleanup(lambda: running.kill(signal.SIGTERM))
     running.start()
     return running
+
+
+@pytest.fixture
+def daemon(tmp_path, pod_net, cleanup):
+    net, _ = pod_net
+    return start_daemon(tmp_path, cleanup,
+                        {"pod_network_driver": "shared", "pod_network": net.id},
+                        {"pool": {"size": "2"}})
 
 
 @pytest.fixture
@@ -174,13 +182,14 @@ def pods(cleanup, unique):
 
 
 def cni(command: str, daemon: CniDaemon, container_id: str, ns: str, pod: str = "",
-        uid: str = "") -> tuple[int, dict | None]:
+        uid: str = "", namespace: str = "test") -> tuple[int, dict | None]:
+    """The real kuryr-cni, for a pod of Kubernetes ``namespace`` in netns ``ns``."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
            "CNI_CONTAINERID": container_id, "CNI_NETNS": f"/var/run/netns/{ns}",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
     if pod:
-        env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={pod};"
-                           f"K8S_POD_UID={uid}")
+        env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};"
+                           f"K8S_POD_NAME={pod};K8S_POD_UID={uid}")
     config = {"cniVersion": "0.4.0", "name": "kuryr", "type": "kuryr-cni",
               "daemon_socket": str(daemon.sock)}
     proc = subprocess.run([str(BIN / "kuryr-cni")], input=json.dumps(config).encode(),

@@ -10,11 +10,6 @@ No Pod is created in the cluster.  Everything it made is removed at teardown.
 
 from __future__ import annotations
 
-import configparser
-import json
-import os
-import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +27,7 @@ from kuryr.k8s.namespaces import network_annotation
 from kuryr.neutron import marks
 
 from . import test_cni_daemon as base
-from .test_cni_daemon import AIO_CONF, BIN, CniDaemon, wait_until
+from .test_cni_daemon import CniDaemon, wait_until
 
 # The shared daemon test's fixtures (Neutron, OVS, clean-up, a unique suffix).
 cleanup, neutron, ovs, unique = base.cleanup, base.neutron, base.ovs, base.unique
@@ -92,24 +87,12 @@ def annotate(kube, name: str, value: str) -> None:
 
 @pytest.fixture
 def daemon(tmp_path, cleanup):
-    aio = configparser.ConfigParser(interpolation=None)
-    aio.read(AIO_CONF)
-    conf = configparser.ConfigParser(interpolation=None)
-    for section in ("neutron", "binding"):
-        conf[section] = dict(aio[section]) if aio.has_section(section) else {}
-    conf["pool"] = {"size": "1"}
-    conf["gc"] = {"interval": "0"}  # the shared stack's leftovers are not this test's
-    conf["kubernetes"] = {"pod_network_driver": "namespace",
-                          "kubeconfig": str(KURYR_KUBECONFIG),
-                          "namespace_network_wait": str(WAIT),
-                          "daemon_socket": str(tmp_path / "cni.sock")}
-    path = tmp_path / "kuryr.conf"
-    with path.open("w") as out:
-        conf.write(out)
-    running = CniDaemon(path, tmp_path / "cni.sock", tmp_path / "daemon.log")
-    cleanup(lambda: running.kill(signal.SIGTERM))
-    running.start()
-    return running
+    return base.start_daemon(
+        tmp_path, cleanup,
+        {"pod_network_driver": "namespace", "kubeconfig": str(KURYR_KUBECONFIG),
+         "namespace_network_wait": str(WAIT)},
+        # gc off: the shared stack's leftovers are not this test's.
+        {"pool": {"size": "1"}, "gc": {"interval": "0"}})
 
 
 @pytest.fixture
@@ -123,18 +106,7 @@ def sandboxes(cleanup, unique):
 
 def cni_in(command: str, daemon: CniDaemon, cid: str, sandbox: str, namespace: str,
            pod: str, uid: str = "") -> tuple[int, dict | None]:
-    """`cni` of test_cni_daemon, for a pod of ``namespace``."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
-           "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{sandbox}",
-           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-           "CNI_ARGS": (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};"
-                        f"K8S_POD_UID={uid}")}
-    config = {"cniVersion": "0.4.0", "name": "kuryr", "type": "kuryr-cni",
-              "daemon_socket": str(daemon.sock)}
-    proc = subprocess.run([str(BIN / "kuryr-cni")], input=json.dumps(config).encode(),
-                          env=env, capture_output=True, timeout=90, check=False)
-    out = proc.stdout.decode().strip()
-    return proc.returncode, json.loads(out) if out else None
+    return base.cni(command, daemon, cid, sandbox, pod, uid, namespace=namespace)
 
 
 def test_pods_of_two_namespaces_get_ports_on_their_networks(
