@@ -373,6 +373,16 @@ kubernetes_opts = [
         "on the pod network (found in Neutron at start): the controller lets them into "
         "every pod a NetworkPolicy isolates.",
     ),
+    cfg.IntOpt(
+        "pool_size",
+        default=10,
+        min=0,
+        help="Ports kept ready on this node for each pod network (created, bound and "
+        "plugged), so a pod's ADD makes no Neutron request. Size it for the node's "
+        "largest burst of pod starts: the pods of a burst beyond it wait for a bulk "
+        "refill. A network tagged kuryr.pool.size:N in Neutron overrides it. "
+        "[pool] size is Docker's.",
+    ),
     cfg.FloatOpt(
         "wait_for_refill",
         default=15.0,

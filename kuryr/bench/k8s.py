@@ -40,6 +40,7 @@ from typing import Any
 from kuryr.aio import kubernetes
 from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
 from kuryr.aio.procs import StackError
+from kuryr.bench import cpu
 from kuryr.bench.stats import percentile
 
 BRIDGE_NAME = "kbench0"
@@ -333,10 +334,13 @@ class K8sBench:
         assert self.watch is not None  # noqa: S101 - set by run()
         self.wait_neutron_quiet()
         offset = self._access_size()
+        cpu_before = cpu.cpu_seconds()
         names, began, ok = self.start(count)
+        cpu_started = cpu.cpu_seconds()
         during = requests_by_method(self._access_since(offset))
         self.wait_neutron_quiet()
         settled = requests_by_method(self._access_since(offset))
+        cpu_settled = cpu.cpu_seconds()
         pods = [p for p in self.pods() if p["metadata"]["name"] in names]
         client: dict[str, list[float]] = {"running": [], "ip": [], "ready": []}
         for name in names:
@@ -352,7 +356,9 @@ class K8sBench:
                "api": {k: summary(v) for k, v in api.items()},
                "neutron_requests_during_start": during,
                "neutron_requests_until_quiet": settled,
-               "neutron_requests_per_pod": round(settled["total"] / count, 2)}
+               "neutron_requests_per_pod": round(settled["total"] / count, 2),
+               "cpu_s_during_start": cpu.spent(cpu_before, cpu_started),
+               "cpu_s_until_quiet": cpu.spent(cpu_before, cpu_settled)}
         if neutron_ports:  # after the count: its own GET is not counted
             row["pods_waiting_on_neutron"] = len(ports_made_after(pods, self.pod_ports()))
         return row, pods
@@ -524,7 +530,7 @@ def main(args: Any) -> int:  # noqa: ANN401 - run.py's parsed arguments
         print(f"kuryr-bench --k8s: {message}", file=sys.stderr, flush=True)
 
     runs = args.runs or (3 if args.quick else 7)
-    bursts = [5] if args.quick else [20, 50]
+    bursts = args.bursts or ([5] if args.quick else [20, 50])
     layout = Layout.default()
     bench = K8sBench(layout, log)
     started = time.monotonic()
@@ -592,6 +598,9 @@ def table(result: dict) -> str:
                 f"Neutron {during['total']} while starting "
                 f"{json.dumps({k: v for k, v in during.items() if k != 'total'})}, "
                 f"{settled['total']} until quiet ({row['neutron_requests_per_pod']}/pod)")
+            if "cpu_s_during_start" in row:
+                lines.append(f"{'':13}CPU s while starting: " + ", ".join(
+                    f"{k} {v}" for k, v in row["cpu_s_during_start"].items()))
     kuryr = result["kuryr"]
     lines += ["", (f"Kuryr pods whose port was made after the pod was created (their start "
                    f"waited on Neutron): {kuryr['pods_waiting_on_neutron']}/"

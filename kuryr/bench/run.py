@@ -218,12 +218,27 @@ def kuryr_process_stats() -> tuple[float, float]:
     return rss_kb / 1024, cpu
 
 
+MAX_BURST = 200  # every load test is bounded
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BURST:
+        raise argparse.ArgumentTypeError(f"{text!r}: burst sizes from 1 to {MAX_BURST}")
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kuryr-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a reduced run (under a minute once the stack is up)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--runs", type=int, help="docker run repetitions per driver")
+    parser.add_argument("--bursts", type=_sizes, metavar="N[,N...]",
+                        help="burst sizes instead of 20,50 (5 with --quick)")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip kuryr-libnetwork (no install, no comparison)")
     parser.add_argument("--k8s", action="store_true",
@@ -235,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return k8s.main(args)
     runs = args.runs or (5 if args.quick else 20)
-    bursts = [5] if args.quick else [20, 50]
+    bursts = args.bursts or ([5] if args.quick else [20, 50])
     rounds = 1 if args.quick else 3
 
     def log(message: str) -> None:

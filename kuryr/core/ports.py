@@ -484,7 +484,11 @@ class PortLifecycle:
                 return None
         if lease is None:
             return None
-        self.state.detach(endpoint_id)
+        if self.state.detach(endpoint_id) is not lease:
+            # A concurrent detach of the same endpoint (kubelet's two DELs of a
+            # sandbox can overlap) won: it alone returns or deletes the port, or
+            # the port would be both back in the pool and deleted.
+            return None
         if net is not None and lease.plain and not lease.adopted \
                 and self.pool.accepts(net, lease.port):
             # Back to the pool, still bound and plugged: the next container takes it

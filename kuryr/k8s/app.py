@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -104,8 +105,13 @@ def _endpoint(command: str, verb: Callable[[CniRequest], dict[str, Any]]) \
             req = _parse(command, body)
         except _BadRequest as bad:
             return cni_error(bad.code, bad.msg, status=400)
+        started = time.monotonic()
         try:
-            return JSONResponse(await run_in_threadpool(verb, req))
+            answer = JSONResponse(await run_in_threadpool(verb, req))
+            if command in _TIMED:  # how long the runtime waited on Kuryr (bursts)
+                LOG.info("%s %s%s: %.0f ms", command, req.containerId[:12], _pod_of(req),
+                         (time.monotonic() - started) * 1000)
+            return answer
         except _Unavailable as exc:
             return cni_error(Code.PLUGIN_NOT_AVAILABLE, "plugin not available", str(exc), 503)
         except Exception as exc:
@@ -117,6 +123,13 @@ def _endpoint(command: str, verb: Callable[[CniRequest], dict[str, Any]]) \
             return cni_error(code, str(exc), type(exc).__name__, http_status_of(exc))
     handle.__name__ = f"cni_{command.lower()}"
     return handle
+
+
+_TIMED = ("ADD", "DEL")
+
+
+def _pod_of(req: CniRequest) -> str:
+    return f" (pod {req.pod.namespace}/{req.pod.name})" if req.pod else ""
 
 
 class _BadRequest(Exception):

@@ -70,7 +70,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
         # whatever groups a NetworkPolicy gave it meanwhile.
         groups = groups or node_port.security_group_ids
     background = Background(neutron.counter.operation)
-    pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
+    pool = PortPool(neutron, binder, background, host, conf.kubernetes.pool_size, bridge,
                     owners=marks.K8S_OWNERS, security_group_ids=groups)
     lifecycle = PortLifecycle(neutron, binder, pool, background, State(), Settings(
         host=host, default_bridge=bridge, owners=marks.K8S_OWNERS,

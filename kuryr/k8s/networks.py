@@ -74,8 +74,9 @@ def look_up_network(neutron: Neutron, name_or_id: str, option: str, role: str) \
     if len(subnets) != 1:
         raise SystemExit(f"{where} {name_or_id!r} ({found.id}) has {len(subnets)} IPv4 "
                          "subnets; it needs one")
+    # Its tags, so an operator's kuryr.pool.size:N on it sizes the node pools.
     return NetworkRecord(docker_id=found.id, neutron_id=found.id, mtu=found.mtu,
-                         subnets=subnets, adopted=True)
+                         subnets=subnets, adopted=True, tags=found.tags)
 
 
 class NamespaceNetworks:
@@ -133,4 +134,4 @@ def _network_record(neutron: Neutron, network_id: str) -> NetworkRecord:
         raise errors.InvalidInput(f"network {network_id} has {len(subnets)} IPv4 subnets; "
                                   "a namespace's network needs one")
     return NetworkRecord(docker_id=network_id, neutron_id=network_id, mtu=network.mtu,
-                         subnets=subnets, adopted=True)
+                         subnets=subnets, adopted=True, tags=network.tags)

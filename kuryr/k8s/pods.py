@@ -26,6 +26,7 @@ from kuryr.binding import netlink
 from kuryr.binding.vif import VIF
 from kuryr.cni.protocol import Dns, Interface, IPConfig, Result, Route
 from kuryr.core.binder import vif_of
+from kuryr.core.keyed import KeyedLocks
 from kuryr.core.model import Lease, NetworkRecord
 from kuryr.core.ports import EndpointRecord, PortLifecycle
 from kuryr.k8s.models import CniRequest
@@ -65,11 +66,20 @@ class PodAttachments:
         self._lock = threading.Lock()
         self._sandboxes: dict[str, Sandbox] = {}  # container id -> (since ADD, this process)
         self._deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # One CNI verb at a time per container: runtimes do overlap them (kubelet's
+        # StopPodSandbox and RemovePodSandbox each send a DEL, seen 0.3 s apart while
+        # the first still ran).  Held across the verb's work, Neutron included: only
+        # the same container's next verb waits, and it must.
+        self._per_container = KeyedLocks()
 
     # -- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> Result:
         cid = _required(req)
         netns = _netns(req.netns)
+        with self._per_container.hold(cid):
+            return self._add(req, cid, netns)
+
+    def _add(self, req: CniRequest, cid: str, netns: str) -> Result:
         net = self.networks.network_for(req.namespace)
         subnet = self.networks.subnet_of(net)
         with self._lock:
@@ -117,7 +127,9 @@ class PodAttachments:
     def delete(self, req: CniRequest) -> None:
         """Idempotent: an unknown container, or one deleted already, is a success."""
         cid = _required(req, netns=False)
-        self._detach(self._network_of_attachment(cid), cid, Sandbox(req.netns, req.ifname))
+        with self._per_container.hold(cid):
+            self._detach(self._network_of_attachment(cid), cid,
+                         Sandbox(req.netns, req.ifname))
 
     def _detach(self, net: NetworkRecord | None, cid: str, sandbox: Sandbox) -> None:
         lease = self._attachment(net, cid) if net is not None else None
@@ -147,6 +159,10 @@ class PodAttachments:
     def check(self, req: CniRequest) -> None:
         cid = _required(req)
         netns = _netns(req.netns)
+        with self._per_container.hold(cid):
+            self._check(req, cid, netns)
+
+    def _check(self, req: CniRequest, cid: str, netns: str) -> None:
         net = self._network_of_attachment(cid)
         lease = self._attachment(net, cid) if net is not None else None
         if net is None or lease is None:
@@ -177,7 +193,9 @@ class PodAttachments:
             sandbox = known.get(cid)
             if (cid, sandbox.ifname) in valid if sandbox else cid in valid_ids:
                 continue
-            self._detach(self._network_of_attachment(cid), cid, sandbox or Sandbox("", ""))
+            with self._per_container.hold(cid):
+                self._detach(self._network_of_attachment(cid), cid,
+                             sandbox or Sandbox("", ""))
             gone.append(cid)
         return gone
 

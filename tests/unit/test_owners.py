@@ -237,3 +237,38 @@ def test_dockers_garbage_collector_never_sees_a_pods_port():
                             tags=[], created_at=old, updated_at=old)
             for n, owner in enumerate(marks.K8S_OWNERS.all)]
     assert gc._ports(pods, links=set(), grace=datetime.timedelta(0), now=now) == []  # type: ignore[arg-type]
+
+
+def test_two_overlapping_detaches_of_one_pod_return_its_port_once(cores, net, neutron):
+    """kubelet's two DELs of a sandbox can overlap: both find the endpoint, but
+    only one may return (or delete) its port; the port was once left both
+    deleted in Neutron and ready in the pool, then handed to the next pod."""
+    import threading
+
+    _, k8s = cores
+    _fill(k8s, net)
+    lease = k8s.ports.attach_ready(net, net.subnets[0], "f" * 64,
+                                   EndpointRecord("pod-uid-4", "kuryr-pod-ns/y"))
+    k8s.settle()
+    both_looked = threading.Barrier(2, timeout=5)
+    look_up = k8s.ports.state.endpoint
+
+    def endpoint_after_both_looked(endpoint_id: str):
+        found = look_up(endpoint_id)
+        both_looked.wait()  # the two DELs both see the endpoint before either detaches
+        return found
+
+    k8s.ports.state.endpoint = endpoint_after_both_looked
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(k8s.ports.detach(net, "f" * 64)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    k8s.ports.state.endpoint = look_up
+    k8s.settle()
+    assert sorted(r is lease for r in results) == [False, True]
+    assert lease.port.id in neutron.ports_  # not deleted
+    ready = list(k8s.pool._ready[net.neutron_id])
+    assert [p.id for p in ready].count(lease.port.id) == 1
