@@ -263,7 +263,15 @@ class PolicyGroups:
             return
         policies = self._policy_groups(namespace, leaving)
         open_groups = self._open or self.ensure_open_groups()
-        for port in self._neutron.ports(device_owner=marks.K8S_DEVICE_OWNER):
+        by_address = {ip: uid for uid, pod in pods.items() for ip in pod_info(pod).ips}
+        unrecorded = []
+        for port in self._neutron.ports(device_owner=marks.K8S_OWNERS.all):
+            if port.device_owner != marks.K8S_DEVICE_OWNER:
+                # A pod's port whose record (device_id = uid, in the CNI daemon's
+                # background) has not landed yet still looks pooled: come back, or
+                # the pod would keep the pool's groups, its policies unenforced.
+                unrecorded += [by_address[ip] for ip in port.addresses if ip in by_address]
+                continue
             if port.device_id not in pods:
                 continue
             wanted = groups_for_pod(port.device_id, policies, self._default_groups, open_groups)
@@ -273,6 +281,10 @@ class PolicyGroups:
                                               if_revision=port.revision_number)
                 except errors.Conflict as exc:
                     raise NotReady(f"port {port.id} changed meanwhile") from exc
+        if unrecorded:
+            names = sorted(pod_info(pods[uid]).name for uid in unrecorded)
+            raise NotReady(f"pods {', '.join(names)} of {namespace}: their ports are "
+                           "not recorded yet")
 
     def _policy_groups(self, namespace: str, leaving: str) -> list[tuple[PolicyRules, str]]:
         """(what each policy of the namespace selects, its group id); a policy

@@ -15,7 +15,7 @@ import email.utils
 import ipaddress
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -588,11 +588,14 @@ class Neutron:
             return Port.from_sdk(self.api.get_port(port_id))
 
     def ports(self, network_id: str | None = None, device_id: str | None = None,
-              device_owner: str | None = None, binding_host_id: str | None = None,
+              device_owner: str | Sequence[str] | None = None,
+              binding_host_id: str | None = None,
               ip_address: str | None = None) -> list[Port]:
-        """1 GET."""
+        """1 GET (several device owners: ports with any of them)."""
+        owners = device_owner if device_owner is None or isinstance(device_owner, str) \
+            else list(device_owner)
         filters: dict[str, object] = _filters(
-            network_id=network_id, device_id=device_id, device_owner=device_owner,
+            network_id=network_id, device_id=device_id, device_owner=owners,
             binding_host_id=binding_host_id)
         if ip_address is not None:
             filters["fixed_ips"] = [f"ip_address={ip_address}"]

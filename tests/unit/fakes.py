@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kuryr import errors
 from kuryr.binding.vif import VIF
@@ -144,10 +144,14 @@ class FakeNeutron:
         return self.ports_[port_id]
 
     def ports(self, network_id: str | None = None, device_id: str | None = None,
-              device_owner: str | None = None, binding_host_id: str | None = None,
+              device_owner: str | Sequence[str] | None = None,
+              binding_host_id: str | None = None,
               ip_address: str | None = None) -> list[Port]:
         self.calls["ports"] += 1
         found = list(self.ports_.values())
+        if device_owner is not None and not isinstance(device_owner, str):
+            found = [p for p in found if p.device_owner in device_owner]
+            device_owner = None
         for attr, value in (("network_id", network_id), ("device_id", device_id),
                             ("device_owner", device_owner),
                             ("binding_host_id", binding_host_id)):

@@ -71,3 +71,40 @@ def test_rules_with_and_without_ports_and_remotes_are_created_in_a_stable_order(
     first = rule_changes(desired, [], {"ingress-0": "ag-1"}).create
     assert sorted(first, key=repr) == sorted(desired, key=repr)
     assert rule_changes(list(reversed(desired)), [], {"ingress-0": "ag-1"}).create == first
+
+
+def test_a_pod_whose_port_is_not_recorded_yet_is_retried_not_left_open():
+    """The CNI daemon records a pod on its port in the background: a pod event
+    can come first.  Its port, still pool-owned, must not be skipped (the pod
+    would keep the pool's groups, its NetworkPolicy unenforced)."""
+    import pytest
+
+    from kuryr.k8s.events import NotReady
+    from kuryr.k8s.policy import OpenGroups
+    from kuryr.k8s.policy_groups import GROUP_ANNOTATION, ClusterView, PolicyGroups
+    from kuryr.k8s.watch import Store
+    from kuryr.neutron import marks
+
+    from .fakes import FakeNeutron
+
+    neutron = FakeNeutron()
+    net = neutron.add_network("pods")
+    neutron.add_subnet(net.id, "10.70.0.0/24", "10.70.0.1")
+    port = neutron.add_port(net.id, "10.70.0.5", device_owner=marks.K8S_POOL_DEVICE_OWNER,
+                            security_group_ids=("sg-default",))
+    view = ClusterView(Store("Namespace"), Store("Pod"), Store("NetworkPolicy"))
+    view.pods.put({"metadata": {"namespace": "ns", "name": "web", "uid": "u1"},
+                   "status": {"podIP": "10.70.0.5"}})
+    view.policies.put({"metadata": {"namespace": "ns", "name": "deny", "uid": "p1",
+                                    "annotations": {GROUP_ANNOTATION: "sg-deny"}},
+                       "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+    groups = PolicyGroups(neutron, kube=None, view=view, default_groups=["sg-default"],
+                          always_allowed_ingress=[])
+    groups._open = OpenGroups(ingress="sg-open-in", egress="sg-open-out")
+    with pytest.raises(NotReady, match="web"):
+        groups.update_ports_in("ns")
+    assert neutron.ports_[port.id].security_group_ids == ("sg-default",)
+    # The record lands (the daemon's background PUT): the retry applies the policy.
+    neutron.update_port(port.id, device_owner=marks.K8S_DEVICE_OWNER, device_id="u1")
+    groups.update_ports_in("ns")
+    assert neutron.ports_[port.id].security_group_ids == ("sg-deny", "sg-open-out")
