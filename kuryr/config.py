@@ -392,6 +392,16 @@ kubernetes_opts = [
         "creates (one POST for many ports) instead of one POST per pod on Neutron's "
         "critical path. [pool] wait_for_refill is Docker's.",
     ),
+    cfg.FloatOpt(
+        "defer_writes_during_starts",
+        default=10.0,
+        min=0.0,
+        help="Seconds at most that Neutron writes no pod start waits for (a pod's "
+        "record on its port, a pool refill nobody waits on) are held while pods start "
+        "on this node, so a burst gets the node's CPU and Neutron's attention; they run "
+        "once no ADD has been in flight for 3 seconds. A pod's NetworkPolicy groups "
+        "follow its record: up to this much later during a burst. 0: write at once.",
+    ),
     cfg.IntOpt(
         "controller_workers",
         default=4,

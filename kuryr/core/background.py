@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from kuryr import errors
+from kuryr.core.lull import Lull
 from kuryr.neutron.client import RequestTally
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ Operation = Callable[[], AbstractContextManager[RequestTally]]
 class Background:
     """One writer thread, started and stopped by the daemon (kuryr/core/daemon.py)."""
 
-    def __init__(self, counter_operation: Operation | None = None) -> None:
+    def __init__(self, counter_operation: Operation | None = None,
+                 lull: Lull | None = None) -> None:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending: dict[str, list[_Job]] = {}
         self._groups: Counter[str] = Counter()  # group -> jobs not finished
@@ -57,6 +59,8 @@ class Background:
         self._idle = threading.Condition(self._lock)
         self._busy = 0
         self._operation = counter_operation
+        self._lull = lull  # writes wait for a lull in container starts
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neutron-background",
                                         daemon=True)
 
@@ -106,6 +110,8 @@ class Background:
             if job is None:
                 return
             try:
+                if self._lull is not None and not job.cancelled.is_set():
+                    self._lull.wait(give_up=self._stopping.is_set)
                 if not job.cancelled.is_set():
                     self._attempt(job)
             finally:
@@ -166,6 +172,9 @@ class Background:
         """Let the queued writes finish (up to ``timeout``), then end the thread."""
         if not self._thread.is_alive():
             return
+        self._stopping.set()  # the queue is written out now, lull or not
+        if self._lull is not None:
+            self._lull.interrupt()
         if not self.wait_idle(timeout):
             LOG.warning("stopping with Neutron writes still queued; the next start "
                         "collects leftovers")

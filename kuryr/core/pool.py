@@ -23,6 +23,7 @@ import time
 
 from kuryr.core.background import Background
 from kuryr.core.binder import Binder, vif_of
+from kuryr.core.lull import Lull
 from kuryr.core.model import NetworkRecord
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
@@ -43,7 +44,7 @@ class _Waiter:
 class PortPool:
     def __init__(self, neutron: Neutron, binder: Binder, background: Background, host: str,
                  default_size: int, default_bridge: str, *, owners: marks.Owners,
-                 security_group_ids: tuple[str, ...] = ()) -> None:
+                 security_group_ids: tuple[str, ...] = (), lull: Lull | None = None) -> None:
         self.neutron = neutron
         self.owners = owners
         # Made with the front end's groups, so a taken port needs no PUT for them.
@@ -53,6 +54,8 @@ class PortPool:
         self.host = host
         self.default_size = default_size
         self.default_bridge = default_bridge
+        # A refill nobody waits for waits for a lull in container starts.
+        self._lull = lull
         self._ready: dict[str, collections.deque[Port]] = {}  # Neutron network id ->
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -73,6 +76,8 @@ class PortPool:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        if self._lull is not None:
+            self._lull.interrupt()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
@@ -91,6 +96,8 @@ class PortPool:
                 waiter = _Waiter()
                 self._waiters.setdefault(net.neutron_id, []).append(waiter)
         self.refill_soon(net)
+        if waiter is not None and self._lull is not None:
+            self._lull.interrupt()  # a refill held for a lull is now awaited
         if waiter is None:
             return port
         waiter.event.wait(wait)
@@ -201,10 +208,21 @@ class PortPool:
             for net in wanted:
                 if self._stopping.is_set():
                     return
+                self._wait_for_lull(net.neutron_id)
                 try:
                     self._fill(net)
                 except Exception as exc:  # noqa: BLE001 - the next take retries
                     LOG.warning("network %s: pool refill failed: %s", net.neutron_id, exc)
+
+    def _wait_for_lull(self, network_id: str) -> None:
+        """Until starts pause, unless a start waits for this very refill."""
+        if self._lull is None:
+            return
+
+        def give_up() -> bool:
+            with self._lock:
+                return self._stopping.is_set() or bool(self._waiters.get(network_id))
+        self._lull.wait(give_up)
 
     def _net_lock(self, network_id: str) -> threading.Lock:
         with self._lock:

@@ -20,6 +20,7 @@ from kuryr.binding.ovs import OVS
 from kuryr.binding.plugging import UnsupportedDriver, build_binder
 from kuryr.core.background import Background
 from kuryr.core.daemon import Daemon
+from kuryr.core.lull import Lull
 from kuryr.core.naming import NoNames
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
@@ -39,6 +40,9 @@ from kuryr.neutron.types import Port
 
 LOG = logging.getLogger(__name__)
 STOP_WRITES_TIMEOUT = 30.0
+# A burst's ADDs come a fraction of a second apart, and a pod still starts its
+# containers for a few seconds after its ADD: this long without one is a lull.
+LULL_QUIET = 3.0
 
 
 @dataclass
@@ -69,16 +73,18 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
         # Named, not left to Neutron: a port back in the pool gets them again,
         # whatever groups a NetworkPolicy gave it meanwhile.
         groups = groups or node_port.security_group_ids
-    background = Background(neutron.counter.operation)
+    patience = conf.kubernetes.defer_writes_during_starts
+    lull = Lull(quiet=LULL_QUIET, patience=patience) if patience > 0 else None
+    background = Background(neutron.counter.operation, lull=lull)
     pool = PortPool(neutron, binder, background, host, conf.kubernetes.pool_size, bridge,
-                    owners=marks.K8S_OWNERS, security_group_ids=groups)
+                    owners=marks.K8S_OWNERS, security_group_ids=groups, lull=lull)
     lifecycle = PortLifecycle(neutron, binder, pool, background, State(), Settings(
         host=host, default_bridge=bridge, owners=marks.K8S_OWNERS,
         wait_for_refill=conf.kubernetes.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout, plug_is_fatal=True,
         security_group_ids=groups), NoNames())
     pods = PodAttachments(lifecycle, networks, pool.held,
-                          lambda: pods_plugged_here(neutron, ovs, host))
+                          lambda: pods_plugged_here(neutron, ovs, host), lull=lull)
     daemon.start("background writer", background.start,
                  lambda: background.stop(STOP_WRITES_TIMEOUT))
     daemon.start("port cleanup", lambda: None, lifecycle.stop)

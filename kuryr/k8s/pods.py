@@ -27,6 +27,7 @@ from kuryr.binding.vif import VIF
 from kuryr.cni.protocol import Dns, Interface, IPConfig, Result, Route
 from kuryr.core.binder import vif_of
 from kuryr.core.keyed import KeyedLocks
+from kuryr.core.lull import Lull
 from kuryr.core.model import Lease, NetworkRecord
 from kuryr.core.ports import EndpointRecord, PortLifecycle
 from kuryr.k8s.models import CniRequest
@@ -57,8 +58,8 @@ class Sandbox:
 
 class PodAttachments:
     def __init__(self, ports: PortLifecycle, networks: PodNetworks,
-                 pooled: Callable[[], set[str]], ours_in_ovs: Callable[[], dict[str, str]]) \
-            -> None:
+                 pooled: Callable[[], set[str]], ours_in_ovs: Callable[[], dict[str, str]],
+                 lull: Lull | None = None) -> None:
         self.ports = ports
         self.networks = networks
         self._pooled = pooled  # ports the pool holds: never an attachment's
@@ -71,13 +72,17 @@ class PodAttachments:
         # the first still ran).  Held across the verb's work, Neutron included: only
         # the same container's next verb waits, and it must.
         self._per_container = KeyedLocks()
+        self._lull = lull  # ADDs in flight hold the daemon's background writes
 
     # -- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> Result:
         cid = _required(req)
         netns = _netns(req.netns)
-        with self._per_container.hold(cid):
+        with self._starting(), self._per_container.hold(cid):
             return self._add(req, cid, netns)
+
+    def _starting(self) -> contextlib.AbstractContextManager[None]:
+        return self._lull.starting() if self._lull is not None else contextlib.nullcontext()
 
     def _add(self, req: CniRequest, cid: str, netns: str) -> Result:
         net = self.networks.network_for(req.namespace)

@@ -129,3 +129,42 @@ def test_host_end_of_a_veth_ignores_a_containers_router_advertisements(cleanup, 
     assert "2001:db8:bad" not in addresses, addresses
     assert "inet6" not in addresses, addresses
     assert routes.strip() == "", routes
+
+
+def test_a_veth_end_goes_into_a_namespace_and_back_from_many_threads(cleanup, unique):
+    """What a pod's ADD and DEL do with its interface, from the CNI daemon's
+    worker threads at once; each thread's own namespace is the host's after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def round_trip(i: int) -> tuple[str, str]:
+        vif = VIF(port_id=str(uuid.uuid4()), mac=f"fa:16:3e:00:01:{i:02x}")
+        netlink.create_veth(vif)
+        cleanup(lambda: netlink.delete_link(vif.host_ifname))
+        ns = f"nt{i}-{unique}"
+        netns.create(ns)
+        cleanup(lambda: netns.remove(ns))
+        path = f"/var/run/netns/{ns}"
+        netlink.move_into_netns(vif.container_ifname, path, "eth0", [f"10.99.{i}.5/24"],
+                                [f"10.99.{i}.1"])
+        found = netlink.interface_in_netns(path, "eth0")
+        assert found is not None
+        assert found[0] == vif.mac
+        assert f"10.99.{i}.5/24" in found[1]  # beside its IPv6 link-local address
+        assert netlink.move_out_of_netns(path, "eth0", vif.container_ifname)
+        assert netlink.interface_in_netns(path, "eth0") is None
+        assert netlink.link_exists(vif.container_ifname)  # back in the host's namespace
+        return Path("/proc/thread-self/ns/net").readlink(), Path("/proc/self/ns/net").readlink()
+
+    with ThreadPoolExecutor(4) as pool:
+        for thread_ns, process_ns in pool.map(round_trip, range(8)):
+            assert thread_ns == process_ns
+
+
+def test_a_missing_namespace_is_an_error_and_the_thread_stays_home(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError):
+        netlink.interface_in_netns(str(tmp_path / "gone"), "eth0")
+    with pytest.raises(OSError, match="setns"):  # a file, not a namespace
+        netlink.interface_in_netns(str(Path(__file__)), "eth0")
+    assert Path("/proc/thread-self/ns/net").readlink() == Path("/proc/self/ns/net").readlink()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from kuryr.cni import install
 
@@ -21,7 +22,42 @@ def test_installed_plugin_runs_on_the_standard_library_alone(tmp_path):
     answer = json.loads(proc.stdout)
     assert answer["cniVersion"] == "1.0.0"
     assert "0.4.0" in answer["supportedVersions"]
-    assert plugin.read_bytes().startswith(f"#!{sys.executable}\n".encode())
+    assert plugin.read_bytes().startswith(f"#!{sys.executable} -IS\n".encode())
+    # Run as the runtime runs it: through its #! line.
+    direct = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION"},
+                            capture_output=True, timeout=30, check=False)
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout)["cniVersion"] == "1.1.0"
+
+
+def test_the_plugin_imports_its_bytecode_and_another_pythons_falls_back_to_source(tmp_path):
+    import importlib.util
+    import zipfile
+
+    install.install(tmp_path / "bin", tmp_path / "net.d", "/run/kuryr/cni.sock",
+                    interpreter=sys.executable)
+    plugin = tmp_path / "bin" / "kuryr-cni"
+    def imported_from(zip_app: Path) -> str:
+        probe = (f"import sys; sys.path.insert(0, {str(zip_app)!r}); "
+                 "import kuryr.cni.protocol as m; print(m.__file__)")
+        return subprocess.run([sys.executable, "-IS", "-c", probe], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+
+    assert imported_from(plugin).endswith("kuryr/cni/protocol.pyc")  # compiled at install
+    # Bytecode of another Python version (another magic number): the source is used.
+    foreign = tmp_path / "foreign"
+    with zipfile.ZipFile(plugin) as src, zipfile.ZipFile(foreign, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith(".pyc"):
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+                assert data[:4] != importlib.util.MAGIC_NUMBER
+            dst.writestr(item, data)
+    assert imported_from(foreign).endswith("kuryr/cni/protocol.py")
+    proc = subprocess.run([sys.executable, "-IS", str(foreign)], env={"CNI_COMMAND": "VERSION"},
+                          capture_output=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
 
 
 def test_add_without_a_daemon_asks_to_try_again(tmp_path):
