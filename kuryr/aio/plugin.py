@@ -40,6 +40,9 @@ kubeconfig = {kubeconfig}
 pod_network_driver = shared
 pod_network = {pods}
 daemon_socket = {cni_socket}
+# Ports kept ready on this node: sized for the benchmark's burst of 50 pods, so
+# none of them waits on Neutron (docs/kubernetes.md, "Sizing the pool").
+pool_size = 50
 """
 
 

@@ -30,9 +30,11 @@ class Handlers:
 
     def __init__(self, view: ClusterView, policies: PolicyGroups,
                  networks: NamespaceNetworks | None,
-                 requeue: Callable[[Event], None], nodes: NodePorts | None = None) -> None:
+                 requeue: Callable[[Event], None], nodes: NodePorts | None = None,
+                 node_store: Store | None = None) -> None:
         self._view = view
         self._nodes = nodes
+        self._node_store = node_store or Store("Node")
         self._policies = policies
         self._networks = networks  # None: the shared pod network driver
         self._requeue = requeue
@@ -52,8 +54,14 @@ class Handlers:
             self._on_node(event)
 
     def _on_node(self, event: Event) -> None:
-        if event.type is EventType.DELETED and self._nodes is not None:
+        if self._nodes is None:
+            return
+        if event.type is EventType.DELETED:  # released: its ports went already (or
+            # the finalizer was removed by hand: collect them now)
             self._nodes.delete_ports_of(str(metadata(event.obj).get("name") or ""))
+            return
+        # The newest version seen: a finalizer patch must name the current one.
+        self._nodes.apply_node(self._node_store.get(event.key) or event.obj)
 
     def _on_policy(self, event: Event) -> None:
         if event.type is EventType.DELETED:
@@ -141,9 +149,10 @@ class Controller:
         self._policies = policies
         self._heartbeat = heartbeat
         self.queue = KeyedQueue(self._handle, workers=workers)
-        self.handlers = Handlers(view, policies, networks, self.queue.put, nodes)
+        node_store = Store("Node")
+        self.handlers = Handlers(view, policies, networks, self.queue.put, nodes, node_store)
         stores = {"Namespace": view.namespaces, "Pod": view.pods,
-                  "NetworkPolicy": view.policies, "Node": Store("Node")}
+                  "NetworkPolicy": view.policies, "Node": node_store}
         self.watchers = [Watcher(kind, source, stores[kind], self.queue.put) for kind in KINDS]
 
     def _handle(self, event: Event) -> None:

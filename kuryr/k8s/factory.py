@@ -74,4 +74,4 @@ def build_controller(conf: cfg.ConfigOpts) -> Controller:
     holder = conf.host or socket.gethostname()
     heartbeat = Heartbeat(lambda: kube.renew_lease(holder, LEASE_DURATION))
     return Controller(kube, view, policies, networks, workers=group.controller_workers,
-                      heartbeat=heartbeat, nodes=NodePorts(neutron))
+                      heartbeat=heartbeat, nodes=NodePorts(neutron, kube))

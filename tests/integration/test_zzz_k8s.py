@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from kuryr.aio import kubernetes
+from kuryr.aio import kubernetes, procs
 from kuryr.aio.layout import POD_CIDR, Layout
+from kuryr.aio.procs import StackError
 from kuryr.binding import netlink
+from kuryr.k8s.nodes import NODE_FINALIZER
 from kuryr.neutron import marks
 
 from . import helpers
@@ -277,3 +280,39 @@ def test_a_deleted_nodes_pod_ports_are_collected_and_no_one_elses(cluster, neutr
     finally:
         for port in made.values():
             neutron.api.delete_port(port.id, ignore_missing=True)
+
+
+def test_a_node_deleted_while_the_controller_is_down_is_collected_when_it_is_back(
+        cluster, neutron, unique):
+    node = f"kt-gone-{unique}"
+    net = neutron.find_network("kuryr-aio-pods")
+    port = neutron.api.create_port(network_id=net.id, device_owner=marks.K8S_POOL_DEVICE_OWNER,
+                                   binding_host_id=node, name=f"kt-{unique}")
+    try:
+        doc = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+        kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(doc))
+
+        def finalizers() -> list[str] | None:
+            try:
+                found = json.loads(kubectl(cluster, "get", "node", node, "-o", "json"))
+            except StackError:
+                return None  # gone
+            return found["metadata"].get("finalizers") or []
+        assert helpers.wait_until(lambda: NODE_FINALIZER in (finalizers() or []), 30,
+                                  interval=0.5), finalizers()
+        pidfile = cluster.pidfile("kuryr-k8s-controller")
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+        assert helpers.wait_until(lambda: not procs.running(pidfile), 30, interval=0.5)
+        kubectl(cluster, "delete", "node", node, "--wait=false")
+        time.sleep(3)
+        assert finalizers() == [NODE_FINALIZER]  # held: terminating, not gone
+        assert neutron.api.get_port(port.id) is not None
+        proc = subprocess.run([helpers.aio_command(), "up"], text=True, check=False)
+        assert proc.returncode == 0
+        assert helpers.wait_until(lambda: finalizers() is None, 60, interval=1), finalizers()
+        assert not list(neutron.api.ports(binding_host_id=node))
+    finally:
+        neutron.api.delete_port(port.id, ignore_missing=True)
+        with contextlib.suppress(StackError):  # the test failed half-way: let it go
+            kubectl(cluster, "patch", "node", node, "--type=merge", "-p",
+                    '{"metadata": {"finalizers": null}}')
