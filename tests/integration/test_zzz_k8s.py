@@ -26,7 +26,7 @@ from kuryr.neutron import marks
 from . import helpers
 
 pytestmark = pytest.mark.k8s
-POOL_SIZE = 3  # [pool] size in the stack's kuryr.conf (the default)
+POOL_SIZE = 50  # [kubernetes] pool_size in the stack's kuryr.conf
 HTTPD = ["sh", "-c", "echo ok > /var/www/index.html && exec httpd -f -p 8080 -h /var/www"]
 
 
