@@ -102,14 +102,17 @@ def run_k8s_controller(conf: config.cfg.ConfigOpts) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # One INFO line per API request (every watch reconnect) drowns the controller's own.
     logging.getLogger("httpx").setLevel(logging.DEBUG if conf.debug else logging.WARNING)
-    controller = build_controller(conf)
     stopping = threading.Event()
+    controller = build_controller(conf, on_lost=stopping.set)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    if not controller.lead(stopping):  # stopped while another controller led
+        return 0
     controller.start()
     stopping.wait()
     controller.stop()
-    return 0
+    # Lost the Lease: a non-zero exit, so a supervisor starts it again as a candidate.
+    return 1 if controller.leadership is not None and controller.leadership.lost else 0
 
 
 def list_ports(conf: config.cfg.ConfigOpts) -> int:

@@ -7,14 +7,13 @@ the Kubernetes documentation writes them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.core.client import on_error_raise
-from lightkube.models.coordination_v1 import LeaseSpec
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.resources.networking_v1 import NetworkPolicy
@@ -90,21 +89,66 @@ class KubeApi:
                 raise Gone(str(exc)) from exc
             raise
 
-    def renew_lease(self, holder: str, duration: int) -> None:
-        """The controller's Lease says ``holder`` was alive now (made on first use)."""
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        spec = {"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": now}
+    def hold_lease(self, holder: str, duration: int, name: str = LEASE_NAME,
+                   namespace: str = LEASE_NAMESPACE) -> bool:
+        """Take or keep the Lease for ``holder`` (leader election); True when it
+        holds it now.  Another holder's Lease renewed within its duration is left
+        alone; every write names the version read, so of two takers one wins."""
+        now = datetime.datetime.now(datetime.UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            self._client.patch(Lease, LEASE_NAME, {"spec": spec}, namespace=LEASE_NAMESPACE,
-                               patch_type=PatchType.MERGE)
+            lease = self._client.get(Lease, name, namespace=namespace)
         except ApiError as exc:
             if exc.status.code != NOT_FOUND:
                 raise
-            self._client.create(Lease(
-                metadata=ObjectMeta(name=LEASE_NAME, namespace=LEASE_NAMESPACE),
-                spec=LeaseSpec(holderIdentity=holder, leaseDurationSeconds=duration)))
-            self._client.patch(Lease, LEASE_NAME, {"spec": spec}, namespace=LEASE_NAMESPACE,
+            return self._create_lease(holder, duration, name, namespace, stamp)
+        spec = lease.spec
+        current = spec.holderIdentity or ""
+        if current and current != holder and _age(spec.renewTime, now) < \
+                (spec.leaseDurationSeconds or duration):
+            return False
+        changes: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": duration,
+                                   "renewTime": stamp}
+        if current != holder:
+            changes |= {"acquireTime": stamp, "leaseTransitions": (spec.leaseTransitions or 0)
+                        + (1 if current else 0)}
+        body = {"metadata": {"resourceVersion": lease.metadata.resourceVersion},
+                "spec": changes}
+        try:
+            self._client.patch(Lease, name, body, namespace=namespace,
                                patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code == CONFLICT:  # another took or renewed it meanwhile
+                return False
+            raise
+        return True
+
+    def release_lease(self, holder: str, name: str = LEASE_NAME,
+                      namespace: str = LEASE_NAMESPACE) -> None:
+        """Give the Lease up at a clean stop, so a waiting controller leads at once
+        instead of after its expiry; nothing when another holds it."""
+        lease = self._client.get(Lease, name, namespace=namespace)
+        if lease.spec.holderIdentity != holder:
+            return
+        body = {"metadata": {"resourceVersion": lease.metadata.resourceVersion},
+                "spec": {"holderIdentity": None, "renewTime": None}}
+        with contextlib.suppress(ApiError):  # taken meanwhile: not ours to give
+            self._client.patch(Lease, name, body, namespace=namespace,
+                               patch_type=PatchType.MERGE)
+
+    def _create_lease(self, holder: str, duration: int, name: str, namespace: str,
+                      stamp: str) -> bool:
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                 "metadata": {"name": name, "namespace": namespace},
+                 "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
+                          "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0}}
+        try:
+            self._client.create(Lease.from_dict(lease))
+        except ApiError as exc:
+            if exc.status.code == CONFLICT:  # another made it first
+                return False
+            raise
+        return True
 
     def lease_age(self) -> tuple[str, float] | None:
         """(holder, seconds since the controller's last renewal); None: no Lease."""
@@ -114,13 +158,8 @@ class KubeApi:
             if exc.status.code == NOT_FOUND:
                 return None
             raise
-        renewed = lease.spec.renewTime
-        if renewed is None:
-            return (lease.spec.holderIdentity or "", float("inf"))
-        if isinstance(renewed, str):
-            renewed = datetime.datetime.fromisoformat(renewed)
-        age = datetime.datetime.now(datetime.UTC) - renewed
-        return (lease.spec.holderIdentity or "", age.total_seconds())
+        return (lease.spec.holderIdentity or "",
+                _age(lease.spec.renewTime, datetime.datetime.now(datetime.UTC)))
 
     def patch_metadata(self, kind: str, obj: Obj, *,
                        annotations: dict[str, str | None] | None = None,
@@ -145,3 +184,12 @@ class KubeApi:
                 raise ObjectChanged(f"{kind} {meta['name']} changed meanwhile") from exc
             raise
         return _to_obj(patched)
+
+
+def _age(renewed: datetime.datetime | str | None, now: datetime.datetime) -> float:
+    """Seconds since a Lease's renewTime (infinite: never renewed)."""
+    if renewed is None:
+        return float("inf")
+    if isinstance(renewed, str):
+        renewed = datetime.datetime.fromisoformat(renewed)
+    return (now - renewed).total_seconds()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from kuryr.k8s.events import Event, EventType, Obj, labels, metadata
@@ -23,6 +24,7 @@ LOG = logging.getLogger(__name__)
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
 HEARTBEAT_PERIOD = 10.0
 LEASE_DURATION = 30  # seconds: `kuryr status` calls a controller silent longer than this down
+RENEW_DEADLINE = 20.0  # a leader that could not renew this long steps down (< LEASE_DURATION)
 
 
 class Handlers:
@@ -115,39 +117,87 @@ def _without_finalizers(obj: Obj) -> Obj:
     return {**obj, "metadata": meta}
 
 
-class Heartbeat:
-    """Renews the controller's Lease every ``period`` seconds (its own thread)."""
+class Leadership:
+    """Leader election on the controller's Lease: one controller of a cluster
+    writes Neutron at a time, the others wait for its Lease to expire.
 
-    def __init__(self, renew: Callable[[], None], period: float = HEARTBEAT_PERIOD) -> None:
-        self._renew = renew
+    ``hold()`` takes or renews the Lease (True: held).  ``wait_to_lead``
+    blocks until it is held; then ``start`` renews it every ``period`` in its
+    own thread.  A leader that sees another holder, or cannot renew for
+    ``deadline`` seconds (the API server away: another may take over once the
+    Lease expires), calls ``on_lost``: the process stops and its supervisor
+    starts it again as a candidate, as client-go's leader election does."""
+
+    def __init__(self, hold: Callable[[], bool], on_lost: Callable[[], None],
+                 period: float = HEARTBEAT_PERIOD, deadline: float = RENEW_DEADLINE,
+                 release: Callable[[], None] | None = None) -> None:
+        self._hold = hold
+        self._release = release
+        self._on_lost = on_lost
         self._period = period
+        self._deadline = deadline
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def wait_to_lead(self, stopping: threading.Event) -> bool:
+        """True once this process holds the Lease; False if stopped first."""
+        waiting_logged = False
+        while not stopping.is_set():
+            try:
+                if self._hold():
+                    LOG.info("leading: this controller holds the Lease")
+                    return True
+                if not waiting_logged:
+                    LOG.info("another controller holds the Lease: waiting to lead")
+                    waiting_logged = True
+            except Exception as exc:  # noqa: BLE001 - the API server may be away a while
+                LOG.warning("cannot read the controller's Lease: %s", exc)
+            stopping.wait(self._period)
+        return False
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="k8s-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="k8s-leadership", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        renewed = time.monotonic()
+        while not self._stopping.wait(self._period):
             try:
-                self._renew()
-            except Exception as exc:  # noqa: BLE001 - the API server may be away a while
+                held = self._hold()
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline
                 LOG.warning("cannot renew the controller's Lease: %s", exc)
-            self._stopping.wait(self._period)
+                if time.monotonic() - renewed < self._deadline:
+                    continue
+                held = False
+            if held:
+                renewed = time.monotonic()
+                continue
+            LOG.error("lost the controller's Lease: stopping (to start again as a candidate)")
+            self.lost = True
+            self._on_lost()
+            return
 
     def stop(self) -> None:
+        """Stop renewing; a leader that stops cleanly gives the Lease up."""
         self._stopping.set()
-        if self._thread is not None:
+        if self._thread is None:
+            return  # never led
+        if self._thread is not threading.current_thread():
             self._thread.join(self._period + 5)
+        if not self.lost and self._release is not None:
+            try:
+                self._release()
+            except Exception as exc:  # noqa: BLE001 - it expires anyway
+                LOG.warning("cannot give the controller's Lease up: %s", exc)
 
 
 class Controller:
     def __init__(self, source: Source, view: ClusterView, policies: PolicyGroups,
                  networks: NamespaceNetworks | None, workers: int = 4,
-                 heartbeat: Heartbeat | None = None, nodes: NodePorts | None = None) -> None:
+                 leadership: Leadership | None = None, nodes: NodePorts | None = None) -> None:
         self._policies = policies
-        self._heartbeat = heartbeat
+        self.leadership = leadership
         self.queue = KeyedQueue(self._handle, workers=workers)
         node_store = Store("Node")
         self.handlers = Handlers(view, policies, networks, self.queue.put, nodes, node_store)
@@ -158,19 +208,23 @@ class Controller:
     def _handle(self, event: Event) -> None:
         self.handlers(event)
 
+    def lead(self, stopping: threading.Event) -> bool:
+        """Wait until this controller leads (at once without leader election)."""
+        return self.leadership is None or self.leadership.wait_to_lead(stopping)
+
     def start(self) -> None:
         """Shared groups first (every port update names them), then the
-        workers, then the watchers that feed them."""
+        workers, then the watchers that feed them; call lead() first."""
         self._policies.ensure_open_groups()
         self.queue.start()
         for watcher in self.watchers:
             watcher.start()
-        if self._heartbeat is not None:
-            self._heartbeat.start()
+        if self.leadership is not None:
+            self.leadership.start()
 
     def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         for watcher in self.watchers:
             watcher.stop()
         self.queue.stop()

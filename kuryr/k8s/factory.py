@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from oslo_config import cfg
 
 from kuryr.k8s import api
-from kuryr.k8s.controller import LEASE_DURATION, Controller, Heartbeat
+from kuryr.k8s.controller import LEASE_DURATION, Controller, Leadership
 from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
 from kuryr.k8s.nodes import NodePorts
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
@@ -61,7 +62,8 @@ def pod_groups(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
     return groups
 
 
-def build_controller(conf: cfg.ConfigOpts) -> Controller:
+def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Controller:
+    """``on_lost``: called when this controller stops leading (the process must stop)."""
     group = conf.kubernetes
     neutron = connect(conf)
     kube = api.KubeApi(api.connect(conf))
@@ -71,7 +73,11 @@ def build_controller(conf: cfg.ConfigOpts) -> Controller:
                             always_allowed_ingress=probe_cidrs(conf, neutron))
     networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
                 if group.pod_network_driver == "namespace" else None)
-    holder = conf.host or socket.gethostname()
-    heartbeat = Heartbeat(lambda: kube.renew_lease(holder, LEASE_DURATION))
+    # The Lease's holder: this process's host name, the pod's name in a Deployment
+    # (one per replica), stable across restarts of one replica (it leads again at
+    # once); not [DEFAULT] host, which a shared ConfigMap may set for all.
+    holder = socket.gethostname()
+    leadership = Leadership(lambda: kube.hold_lease(holder, LEASE_DURATION), on_lost,
+                            release=lambda: kube.release_lease(holder))
     return Controller(kube, view, policies, networks, workers=group.controller_workers,
-                      heartbeat=heartbeat, nodes=NodePorts(neutron, kube))
+                      leadership=leadership, nodes=NodePorts(neutron, kube))

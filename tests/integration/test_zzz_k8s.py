@@ -237,6 +237,31 @@ def test_network_policy_denies_then_admits_exactly_the_labelled_pod(cluster, nam
     assert helpers.wait_until(lambda: answers(cluster, stranger, address), 60, interval=1)
 
 
+def test_one_of_two_controllers_holds_the_lease_and_the_other_takes_over_when_it_expires(
+        cluster, unique):
+    """Leader election on a Lease of its own (the stack's controller keeps its)."""
+    from lightkube import Client, KubeConfig
+    from lightkube.resources.coordination_v1 import Lease
+
+    from kuryr.k8s.api import KubeApi
+
+    kube = KubeApi(Client(KubeConfig.from_file(str(kubernetes.kubeconfig(cluster)))))
+    name, duration = f"kt-lease-{unique}", 3
+    try:
+        assert kube.hold_lease("a", duration, name=name)
+        assert not kube.hold_lease("b", duration, name=name)  # a's is fresh
+        assert kube.hold_lease("a", duration, name=name)  # renewed
+        time.sleep(duration + 1)  # a stops renewing: its Lease expires
+        assert kube.hold_lease("b", duration, name=name)
+        assert not kube.hold_lease("a", duration, name=name)  # a, back, sees b lead
+        kube.release_lease("a", name=name)  # not a's: nothing happens
+        assert not kube.hold_lease("a", duration, name=name)
+        kube.release_lease("b", name=name)  # b stops cleanly: a leads at once
+        assert kube.hold_lease("a", duration, name=name)
+    finally:
+        kube._client.delete(Lease, name, namespace="kube-system")
+
+
 def test_kuryr_status_covers_the_cni_daemon_and_the_controller(cluster):
     kuryr = str(Path(helpers.aio_command()).parent / "kuryr")
     proc = subprocess.run([kuryr, "status"], capture_output=True, text=True, timeout=60,
