@@ -27,6 +27,7 @@ EEXIST = 17
 LOG = logging.getLogger(__name__)
 CLONE_NEWNET = 0x40000000
 THREAD_NETNS = "/proc/thread-self/ns/net"
+NAMED_NETNS = "/var/run/netns"  # where `ip netns` (and pyroute2) keep named ones
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -42,14 +43,16 @@ def _setns(fd: int) -> None:
 
 @contextlib.contextmanager
 def in_netns(netns_path: str) -> Iterator[IPRoute]:
-    """A netlink socket of the namespace at ``netns_path`` (never created).
+    """A netlink socket of the namespace at ``netns_path``, or named so under
+    /var/run/netns (`ip netns`'s), never created.
 
     The socket is made by this thread, having entered the namespace for that
     one call and left it at once (a socket stays in the namespace it was made
     in).  pyroute2's NetNS forks the whole process for it instead: ~12 ms of
     CPU per call in a small process, more in a daemon with a large heap, twice
     per pod ADD, on the CPU a burst of pods needs."""
-    target = os.open(netns_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    path = netns_path if os.sep in netns_path else f"{NAMED_NETNS}/{netns_path}"
+    target = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -44,7 +44,8 @@ class _Waiter:
 class PortPool:
     def __init__(self, neutron: Neutron, binder: Binder, background: Background, host: str,
                  default_size: int, default_bridge: str, *, owners: marks.Owners,
-                 security_group_ids: tuple[str, ...] = (), lull: Lull | None = None) -> None:
+                 security_group_ids: tuple[str, ...] = (), lull: Lull | None = None,
+                 batch: int = MAX_BULK) -> None:
         self.neutron = neutron
         self.owners = owners
         # Made with the front end's groups, so a taken port needs no PUT for them.
@@ -56,6 +57,10 @@ class PortPool:
         self.default_bridge = default_bridge
         # A refill nobody waits for waits for a lull in container starts.
         self._lull = lull
+        # Ports per bulk create: a large pool fills in rounds, so the first waiters
+        # are served after one short request, and no request nears the client's
+        # timeout (a 50-port POST took 30-36 s here, and timed out once).
+        self.batch = max(1, min(batch, MAX_BULK))
         self._ready: dict[str, collections.deque[Port]] = {}  # Neutron network id ->
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -249,7 +254,8 @@ class PortPool:
             have = len(self._ready.get(net.neutron_id, ()))
             waiting = len(self._waiters.get(net.neutron_id, ()))
             self._known.add(net.neutron_id)
-        missing = min(self.size_of(net) - have + waiting, MAX_BULK)
+        wanted = self.size_of(net) - have + waiting
+        missing = min(wanted, self.batch)
         if missing <= 0 or not net.subnets:
             return
         fixed_ips = tuple({"subnet_id": s.id} for s in net.subnets)
@@ -273,6 +279,7 @@ class PortPool:
         LOG.info("network %s: %d ports made ready for the pool in %.2f s (bulk create "
                  "%.2f s), %d requests were waiting", net.neutron_id, len(ready),
                  time.monotonic() - started, plugging - started, waiting)
+        progress = bool(ready)  # no more rounds after one whose ports all failed to plug
         with self._lock:
             waiters = self._waiters.get(net.neutron_id, [])
             while ready and waiters:
@@ -280,16 +287,22 @@ class PortPool:
                 waiter.port = ready.pop(0)
                 waiter.event.set()
             self._ready.setdefault(net.neutron_id, collections.deque()).extend(ready)
-            if waiters:
+            if waiters or (progress and wanted > len(created)):  # more rounds to go
                 self._wanted[net.neutron_id] = net
                 self._wake.set()
 
-    def _delete_pooled_port(self, port: Port) -> None:
-        """Unplug and delete a pooled port nobody uses."""
+    def _delete_pooled_port(self, port: Port, later: bool = False) -> None:
+        """Unplug and delete a pooled port nobody uses (``later``: the Neutron
+        DELETE in the background)."""
         # A recycled port may still have its return-to-pool PUT queued.
         self.background.cancel(port.id)
         self.binder.unplug(vif_of(port, None, self.default_bridge))
-        self.neutron.delete_port(port.id)
+        if later:
+            self.background.submit(port.id, f"delete pooled port {port.id}",
+                                   lambda: self.neutron.delete_port(port.id),
+                                   group=port.network_id)
+        else:
+            self.neutron.delete_port(port.id)
 
     # -- network removal and restarts ---------------------------------------------------------
     def drain(self, net: NetworkRecord) -> None:
@@ -342,12 +355,15 @@ class PortPool:
         with self._lock:
             self._known.update(p.network_id for p in ports)
         for port in ports:
+            # Deleted in the background: a start-up must not wait for one DELETE
+            # per leftover (a bulk create that timed out client-side may still
+            # have made its ports: 260 of them took 80 s once).
             if not self.binder.is_plugged(vif_of(port, None, self.default_bridge)):
-                self._delete_pooled_port(port)  # its veth is gone (host reboot, crash)
+                self._delete_pooled_port(port, later=True)  # its veth is gone (reboot, crash)
             elif self._is_free(port) and not self._has_own_groups(port):
                 # Its return to the pool (which sets the groups) died with the process:
                 # it may still carry a previous pod's NetworkPolicy groups.
-                self._delete_pooled_port(port)
+                self._delete_pooled_port(port, later=True)
             elif self._is_free(port):
                 with self._lock:
                     self._ready.setdefault(port.network_id, collections.deque()).append(port)

@@ -143,7 +143,8 @@ def test_a_veth_end_goes_into_a_namespace_and_back_from_many_threads(cleanup, un
         ns = f"nt{i}-{unique}"
         netns.create(ns)
         cleanup(lambda: netns.remove(ns))
-        path = f"/var/run/netns/{ns}"
+        # A path (CNI) or a name under /var/run/netns (`ip netns`, the tests' helpers).
+        path = f"/var/run/netns/{ns}" if i % 2 else ns
         netlink.move_into_netns(vif.container_ifname, path, "eth0", [f"10.99.{i}.5/24"],
                                 [f"10.99.{i}.1"])
         found = netlink.interface_in_netns(path, "eth0")

@@ -272,3 +272,36 @@ def test_two_overlapping_detaches_of_one_pod_return_its_port_once(cores, net, ne
     assert lease.port.id in neutron.ports_  # not deleted
     ready = list(k8s.pool._ready[net.neutron_id])
     assert [p.id for p in ready].count(lease.port.id) == 1
+
+
+def test_a_large_pool_fills_in_batches_of_short_bulk_requests(neutron, binder, net):
+    sizes = []
+    create_ports = neutron.create_ports
+    neutron.create_ports = lambda ports: sizes.append(len(ports)) or create_ports(ports)
+    background = Background()
+    pool = PortPool(neutron, binder, background, HOST, 25, "br-int",
+                    owners=marks.K8S_OWNERS, batch=10)
+    pool.start()
+    try:
+        pool.refill_soon(net)
+        import time
+        deadline = time.monotonic() + 5
+        while len(pool.held()) < 25 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(pool.held()) == 25
+        assert sizes == [10, 10, 5]
+    finally:
+        pool.stop()
+
+
+def test_a_pool_whose_ports_never_plug_does_not_retry_forever(neutron, binder, net):
+    sizes = []
+    create_ports = neutron.create_ports
+    neutron.create_ports = lambda ports: sizes.append(len(ports)) or create_ports(ports)
+    binder.plug = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no bridge"))
+    pool = PortPool(neutron, binder, Background(), HOST, 25, "br-int",
+                    owners=marks.K8S_OWNERS, batch=10)
+    pool._fill(net)
+    assert sizes == [10]
+    assert pool._wanted == {}  # no next round queued
+    assert not [p for p in neutron.ports_.values() if p.device_owner == marks.K8S_POOL_DEVICE_OWNER]
