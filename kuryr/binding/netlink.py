@@ -66,7 +66,13 @@ def in_netns(netns_path: str) -> Iterator[IPRoute]:
             os.close(own)
     finally:
         os.close(target)
-    with IPRoute(fileno=sock.detach()) as ipr:
+    try:
+        ipr = IPRoute(fileno=sock.fileno())
+    except Exception:
+        sock.close()
+        raise
+    sock.detach()  # the IPRoute owns the descriptor now
+    with ipr:
         yield ipr
 
 
