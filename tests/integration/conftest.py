@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -120,3 +122,15 @@ def tenant_net(neutron, cleanup, unique):
     subnet = neutron.api.create_subnet(network_id=net.id, ip_version=4, cidr="10.99.0.0/24",
                                        name=f"test-{unique}", is_dhcp_enabled=False)
     return net, subnet
+
+
+@pytest.fixture(scope="session")
+def cluster(stack) -> Iterator[Layout]:
+    """The stack with its Kubernetes cluster (built once: ~13 min on 2 cores),
+    held under the lock kuryr-bench --k8s takes too (it switches the CNI)."""
+    proc = subprocess.run([helpers.aio_command(), "up", "--k8s"], text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"`kuryr-aio up --k8s` failed with exit code {proc.returncode}")
+    with (stack.run / "k8s.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield stack

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +26,6 @@ from . import helpers
 pytestmark = pytest.mark.k8s
 POOL_SIZE = 50  # [kubernetes] pool_size in the stack's kuryr.conf
 HTTPD = ["sh", "-c", "echo ok > /var/www/index.html && exec httpd -f -p 8080 -h /var/www"]
-
-
-@pytest.fixture(scope="session")
-def cluster(stack) -> Iterator[Layout]:
-    """The stack with its Kubernetes cluster (built once: ~13 min on 2 cores),
-    held under the lock kuryr-bench --k8s takes too (it switches the CNI)."""
-    proc = subprocess.run([helpers.aio_command(), "up", "--k8s"], text=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"`kuryr-aio up --k8s` failed with exit code {proc.returncode}")
-    with (stack.run / "k8s.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield stack
 
 
 def kubectl(layout: Layout, *args: str, input_text: str | None = None,

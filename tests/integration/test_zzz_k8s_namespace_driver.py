@@ -37,13 +37,13 @@ KURYR_KUBECONFIG = Path("/var/lib/kuryr-aio/k8s/pki/kuryr.kubeconfig")
 CIDRS = ("10.214.0.0/24", "10.215.0.0/24")
 WAIT = 3.0  # [kubernetes] namespace_network_wait of the test's daemon
 
-pytestmark = [*base.pytestmark, pytest.mark.skipif(
-    not KURYR_KUBECONFIG.is_file() or not ADMIN_KUBECONFIG.is_file(),
-    reason="the stack runs no Kubernetes cluster (kuryr-aio up --k8s)")]
+# After test_zzz_k8s.py (file order): the cluster is up by then, so the Docker
+# tests before never run beside it.  `cluster` brings it up when run alone.
+pytestmark = [*base.pytestmark, pytest.mark.k8s]
 
 
 @pytest.fixture(scope="module")
-def kube():
+def kube(cluster):
     return Client(config=KubeConfig.from_file(str(ADMIN_KUBECONFIG)), trust_env=False)
 
 
