@@ -467,6 +467,12 @@ class PortLifecycle:
         group = spec.decode(port.description)[0]
         lease.expose_group = group if group in port.security_group_ids else None
         lease.plain = not ownership.is_adopted(port) and not port.description
+        # The tags a front end's record puts on the port, as its interface keeps
+        # them: the port read here may predate the record (written again after a
+        # restart), and a port going back to the pool must lose them.
+        kept = EndpointRecord.from_local(self.binder.endpoint_record_of(
+            vif_of(port, None, self.settings.default_bridge)))
+        lease.record_tags = kept.tags if kept is not None else ()
         if not self.state.attach(lease, endpoint_id):
             return self.state.endpoint(endpoint_id) or lease
         return lease

@@ -90,9 +90,9 @@ def daemon(tmp_path, cleanup):
     return base.start_daemon(
         tmp_path, cleanup,
         {"pod_network_driver": "namespace", "kubeconfig": str(KURYR_KUBECONFIG),
-         "namespace_network_wait": str(WAIT)},
+         "namespace_network_wait": str(WAIT), "pool_size": "1"},
         # gc off: the shared stack's leftovers are not this test's.
-        {"pool": {"size": "1"}, "gc": {"interval": "0"}})
+        {"gc": {"interval": "0"}})
 
 
 @pytest.fixture
