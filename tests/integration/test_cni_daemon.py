@@ -164,13 +164,18 @@ def daemon(tmp_path, pod_net, cleanup):
                          "pool_size": "2"}, {})
 
 
-@pytest.fixture
-def pods(cleanup, unique):
-    names = [f"cnid-{unique}-{i}" for i in range(2)]
+def make_sandboxes(cleanup, prefix: str, count: int) -> list[str]:
+    """Named network namespaces standing in for pods, removed at teardown."""
+    names = [f"{prefix}-{i}" for i in range(count)]
     for name in names:
         netns.create(name)
         cleanup(lambda name=name: netns.remove(name) if name in netns.listnetns() else None)
     return names
+
+
+@pytest.fixture
+def pods(cleanup, unique):
+    return make_sandboxes(cleanup, f"cnid-{unique}", 2)
 
 
 def cni(command: str, daemon: CniDaemon, container_id: str, ns: str, pod: str = "",

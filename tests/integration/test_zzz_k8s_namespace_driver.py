@@ -19,7 +19,6 @@ from lightkube import Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
-from pyroute2 import netns
 
 from kuryr.binding import netlink
 from kuryr.binding.vif import VIF
@@ -97,11 +96,7 @@ def daemon(tmp_path, cleanup):
 
 @pytest.fixture
 def sandboxes(cleanup, unique):
-    names = [f"cnins-{unique}-{i}" for i in range(3)]
-    for name in names:
-        netns.create(name)
-        cleanup(lambda name=name: netns.remove(name) if name in netns.listnetns() else None)
-    return names
+    return base.make_sandboxes(cleanup, f"cnins-{unique}", 3)
 
 
 def cni_in(command: str, daemon: CniDaemon, cid: str, sandbox: str, namespace: str,
