@@ -16,6 +16,11 @@ KEYSTONE_PORT = 5000
 # Built from Debian 12's source package `kubernetes` (1.20.5+really1.20.2-...):
 # the upstream release its binaries report, and the cache directory's name.
 KUBERNETES_VERSION = "1.20.2"
+# Octavia (the load-balancer API) of the same OpenStack release as neutron
+# 29.0.0, with OVN's provider (`up --k8s`: Kuryr gives Services load balancers).
+OCTAVIA_VERSION = "19.0.0"
+OVN_OCTAVIA_PROVIDER_VERSION = "11.0.0"
+OCTAVIA_PORT = 9876
 OUTSIDE_NETNS = "kuryr-aio-outside"
 # The "outside world" of the stack is a namespace on br-ex with no uplink;
 # a documentation prefix (RFC 5737) keeps it from ever colliding with a real network.
@@ -26,6 +31,8 @@ PHYSNET = "public"
 # Every pod's Neutron network (`up --k8s`, [kubernetes] pod_network_driver = shared).
 POD_NETWORK = "kuryr-aio-pods"
 POD_CIDR = "10.244.0.0/16"
+# The network (and subnet) of Services' VIPs, their cluster IPs (kubernetes.py).
+SERVICE_NETWORK = "kuryr-aio-services"
 # How Neutron checks its callers: "noauth" (the default; anyone on loopback is
 # admin) or "keystone" (tokens from the stack's Keystone, Kuryr as a non-admin
 # user).  `kuryr-aio up --keystone` / `--noauth` switch; plain `up` keeps it.
@@ -142,6 +149,19 @@ class Layout:
     @property
     def keystone_url(self) -> str:
         return f"http://127.0.0.1:{KEYSTONE_PORT}"
+
+    @property
+    def octavia_dir(self) -> Path:
+        return self.base / "octavia"
+
+    @property
+    def octavia_venv(self) -> Path:
+        # Software, not state: in the cache, which `down --purge` leaves alone.
+        return self.cache / "venvs" / f"octavia-{OCTAVIA_VERSION}"
+
+    @property
+    def octavia_url(self) -> str:
+        return f"http://127.0.0.1:{OCTAVIA_PORT}"
 
     @property
     def auth_mode_file(self) -> Path:
