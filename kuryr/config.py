@@ -20,6 +20,7 @@ DEFAULT_CONFIG_FILE = "/etc/kuryr/kuryr.conf"
 # Names the config file when the command line names none (`kuryr-aio env` sets it).
 CONFIG_FILE_ENV = "KURYR_CONFIG_FILE"
 NEUTRON_GROUP = "neutron"
+OCTAVIA_GROUP = "octavia"
 
 core_opts = [
     cfg.BoolOpt("debug", default=False, help="Log at debug level."),
@@ -402,6 +403,20 @@ kubernetes_opts = [
         "once no ADD has been in flight for 3 seconds. A pod's NetworkPolicy groups "
         "follow its record: up to this much later during a burst. 0: write at once.",
     ),
+    cfg.StrOpt(
+        "service_subnet",
+        default="",
+        help="The Neutron subnet (name or UUID) of Services' cluster IPs: its range "
+        "holds the API server's --service-cluster-ip-range, and a router joins it to "
+        "the pods' subnets. The controller makes each Service an Octavia load balancer "
+        "whose VIP is the cluster IP ([octavia]). Empty: Services are not handled.",
+    ),
+    cfg.StrOpt(
+        "external_network",
+        default="",
+        help="The external Neutron network (name or UUID) the floating IPs of Services "
+        "of type LoadBalancer come from. Empty: such Services get no external address.",
+    ),
     cfg.IntOpt(
         "controller_workers",
         default=4,
@@ -412,6 +427,21 @@ kubernetes_opts = [
         "daemon_socket",
         default="/run/kuryr/cni.sock",
         help="The CNI daemon's unix socket (root only); kuryr-cni's conflist names the same.",
+    ),
+]
+
+octavia_opts = [
+    cfg.StrOpt(
+        "endpoint_override",
+        default="",
+        help="Octavia's URL (e.g. http://127.0.0.1:9876); empty: the 'load-balancer' "
+        "endpoint of Keystone's catalog. Needed with [neutron] auth_type = none.",
+    ),
+    cfg.StrOpt(
+        "provider",
+        default="ovn",
+        help="Octavia provider of Services' load balancers. Kuryr is tested with 'ovn' "
+        "(no amphora VMs: the load balancer is OVN's own, up in about 2 seconds).",
     ),
 ]
 
@@ -461,6 +491,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(pool_opts, group="pool")
     conf.register_opts(gc_opts, group="gc")
     conf.register_opts(kubernetes_opts, group="kubernetes")
+    conf.register_opts(octavia_opts, group=OCTAVIA_GROUP)
     ks_loading.register_session_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_auth_conf_options(conf, NEUTRON_GROUP)
     ks_loading.register_adapter_conf_options(conf, NEUTRON_GROUP, include_deprecated=False)
@@ -547,4 +578,5 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("pool", list(pool_opts)),
         ("gc", list(gc_opts)),
         ("kubernetes", list(kubernetes_opts)),
+        (OCTAVIA_GROUP, list(octavia_opts)),
     ]

@@ -15,7 +15,7 @@ from typing import Any
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.core.client import on_error_raise
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Namespace, Node, Pod
+from lightkube.resources.core_v1 import Endpoints, Namespace, Node, Pod, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from oslo_config import cfg
@@ -33,6 +33,8 @@ RESOURCES: dict[str, Any] = {
     "Pod": Pod,
     "NetworkPolicy": NetworkPolicy,
     "Node": Node,
+    "Service": Service,
+    "Endpoints": Endpoints,
 }
 CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
 # The controller's heartbeat: `kuryr status` reads how recently it was renewed.
@@ -184,6 +186,17 @@ class KubeApi:
                 raise ObjectChanged(f"{kind} {meta['name']} changed meanwhile") from exc
             raise
         return _to_obj(patched)
+
+    def patch_service_status(self, service: Obj, status: dict[str, Any]) -> None:
+        """A merge patch of a Service's status (its load balancer's address)."""
+        meta = service["metadata"]
+        try:
+            self._client.patch(Service.Status, meta["name"], {"status": status},
+                               namespace=meta["namespace"], patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code == NOT_FOUND:
+                raise ObjectGone(f"Service {meta['name']} is gone") from exc
+            raise
 
 
 def _age(renewed: datetime.datetime | str | None, now: datetime.datetime) -> float:

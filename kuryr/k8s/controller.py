@@ -16,12 +16,19 @@ from kuryr.k8s.namespaces import NamespaceNetworks
 from kuryr.k8s.nodes import NodePorts
 from kuryr.k8s.policy import pod_info
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
-from kuryr.k8s.queue import KeyedQueue
+from kuryr.k8s.queue import KeyedQueue, RetryPolicy
+from kuryr.k8s.services import ServiceLoadBalancers
 from kuryr.k8s.watch import Source, Store, Watcher
 
 LOG = logging.getLogger(__name__)
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
+SERVICE_KINDS = ("Service", "Endpoints")
+# Services wait on the load-balancer backend between steps (an Octavia step takes
+# 0.5-2 s): retried sooner than Neutron-bound handlers, and in their own queue,
+# so pods' and policies' events never wait behind a load balancer's provisioning.
+SERVICE_RETRY = RetryPolicy(base=0.25, cap=5.0)
+SERVICE_WORKERS = 2
 HEARTBEAT_PERIOD = 10.0
 LEASE_DURATION = 30  # seconds: `kuryr status` calls a controller silent longer than this down
 RENEW_DEADLINE = 20.0  # a leader that could not renew this long steps down (< LEASE_DURATION)
@@ -192,10 +199,41 @@ class Leadership:
                 LOG.warning("cannot give the controller's Lease up: %s", exc)
 
 
+class ServiceEvents:
+    """Services and their Endpoints, one Service's events at a time in a queue
+    of their own: an Endpoints change is handled as a change of its Service
+    (same key), and every pass reads both from the watch stores."""
+
+    def __init__(self, source: Source, services: ServiceLoadBalancers) -> None:
+        self._services = services
+        self.service_store = Store("Service")
+        self.endpoints_store = Store("Endpoints")
+        self.queue = KeyedQueue(self._handle, workers=SERVICE_WORKERS, retry=SERVICE_RETRY)
+        self.watchers = [
+            Watcher("Service", source, self.service_store, self.queue.put),
+            Watcher("Endpoints", source, self.endpoints_store, self._endpoints_changed),
+        ]
+
+    def _endpoints_changed(self, event: Event) -> None:
+        meta = metadata(event.obj)
+        self.queue.put(Event(EventType.MODIFIED, "Service", {"metadata": {
+            "namespace": meta.get("namespace"), "name": meta.get("name")}}))
+
+    def _handle(self, event: Event) -> None:
+        service = self.service_store.get(event.key)
+        if service is None:
+            if event.type is EventType.DELETED:  # released already, or by hand: collect
+                self._services.remove(event.obj)
+            return  # Endpoints of a Service not seen (or gone): nothing to serve
+        _, namespace, name = event.key.split("/", 2)
+        self._services.apply(service, self.endpoints_store.get(f"Endpoints/{namespace}/{name}"))
+
+
 class Controller:
     def __init__(self, source: Source, view: ClusterView, policies: PolicyGroups,
                  networks: NamespaceNetworks | None, workers: int = 4,
-                 leadership: Leadership | None = None, nodes: NodePorts | None = None) -> None:
+                 leadership: Leadership | None = None, nodes: NodePorts | None = None,
+                 services: ServiceLoadBalancers | None = None) -> None:
         self._policies = policies
         self.leadership = leadership
         self.queue = KeyedQueue(self._handle, workers=workers)
@@ -204,6 +242,7 @@ class Controller:
         stores = {"Namespace": view.namespaces, "Pod": view.pods,
                   "NetworkPolicy": view.policies, "Node": node_store}
         self.watchers = [Watcher(kind, source, stores[kind], self.queue.put) for kind in KINDS]
+        self.services = ServiceEvents(source, services) if services is not None else None
 
     def _handle(self, event: Event) -> None:
         self.handlers(event)
@@ -212,12 +251,21 @@ class Controller:
         """Wait until this controller leads (at once without leader election)."""
         return self.leadership is None or self.leadership.wait_to_lead(stopping)
 
+    @property
+    def queues(self) -> list[KeyedQueue]:
+        return [self.queue] + ([self.services.queue] if self.services else [])
+
+    @property
+    def all_watchers(self) -> list[Watcher]:
+        return self.watchers + (self.services.watchers if self.services else [])
+
     def start(self) -> None:
         """Shared groups first (every port update names them), then the
         workers, then the watchers that feed them; call lead() first."""
         self._policies.ensure_open_groups()
-        self.queue.start()
-        for watcher in self.watchers:
+        for queue in self.queues:
+            queue.start()
+        for watcher in self.all_watchers:
             watcher.start()
         if self.leadership is not None:
             self.leadership.start()
@@ -225,6 +273,7 @@ class Controller:
     def stop(self) -> None:
         if self.leadership is not None:
             self.leadership.stop()
-        for watcher in self.watchers:
+        for watcher in self.all_watchers:
             watcher.stop()
-        self.queue.stop()
+        for queue in self.queues:
+            queue.stop()

@@ -12,9 +12,12 @@ from kuryr.k8s.controller import LEASE_DURATION, Controller, Leadership
 from kuryr.k8s.namespaces import NamespaceNetworks, PodNetworkPlan
 from kuryr.k8s.nodes import NodePorts
 from kuryr.k8s.policy_groups import ClusterView, PolicyGroups
+from kuryr.k8s.services import ExternalAddresses, MemberSubnets, ServiceLoadBalancers
 from kuryr.k8s.watch import Store
+from kuryr.lbaas import octavia
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron, connect
+from kuryr.neutron.types import Subnet
 
 
 class ControllerConfigError(Exception):
@@ -62,6 +65,38 @@ def pod_groups(conf: cfg.ConfigOpts, neutron: Neutron) -> list[str]:
     return groups
 
 
+def member_subnets(conf: cfg.ConfigOpts, neutron: Neutron) -> MemberSubnets:
+    """The subnets Services' endpoints are on: the pod network's (shared), or
+    the namespaces' (from pod_subnetpool) and the nodes' (node_network)."""
+    group = conf.kubernetes
+    if group.pod_network_driver == "namespace":
+        pool_id = pod_network_plan(conf, neutron).subnetpool_id
+        node_net = neutron.find_network(group.node_network).id if group.node_network else None
+
+        def listed() -> list[Subnet]:
+            nodes = neutron.subnets(network_id=node_net) if node_net else []
+            return neutron.subnets(subnet_pool_id=pool_id) + nodes
+        return MemberSubnets(listed)
+    if not group.pod_network:
+        raise ControllerConfigError("[kubernetes] service_subnet needs pod_network "
+                                    "(the shared driver's) to place Services' endpoints")
+    pod_net = neutron.find_network(group.pod_network).id
+    return MemberSubnets(lambda: neutron.subnets(network_id=pod_net))
+
+
+def service_load_balancers(conf: cfg.ConfigOpts, neutron: Neutron,
+                           kube: api.KubeApi) -> ServiceLoadBalancers | None:
+    """None without [kubernetes] service_subnet: Services are left to others."""
+    group = conf.kubernetes
+    if not group.service_subnet:
+        return None
+    vip_subnet = neutron.find_subnet(group.service_subnet)
+    external = (ExternalAddresses(neutron, neutron.find_network(group.external_network).id)
+                if group.external_network else None)
+    return ServiceLoadBalancers(octavia.connect(conf), kube, member_subnets(conf, neutron),
+                                vip_subnet.id, external)
+
+
 def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Controller:
     """``on_lost``: called when this controller stops leading (the process must stop)."""
     group = conf.kubernetes
@@ -80,4 +115,5 @@ def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Contr
     leadership = Leadership(lambda: kube.hold_lease(holder, LEASE_DURATION), on_lost,
                             release=lambda: kube.release_lease(holder))
     return Controller(kube, view, policies, networks, workers=group.controller_workers,
-                      leadership=leadership, nodes=NodePorts(neutron, kube))
+                      leadership=leadership, nodes=NodePorts(neutron, kube),
+                      services=service_load_balancers(conf, neutron, kube))

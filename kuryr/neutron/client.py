@@ -154,23 +154,32 @@ def connect(conf: cfg.ConfigOpts, counter: RequestCounter | None = None) -> Neut
     """Build a Neutron client from kuryr.conf's [neutron] section."""
     counter = counter or RequestCounter()
     group = conf[NEUTRON_GROUP]
+    overrides: dict[str, Any] = {}
+    if group.endpoint_override:
+        overrides["network_endpoint_override"] = group.endpoint_override
+    return Neutron(openstack_connection(conf, counter, **overrides), counter)
+
+
+def openstack_connection(conf: cfg.ConfigOpts, counter: RequestCounter,
+                         **overrides: Any) -> os_connection.Connection:  # noqa: ANN401
+    """An openstacksdk connection on [neutron]'s credentials (keystoneauth
+    options or a clouds.yaml entry), counting its requests in ``counter``;
+    ``overrides`` are openstacksdk's ``<service>_endpoint_override`` settings.
+    Octavia's client is built on the same credentials."""
+    group = conf[NEUTRON_GROUP]
     if group.cloud:
-        conn = openstack.connect(cloud=group.cloud, connect_retries=CONNECT_RETRIES)
+        conn = openstack.connect(cloud=group.cloud, connect_retries=CONNECT_RETRIES,
+                                 **overrides)
         conn.session.session.hooks["response"].append(counter.response_hook)
         conn.session.timeout = group.request_timeout
-    else:
-        sess = _keystone_session(conf, counter)
-        overrides = {}
-        if group.endpoint_override:
-            overrides["network_endpoint_override"] = group.endpoint_override
-        conn = os_connection.Connection(
-            session=sess,
-            region_name=group.region_name,
-            network_api_version="2",
-            connect_retries=CONNECT_RETRIES,
-            **overrides,
-        )
-    return Neutron(conn, counter)
+        return conn
+    return os_connection.Connection(
+        session=_keystone_session(conf, counter),
+        region_name=group.region_name,
+        network_api_version="2",
+        connect_retries=CONNECT_RETRIES,
+        **overrides,
+    )
 
 
 def connect_endpoint(endpoint: str, counter: RequestCounter | None = None) -> Neutron:
@@ -518,15 +527,30 @@ class Neutron:
     def floating_ips(self, description: str, floating_network_id: str) -> list[FloatingIP]:
         """1 GET."""
         with translated_errors("list floating IPs"):
-            return [FloatingIP(id=str(f.id), floating_ip_address=str(f.floating_ip_address))
+            return [FloatingIP(id=str(f.id), floating_ip_address=str(f.floating_ip_address),
+                               port_id=f.port_id or None)
                     for f in self.api.ips(description=description,
                                           floating_network_id=floating_network_id)]
 
-    def create_floating_ip(self, network_id: str, description: str) -> FloatingIP:
-        """1 POST."""
+    def create_floating_ip(self, network_id: str, description: str,
+                           port_id: str | None = None) -> FloatingIP:
+        """1 POST (associated with ``port_id`` when given)."""
+        extra = {"port_id": port_id} if port_id else {}
         with translated_errors("create floating IP"):
-            made = self.api.create_ip(floating_network_id=network_id, description=description)
-        return FloatingIP(id=str(made.id), floating_ip_address=str(made.floating_ip_address))
+            made = self.api.create_ip(floating_network_id=network_id, description=description,
+                                      **extra)
+        return FloatingIP(id=str(made.id), floating_ip_address=str(made.floating_ip_address),
+                          port_id=made.port_id or None)
+
+    def associate_floating_ip(self, floating_ip_id: str, port_id: str) -> None:
+        """1 PUT."""
+        with translated_errors(f"associate floating IP {floating_ip_id}"):
+            self.api.update_ip(floating_ip_id, port_id=port_id)
+
+    def delete_floating_ip(self, floating_ip_id: str) -> None:
+        """1 DELETE; absent is fine."""
+        with translated_errors(f"delete floating IP {floating_ip_id}"):
+            self.api.delete_ip(floating_ip_id, ignore_missing=True)
 
     def create_port_forwarding(self, floating_ip_id: str, protocol: str,
                                internal_ip_address: str, internal_port: int,

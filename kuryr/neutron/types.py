@@ -209,6 +209,7 @@ class Router:
 class FloatingIP:
     id: str
     floating_ip_address: str
+    port_id: str | None = None  # the port it forwards to
 
 
 @dataclass(frozen=True)
