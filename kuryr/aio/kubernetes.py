@@ -23,16 +23,30 @@ import sys
 import urllib.request
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from kuryr import config as kuryr_config
 from kuryr.aio import kubernetes_build, packages, procs
 from kuryr.aio.docker import Docker, busybox_rootfs
 from kuryr.aio.k8s_pki import Pki
 from kuryr.aio.keystone import service_project_file
-from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
+from kuryr.aio.layout import (
+    POD_CIDR,
+    POD_NETWORK,
+    PUBLIC_NETWORK,
+    SERVICE_NETWORK,
+    Layout,
+)
 from kuryr.aio.outside import stack_neutron
 from kuryr.aio.plugin import KuryrPlugin
+from kuryr.binding.ovs import OVS
 from kuryr.cni import install as cni_install
+from kuryr.k8s.host_reach import HostReach
 from kuryr.localhttp import UnixHTTPConnection
+from kuryr.neutron.client import connect
+
+if TYPE_CHECKING:
+    from openstack.network.v2._proxy import Proxy as NetworkProxy
 
 API_PORT = 6443
 ETCD_CLIENT = "http://127.0.0.1:2379"
@@ -41,6 +55,16 @@ ETCD_PEER = "http://127.0.0.1:2380"
 # server's own Service takes its first address.
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
+# Neutron's subnet of the Services' VIPs holds the API server's range (its lower
+# half) and keeps its own allocations (the router's interface, any port Octavia
+# makes without an address) in the upper half, which the API server never hands out.
+SERVICE_SUBNET_CIDR = "10.96.0.0/15"
+SERVICE_SUBNET_GATEWAY = "10.97.255.254"
+SERVICE_SUBNET_POOL = {"start": "10.97.0.2", "end": "10.97.255.253"}
+# Joins the pods' and the Services' subnets (an OVN load balancer is reached
+# through a router on its members' and clients' subnets), with its gateway on
+# the external network for the floating IPs of Services of type LoadBalancer.
+ROUTER = "kuryr-aio-router"
 PAUSE_IMAGE = "docker.io/kuryr-aio/pause:1"
 PAUSE_BUILD = "kuryr-aio/pause-build:1"  # dockerd's name while it is made
 BUSYBOX_BUILD = "kuryr-aio/busybox-build:1"
@@ -182,6 +206,33 @@ class _Daemon:
         procs.stop(self.pidfile, self.expect, timeout=30)
 
 
+def _cmdline(pidfile: Path) -> str:
+    try:
+        pid = int(pidfile.read_text().strip())
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+        return ""
+
+
+def node_address(layout: Layout) -> str:
+    """The node's own address on the pod network: the port through which kubelet's
+    probes reach pods, made here with the CNI daemon's code and credentials (the
+    daemon finds it again at its start), before the API server that advertises it."""
+    conf = kuryr_config.load(KuryrPlugin(layout).config_args)
+    neutron = connect(conf)
+    ovs = OVS(conf.binding.ovsdb_connection)
+    try:
+        net = neutron.find_network(POD_NETWORK)
+        subnet = neutron.subnets(network_id=net.id)[0]
+        host = conf.host or socket.gethostname()
+        port = HostReach(neutron, ovs, conf.kubernetes.node_name or host, host,
+                         conf.binding.ovs_bridge).ensure(net.id, subnet, net.mtu)
+    finally:
+        ovs.close()
+        neutron.close()
+    return next(f.ip_address for f in port.fixed_ips if f.subnet_id == subnet.id)
+
+
 class Etcd(_Daemon):
     name = "etcd"
     expect = "etcd"
@@ -207,17 +258,24 @@ class KubeApiserver(_Daemon):
     name = "kube-apiserver"
     expect = "kube-apiserver"
 
+    advertised = ""  # the node's address on the pod network (prepare)
+
     def prepare(self) -> None:
         pki_of(self.layout).make(api_url())
+        if not self.advertised:
+            self.advertised = node_address(self.layout)
 
     def argv(self) -> list[str]:
         pki = pki_of(self.layout)
         return [
             str(self.layout.kubernetes_bin / "kube-apiserver"),
-            "--bind-address=127.0.0.1", f"--secure-port={API_PORT}", "--insecure-port=0",
-            # Pods reach the API server through its Service (issue 14); until
-            # then the advertised address is the loopback one it listens on.
-            "--advertise-address=127.0.0.1",
+            # Pods reach the API server through its Service, default/kubernetes,
+            # whose endpoint is the advertised address: the node's own address on
+            # the pod network (Kuryr makes the Service an OVN load balancer with
+            # it as member).  So it listens on all the host's addresses (as
+            # kube-apiserver does by default), loopback for the host's clients.
+            "--bind-address=0.0.0.0", f"--secure-port={API_PORT}", "--insecure-port=0",
+            f"--advertise-address={self.advertised}",
             f"--etcd-servers={ETCD_CLIENT}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
@@ -246,6 +304,10 @@ class KubeApiserver(_Daemon):
         return found
 
     def up(self) -> None:
+        self.prepare()
+        if procs.pid_alive(self.pidfile, self.expect) and \
+                f"--advertise-address={self.advertised}" not in _cmdline(self.pidfile):
+            self.down()  # started before it advertised this address (or another)
         super().up()
         # Kuryr's role: what it may read and write (the same file as for a real cluster).
         kubectl(self.layout, "apply", "-f", str(RBAC_MANIFEST))
@@ -555,8 +617,9 @@ class Kubelet(_Daemon):
 
 class PodNetwork:
     """The Neutron network every pod is on (`[kubernetes] pod_network_driver =
-    shared`): no router, no uplink; only the node's own probe port joins the
-    host to it."""
+    shared`), the Services' network of their VIPs, and the router joining the
+    two (its gateway on the external network, no uplink beyond it); the
+    node's own probe port joins the host to the pods' network."""
 
     name = "pod-network"
 
@@ -571,9 +634,12 @@ class PodNetwork:
         try:
             neutron = stack_neutron(self.layout)
             try:
-                net = neutron.api.find_network(POD_NETWORK)
-                if net is None or not list(neutron.api.subnets(network_id=net.id)):
-                    return [f"Neutron network {POD_NETWORK!r} (or its subnet) is missing"]
+                for name in (POD_NETWORK, SERVICE_NETWORK):
+                    net = neutron.api.find_network(name)
+                    if net is None or not list(neutron.api.subnets(network_id=net.id)):
+                        return [f"Neutron network {name!r} (or its subnet) is missing"]
+                if neutron.api.find_router(ROUTER) is None:
+                    return [f"Neutron router {ROUTER!r} is missing"]
             finally:
                 neutron.close()
         except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -584,13 +650,40 @@ class PodNetwork:
         neutron = stack_neutron(self.layout)
         try:
             owner = self._kuryr_project()
-            net = neutron.api.find_network(POD_NETWORK) or neutron.api.create_network(
-                name=POD_NETWORK, **owner)
-            if not list(neutron.api.subnets(network_id=net.id)):
-                neutron.api.create_subnet(network_id=net.id, name=POD_NETWORK, ip_version=4,
-                                          cidr=POD_CIDR, is_dhcp_enabled=False, **owner)
+            pods = self._ensure_network(neutron.api, POD_NETWORK, owner, cidr=POD_CIDR)
+            services = self._ensure_network(
+                neutron.api, SERVICE_NETWORK, owner, cidr=SERVICE_SUBNET_CIDR,
+                gateway_ip=SERVICE_SUBNET_GATEWAY, allocation_pools=[SERVICE_SUBNET_POOL])
+            self._ensure_router(neutron.api, owner, [pods, services])
         finally:
             neutron.close()
+
+    @staticmethod
+    def _ensure_network(api: NetworkProxy, name: str, owner: dict[str, str],
+                        **subnet: object) -> str:
+        """The network ``name`` with its one IPv4 subnet (no DHCP): the subnet's id."""
+        net = api.find_network(name) or api.create_network(name=name, **owner)
+        found = list(api.subnets(network_id=net.id))
+        if found:
+            return str(found[0].id)
+        made = api.create_subnet(network_id=net.id, name=name, ip_version=4,
+                                 is_dhcp_enabled=False, **owner, **subnet)
+        return str(made.id)
+
+    @staticmethod
+    def _ensure_router(api: NetworkProxy, owner: dict[str, str], subnets: list[str]) -> None:
+        router = api.find_router(ROUTER)
+        if router is None:
+            public = api.find_network(PUBLIC_NETWORK)
+            gateway = {"external_gateway_info": {"network_id": public.id}} if public else {}
+            router = api.create_router(name=ROUTER, **owner, **gateway)
+        attached = {fixed["subnet_id"]
+                    for port in api.ports(device_id=router.id,
+                                          device_owner="network:router_interface")
+                    for fixed in port.fixed_ips}
+        for subnet_id in subnets:
+            if subnet_id not in attached:
+                api.add_interface_to_router(router, subnet=subnet_id)
 
     def _kuryr_project(self) -> dict[str, str]:
         """In keystone mode the network is Kuryr's project's (Kuryr is no admin)."""

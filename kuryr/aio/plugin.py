@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kuryr import config
 from kuryr.aio import keystone, procs
-from kuryr.aio.layout import POD_NETWORK, PUBLIC_NETWORK, Layout
+from kuryr.aio.layout import POD_NETWORK, PUBLIC_NETWORK, SERVICE_NETWORK, Layout
 from kuryr.localhttp import UnixHTTPConnection
 from kuryr.neutron.client import connect_endpoint
 
@@ -43,6 +43,12 @@ daemon_socket = {cni_socket}
 # Ports kept ready on this node: sized for the benchmark's burst of 50 pods, so
 # none of them waits on Neutron (docs/kubernetes.md, "Sizing the pool").
 pool_size = 50
+# Services: an Octavia load balancer each (OVN provider), VIP = the cluster IP.
+service_subnet = {services}
+external_network = {external}
+
+[octavia]
+endpoint_override = {octavia}
 """
 
 
@@ -107,7 +113,9 @@ class KuryrPlugin:
             netns="/var/run/docker/netns", public=PUBLIC_NETWORK,
             kubernetes_section=KUBERNETES_SECTION.format(
                 kubeconfig=self.layout.k8s_dir / "pki" / "kuryr.kubeconfig",
-                pods=POD_NETWORK, cni_socket=self.layout.cni_socket)
+                pods=POD_NETWORK, cni_socket=self.layout.cni_socket,
+                services=SERVICE_NETWORK, external=PUBLIC_NETWORK,
+                octavia=self.layout.octavia_url)
             if self.layout.k8s_enabled else "")
 
     def config_outdated(self) -> bool:
