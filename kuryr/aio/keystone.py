@@ -6,7 +6,8 @@ its database in the stack's MariaDB and its fernet/credential keys under the
 stack's state directory.  After ``keystone-manage bootstrap`` (admin, the
 default roles, RegionOne, the identity endpoints) it gets a ``network``
 service for Neutron, a ``service`` project, a non-admin ``kuryr`` user and a
-``neutron`` user for keystonemiddleware.
+``neutron`` user for keystonemiddleware.  With `up --k8s` Octavia adds its
+``load-balancer`` service and ``octavia`` user (:func:`ensure_octavia_accounts`).
 
 The stack runs it in keystone mode only (`kuryr-aio up --keystone`); then
 neutron.conf gets :func:`neutron_auth_settings` and the policy file
@@ -35,6 +36,7 @@ from kuryr.neutron.client import Neutron, RequestCounter
 
 if TYPE_CHECKING:
     from openstack.identity.v3._proxy import Proxy as IdentityV3
+    from openstack.identity.v3.project import Project
 
 AUTH_URL = f"http://127.0.0.1:{KEYSTONE_PORT}/v3"
 REGION = "RegionOne"
@@ -67,6 +69,21 @@ NEUTRON_ROLES = ("service",)
 NETWORK_SERVICE = "neutron"
 ENDPOINT_INTERFACES = ("public", "internal", "admin")
 
+OCTAVIA_USER = "octavia"
+OCTAVIA_PASSWORD = "kuryr-aio-octavia"  # noqa: S105
+# Like Neutron's user: "service" lets keystonemiddleware validate Kuryr's
+# tokens, and is what Neutron's defaults ask for the ports Octavia's OVN
+# provider makes and reads in its callers' projects (create_port,
+# get_subnet, ... all allow rule:service_api).  No admin.
+OCTAVIA_ROLES = ("service",)
+LOAD_BALANCER_SERVICE = "octavia"
+# Octavia 19's default policies (oslo.policy enforces the new defaults) let a
+# project's "member" create, change and delete its load balancers
+# (load-balancer:write = role:member and project_id:%(project_id)s).  The old
+# load-balancer_member role is only in the deprecated rules, which are not
+# evaluated any more.  Kuryr's user holds it already (KURYR_ROLES).
+KURYR_LOAD_BALANCER_ROLE = "member"
+
 DB_NAME = "keystone"
 DB_USER = "keystone"
 KEYSTONE_PACKAGES = (f"keystone=={KEYSTONE_VERSION}", "gunicorn", "pymysql")
@@ -92,6 +109,28 @@ def neutron_auth_settings(auth_url: str = AUTH_URL) -> dict[str, dict[str, str]]
             # memcached_servers stays unset: no memcached on the stack, and
             # keystonemiddleware then caches tokens inside the neutron process.
         },
+    }
+
+
+def octavia_auth_settings(auth_url: str = AUTH_URL) -> dict[str, dict[str, str]]:
+    """octavia.conf options (section -> option -> value) of keystone mode:
+    Octavia checks Keystone tokens (``[api_settings] auth_strategy``, taken
+    out by the caller) and calls Neutron as its own user (``[service_auth]``)."""
+    user = {
+        "auth_url": auth_url,
+        "auth_type": "password",
+        "username": OCTAVIA_USER,
+        "password": OCTAVIA_PASSWORD,
+        "user_domain_name": DOMAIN,
+        "project_name": SERVICE_PROJECT,
+        "project_domain_name": DOMAIN,
+        "region_name": REGION,
+    }
+    return {
+        "api_settings": {"auth_strategy": "keystone"},
+        # No memcached_servers: tokens are cached inside the API process.
+        "keystone_authtoken": {"www_authenticate_uri": auth_url, **user},
+        "service_auth": dict(user),
     }
 
 
@@ -219,6 +258,68 @@ def service_project_file(layout: Layout) -> Path:
     return layout.keystone_dir / "service-project-id"
 
 
+def _ensure_service(ident: IdentityV3, name: str, service_type: str, description: str,
+                    url: str) -> None:
+    """Service ``name`` with its public, internal and admin endpoints at ``url``
+    (endpoints at another URL are replaced)."""
+    service = ident.find_service(name, ignore_missing=True) or \
+        ident.create_service(name=name, type=service_type, description=description)
+    have = {e.interface: e for e in ident.endpoints(service_id=service.id)}
+    for interface in ENDPOINT_INTERFACES:
+        endpoint = have.get(interface)
+        if endpoint is not None and endpoint.url != url:
+            ident.delete_endpoint(endpoint)
+            endpoint = None
+        if endpoint is None:
+            ident.create_endpoint(service_id=service.id, interface=interface,
+                                  url=url, region_id=REGION)
+
+
+def _ensure_user(ident: IdentityV3, domain_id: str, project: Project, username: str,
+                 password: str, roles: tuple[str, ...]) -> None:
+    """User ``username`` with ``password`` and ``roles`` on ``project``."""
+    user = ident.find_user(username, domain_id=domain_id, ignore_missing=True)
+    if user is None:
+        user = ident.create_user(name=username, password=password, domain_id=domain_id,
+                                 default_project_id=project.id)
+    elif not _password_works(username, password):
+        # Only when needed: a password change revokes the user's tokens,
+        # which would make a running Kuryr re-authenticate.
+        ident.update_user(user, password=password)
+    for role_name in roles:
+        role = ident.find_role(role_name, ignore_missing=False)
+        if not ident.validate_user_has_project_role(project, user, role):
+            ident.assign_project_role_to_user(project, user, role)
+
+
+def _password_works(username: str, password: str) -> bool:
+    # Unscoped: the answer must not depend on role assignments (yet) made.
+    auth = v3.Password(auth_url=AUTH_URL, username=username, password=password,
+                       user_domain_name=DOMAIN)
+    try:
+        ks_session.Session(auth=auth).get_token()
+    except ks_exceptions.Unauthorized:
+        return False
+    return True
+
+
+def ensure_octavia_accounts(layout: Layout) -> None:
+    """The ``load-balancer`` service and endpoints at Octavia's URL and the
+    ``octavia`` user of project ``service`` (made by Keystone's own `up`,
+    which runs first); creates only what is missing."""
+    conn = os_connection.Connection(session=admin_session(), region_name=REGION)
+    try:
+        ident = cast("IdentityV3", conn.identity)
+        _ensure_service(ident, LOAD_BALANCER_SERVICE, "load-balancer",
+                        "OpenStack Load Balancing (kuryr-aio)", layout.octavia_url)
+        domain = ident.find_domain(DOMAIN, ignore_missing=False)
+        project = ident.find_project(SERVICE_PROJECT, domain_id=domain.id,
+                                     ignore_missing=False)
+        _ensure_user(ident, domain.id, project, OCTAVIA_USER, OCTAVIA_PASSWORD, OCTAVIA_ROLES)
+    finally:
+        conn.close()
+
+
 # -- the component -----------------------------------------------------------
 class Keystone:
     name = "keystone"
@@ -339,18 +440,8 @@ class Keystone:
         try:
             # The stack's Keystone speaks v3 only; the SDK's type is v2 | v3.
             ident = cast("IdentityV3", conn.identity)
-            service = ident.find_service(NETWORK_SERVICE, ignore_missing=True) or \
-                ident.create_service(name=NETWORK_SERVICE, type="network",
-                                     description="OpenStack Networking (kuryr-aio)")
-            have = {e.interface: e for e in ident.endpoints(service_id=service.id)}
-            for interface in ENDPOINT_INTERFACES:
-                endpoint = have.get(interface)
-                if endpoint is not None and endpoint.url != self.layout.neutron_url:
-                    ident.delete_endpoint(endpoint)
-                    endpoint = None
-                if endpoint is None:
-                    ident.create_endpoint(service_id=service.id, interface=interface,
-                                          url=self.layout.neutron_url, region_id=REGION)
+            _ensure_service(ident, NETWORK_SERVICE, "network",
+                            "OpenStack Networking (kuryr-aio)", self.layout.neutron_url)
             domain = ident.find_domain(DOMAIN, ignore_missing=False)
             project = ident.find_project(SERVICE_PROJECT, domain_id=domain.id,
                                          ignore_missing=True) or \
@@ -361,32 +452,9 @@ class Keystone:
             self.service_project_file.write_text(f"{project.id}\n")
             for username, password, roles in ((KURYR_USER, KURYR_PASSWORD, KURYR_ROLES),
                                               (NEUTRON_USER, NEUTRON_PASSWORD, NEUTRON_ROLES)):
-                user = ident.find_user(username, domain_id=domain.id, ignore_missing=True)
-                if user is None:
-                    user = ident.create_user(name=username, password=password,
-                                             domain_id=domain.id,
-                                             default_project_id=project.id)
-                elif not self._password_works(username, password):
-                    # Only when needed: a password change revokes the user's
-                    # tokens, which would make a running Kuryr re-authenticate.
-                    ident.update_user(user, password=password)
-                for role_name in roles:
-                    role = ident.find_role(role_name, ignore_missing=False)
-                    if not ident.validate_user_has_project_role(project, user, role):
-                        ident.assign_project_role_to_user(project, user, role)
+                _ensure_user(ident, domain.id, project, username, password, roles)
         finally:
             conn.close()
-
-    @staticmethod
-    def _password_works(username: str, password: str) -> bool:
-        # Unscoped: the answer must not depend on role assignments (yet) made.
-        auth = v3.Password(auth_url=AUTH_URL, username=username, password=password,
-                           user_domain_name=DOMAIN)
-        try:
-            ks_session.Session(auth=auth).get_token()
-        except ks_exceptions.Unauthorized:
-            return False
-        return True
 
     # -- run -----------------------------------------------------------------
     def up(self) -> None:
