@@ -1,5 +1,5 @@
-"""MariaDB for the all-in-one stack (Neutron's and Keystone's databases), and the
-stack's file templates."""
+"""MariaDB for the all-in-one stack (Neutron's, Keystone's and Octavia's
+databases), and the stack's file templates."""
 
 from __future__ import annotations
 
