@@ -33,6 +33,7 @@ from kuryr.aio.kubernetes import (
 from kuryr.aio.layout import OUTSIDE_NETNS, Layout
 from kuryr.aio.mariadb import MariaDB
 from kuryr.aio.neutron_server import NeutronServer
+from kuryr.aio.octavia import Octavia
 from kuryr.aio.outside import VETH_BRIDGE_END, Outside
 from kuryr.aio.packages import Packages
 from kuryr.aio.plugin import KuryrPlugin
@@ -57,10 +58,12 @@ class Component(Protocol):
 def kubernetes_components(layout: Layout) -> list[Component]:
     """The cluster of `up --k8s`, in start order.  The control loops that
     schedule and make pods come after kubelet, so `down` stops them before
-    kubelet drains the node."""
+    kubelet drains the node.  Octavia comes before the Kuryr controller, which
+    gives Services its load balancers."""
     return [KubeTools(layout), PodNetwork(layout), Etcd(layout), KubeApiserver(layout),
             KuryrCniDaemon(layout), Containerd(layout), Kubelet(layout),
-            KubeControllerManager(layout), KubeScheduler(layout), KuryrController(layout)]
+            KubeControllerManager(layout), KubeScheduler(layout), Octavia(layout),
+            KuryrController(layout)]
 
 
 def components(layout: Layout, keystone: bool | None = None,
@@ -237,6 +240,9 @@ def env_exports(layout: Layout) -> str:
         unset = ""
     if layout.k8s_enabled:
         lines["KUBECONFIG"] = str(kubeconfig(layout))
+        # openstacksdk's override of the load-balancer service's URL (in
+        # keystone mode the catalog has the same).
+        lines["OS_LOAD_BALANCER_ENDPOINT_OVERRIDE"] = layout.octavia_url
         # Debian's kubectl 1.20 first: another (newer) one may be on the PATH.
         lines["PATH"] = f"{kubectl_path(layout).parent}:$PATH"
     return unset + "".join(f"export {key}={value}\n" for key, value in lines.items())
