@@ -209,6 +209,7 @@ class _Daemon:
 def _cmdline(pidfile: Path) -> str:
     try:
         pid = int(pidfile.read_text().strip())
+        # Arguments each followed by a space, so a match names a whole argument.
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ValueError):
         return ""
@@ -265,6 +266,15 @@ class KubeApiserver(_Daemon):
         if not self.advertised:
             self.advertised = node_address(self.layout)
 
+    def _advertises_recorded_address(self) -> bool:
+        """What `up` found last is what the running server advertises (no
+        Neutron request: `status` stays cheap)."""
+        try:
+            recorded = self.advertised_file.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return f"--advertise-address={recorded} " in _cmdline(self.pidfile)
+
     def argv(self) -> list[str]:
         pki = pki_of(self.layout)
         return [
@@ -296,8 +306,15 @@ class KubeApiserver(_Daemon):
     def answers(self) -> bool:
         return _api_get(self.layout, "/readyz").get("text", "").strip() == "ok"
 
+    @property
+    def advertised_file(self) -> Path:
+        return self.layout.k8s_dir / "kube-apiserver.advertised"
+
     def problems(self) -> list[str]:
         found = super().problems()
+        if not found and not self._advertises_recorded_address():
+            found.append("kube-apiserver does not advertise the node's address on the pod "
+                         "network (`kuryr-aio up` restarts it)")
         stamp = self.layout.k8s_rbac_stamp
         if not found and (not stamp.exists() or stamp.read_text() != RBAC_MANIFEST.read_text()):
             found.append("Kuryr's RBAC is not applied (or changed since)")
@@ -306,8 +323,9 @@ class KubeApiserver(_Daemon):
     def up(self) -> None:
         self.prepare()
         if procs.pid_alive(self.pidfile, self.expect) and \
-                f"--advertise-address={self.advertised}" not in _cmdline(self.pidfile):
+                f"--advertise-address={self.advertised} " not in _cmdline(self.pidfile):
             self.down()  # started before it advertised this address (or another)
+        self.advertised_file.write_text(self.advertised)
         super().up()
         # Kuryr's role: what it may read and write (the same file as for a real cluster).
         kubectl(self.layout, "apply", "-f", str(RBAC_MANIFEST))

@@ -94,7 +94,7 @@ def service_load_balancers(conf: cfg.ConfigOpts, neutron: Neutron,
     external = (ExternalAddresses(neutron, neutron.find_network(group.external_network).id)
                 if group.external_network else None)
     return ServiceLoadBalancers(octavia.connect(conf), kube, member_subnets(conf, neutron),
-                                vip_subnet.id, external)
+                                vip_subnet, external)
 
 
 def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Controller:

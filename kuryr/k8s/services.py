@@ -28,6 +28,7 @@ from typing import Any
 from kuryr.k8s.api import KubeApi
 from kuryr.k8s.events import NotReady, Obj, metadata
 from kuryr.lbaas.model import (
+    Busy,
     Listener,
     LoadBalancer,
     LoadBalancerDriver,
@@ -91,7 +92,7 @@ def _members_of(port: dict[str, Any], endpoints: Obj | None,
 
 
 def wanted_load_balancer(service: Obj, endpoints: Obj | None, vip_subnet_id: str,
-                         subnet_of: Callable[[str], str | None]
+                         subnet_of: Callable[[str], str | None], project_id: str = ""
                          ) -> tuple[LoadBalancer, set[str]]:
     """The load balancer ``service`` asks for, and the endpoint addresses on no
     known pod subnet (left out: the backend could not reach them)."""
@@ -113,7 +114,8 @@ def wanted_load_balancer(service: Obj, endpoints: Obj | None, vip_subnet_id: str
     lb = LoadBalancer(owner_tag=owner_tag(str(meta.get("uid"))),
                       name=f"kuryr/{meta.get('namespace')}/{meta.get('name')}"[:255],
                       vip_address=cluster_ip(service) or "", vip_subnet_id=vip_subnet_id,
-                      listeners=tuple(listeners), algorithm=algorithm, tags=(LB_TAG,))
+                      listeners=tuple(listeners), algorithm=algorithm, tags=(LB_TAG,),
+                      project_id=project_id)
     return lb, unplaced
 
 
@@ -189,26 +191,35 @@ class ServiceLoadBalancers:
     one step per pass (module docstring)."""
 
     def __init__(self, driver: LoadBalancerDriver, kube: KubeApi, subnets: MemberSubnets,
-                 vip_subnet_id: str, external: ExternalAddresses | None = None) -> None:
+                 vip_subnet: Subnet, external: ExternalAddresses | None = None) -> None:
         self._driver = driver
         self._kube = kube
         self._subnets = subnets
-        self._vip_subnet_id = vip_subnet_id
+        self._vip_subnet = vip_subnet
         self._external = external
 
     def apply(self, service: Obj, endpoints: Obj | None) -> None:
+        try:
+            self._apply(service, endpoints)
+        except Busy as exc:  # a change raced Octavia's own status: as pending
+            raise NotReady(str(exc)) from exc
+
+    def _apply(self, service: Obj, endpoints: Obj | None) -> None:
         meta = metadata(service)
         if meta.get("deletionTimestamp"):
-            self.remove(service)
+            self._remove(service)
             return
         if cluster_ip(service) is None:  # headless, ExternalName, or turned into one
-            self.remove(service)
+            self._remove(service)
             return
         if spec(service).get("selector") and endpoints is None:
             return  # the endpoints controller writes them shortly: their event comes
         service = self._with_finalizer(service)
-        wanted, unplaced = wanted_load_balancer(service, endpoints, self._vip_subnet_id,
-                                                self._subnets.subnet_of)
+        # The load balancer is the project's of the VIP subnet (an Octavia without
+        # Keystone needs one named; with Keystone it is the token's own).
+        wanted, unplaced = wanted_load_balancer(service, endpoints, self._vip_subnet.id,
+                                                self._subnets.subnet_of,
+                                                self._vip_subnet.project_id)
         if unplaced:
             LOG.warning("Service %s/%s: endpoints %s are on no pod subnet: not members",
                         meta.get("namespace"), meta.get("name"), ", ".join(sorted(unplaced)))
@@ -264,6 +275,12 @@ class ServiceLoadBalancers:
     def remove(self, service: Obj) -> None:
         """The Service's load balancer (and floating IP) deleted, then its
         finalizer released; NotReady while the backend is still busy with it."""
+        try:
+            self._remove(service)
+        except Busy as exc:
+            raise NotReady(str(exc)) from exc
+
+    def _remove(self, service: Obj) -> None:
         meta = metadata(service)
         tag = owner_tag(str(meta.get("uid")))
         seen = self._driver.find(tag)

@@ -47,9 +47,15 @@ class LoadBalancer:
     listeners: tuple[Listener, ...]
     algorithm: str = "SOURCE_IP_PORT"  # SOURCE_IP for sessionAffinity: ClientIP
     tags: tuple[str, ...] = ()  # beside owner_tag: what marks it as Kuryr's
+    project_id: str = ""  # the VIP subnet's: needed by an Octavia without Keystone
 
     def listener(self, name: str) -> Listener | None:
         return next((lst for lst in self.listeners if lst.name == name), None)
+
+
+class Busy(Exception):
+    """The backend refuses a change now: the load balancer (or a part of it) is
+    carrying out an earlier one.  Try again later."""
 
 
 class Status(enum.StrEnum):

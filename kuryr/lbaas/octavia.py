@@ -22,6 +22,7 @@ from oslo_config import cfg
 
 from kuryr.config import OCTAVIA_GROUP
 from kuryr.lbaas.model import (
+    Busy,
     Listener,
     LoadBalancer,
     Member,
@@ -54,23 +55,31 @@ def listener_body(listener: Listener) -> dict[str, Any]:
 def load_balancer_body(lb: LoadBalancer, provider: str) -> dict[str, Any]:
     """A fully populated create: the load balancer, its listeners, their pools
     and members in one request (one provisioning round instead of 2 + 2 per port)."""
+    project = {"project_id": lb.project_id} if lb.project_id else {}
     return {"name": lb.name, "vip_address": lb.vip_address, "vip_subnet_id": lb.vip_subnet_id,
-            "provider": provider, "tags": [*lb.tags, lb.owner_tag],
+            "provider": provider, "tags": [*lb.tags, lb.owner_tag], **project,
             "listeners": [{**listener_body(lst), "default_pool": pool_body(lb, lst)}
                           for lst in lb.listeners]}
 
 
 def seen_from_status(lb: dict[str, Any], tree: dict[str, Any]) -> SeenLoadBalancer:
-    """The load balancer from its GET and its status tree."""
+    """The load balancer from its GET and its status tree.  Its status is
+    pending while any part is: the OVN provider reports the load balancer
+    ACTIVE before a pool's members are done, and Octavia refuses changes to a
+    pending part."""
     listeners = []
+    statuses = [lb["provisioning_status"], tree.get("provisioning_status") or "ACTIVE"]
     for lst in tree.get("listeners", []):
         pools = lst.get("pools") or []
         pool = pools[0] if pools else None
-        members = frozenset((m["address"], int(m["protocol_port"]))
-                            for m in (pool or {}).get("members", []))
-        listeners.append(SeenListener(id=lst["id"], name=lst.get("name") or "",
-                                      pool_id=pool["id"] if pool else None, members=members))
-    return SeenLoadBalancer(id=lb["id"], status=Status(lb["provisioning_status"]),
+        members = (pool or {}).get("members", [])
+        statuses += [part.get("provisioning_status") or "ACTIVE"
+                     for part in [lst, *pools, *members]]
+        listeners.append(SeenListener(
+            id=lst["id"], name=lst.get("name") or "", pool_id=pool["id"] if pool else None,
+            members=frozenset((m["address"], int(m["protocol_port"])) for m in members)))
+    status = next((Status(s) for s in statuses if Status(s).pending), Status(statuses[0]))
+    return SeenLoadBalancer(id=lb["id"], status=status,
                             vip_address=lb.get("vip_address") or "",
                             vip_port_id=lb.get("vip_port_id") or "",
                             listeners=tuple(listeners))
@@ -91,6 +100,8 @@ class Octavia:
         resp = self._api.request(path, method, **kwargs)
         if ok_missing and resp.status_code == 404:  # noqa: PLR2004
             return {}
+        if resp.status_code == 409:  # noqa: PLR2004 - "immutable": busy with an earlier change
+            raise Busy(f"Octavia {method} {path}: {resp.text[:200]}")
         os_exc.raise_from_response(resp, f"Octavia {method} {path}")
         return resp.json() if resp.content else {}
 

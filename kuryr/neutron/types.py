@@ -88,6 +88,7 @@ class Subnet:
     allocation_pools: tuple[tuple[str, str], ...] = ()
     subnet_pool_id: str | None = None
     tags: tuple[str, ...] = ()
+    project_id: str = ""
 
     @property
     def prefixlen(self) -> int:
@@ -104,6 +105,7 @@ class Subnet:
             allocation_pools=tuple((_text(p["start"]), _text(p["end"]))
                                    for p in (res.allocation_pools or ())),
             subnet_pool_id=res.subnet_pool_id or None, tags=_tags(getattr(res, "tags", ())),
+            project_id=_text(getattr(res, "project_id", "") or ""),
         )
 
 

@@ -30,6 +30,8 @@ from kuryr.lbaas.octavia import load_balancer_body, seen_from_status
 from kuryr.neutron.types import Subnet
 
 POD_SUBNET = "sub-pods"
+SVC_SUBNET = Subnet(id="svc-sub", network_id="svc", cidr="10.96.0.0/15", ip_version=4,
+                    project_id="p1")
 
 
 def _subnet_of(address: str) -> str | None:
@@ -55,8 +57,10 @@ def _endpoints(ready=("10.244.1.5", "10.244.1.6"), not_ready=(), port=8080, name
 def test_a_service_port_is_a_listener_whose_members_are_the_ready_endpoints():
     lb, unplaced = wanted_load_balancer(_service(), _endpoints(not_ready=("10.244.1.7",)),
                                         "sub-svc", _subnet_of)
-    assert lb.vip_address == "10.96.0.20" and lb.vip_subnet_id == "sub-svc"
-    assert lb.owner_tag == owner_tag("u1") and lb.name == "kuryr/ns/web"
+    assert lb.vip_address == "10.96.0.20"
+    assert lb.vip_subnet_id == "sub-svc"
+    assert lb.owner_tag == owner_tag("u1")
+    assert lb.name == "kuryr/ns/web"
     assert [lst.name for lst in lb.listeners] == ["TCP:80"]
     assert lb.listeners[0].members == {Member("10.244.1.5", 8080, POD_SUBNET),
                                        Member("10.244.1.6", 8080, POD_SUBNET)}
@@ -78,7 +82,8 @@ def test_ports_match_endpoints_by_name_and_protocol_and_affinity_picks_source_ip
 def test_addresses_on_no_pod_subnet_are_reported_not_made_members():
     lb, unplaced = wanted_load_balancer(_service(), _endpoints(ready=("192.0.2.9",)), "s",
                                         _subnet_of)
-    assert lb.listeners[0].members == frozenset() and unplaced == {"192.0.2.9"}
+    assert lb.listeners[0].members == frozenset()
+    assert unplaced == {"192.0.2.9"}
 
 
 @pytest.mark.parametrize("spec", [{"clusterIP": "None"}, {"type": "ExternalName",
@@ -93,9 +98,11 @@ def test_the_octavia_create_is_one_fully_populated_request():
                           Listener(Protocol_.TCP, 80, frozenset({Member("10.244.1.5", 8080,
                                                                         "p")})),))
     body = load_balancer_body(lb, "ovn")
-    assert body["provider"] == "ovn" and body["tags"] == ["kuryr.k8s.lb", "kuryr.k8s.svc:u1"]
+    assert body["provider"] == "ovn"
+    assert body["tags"] == ["kuryr.k8s.lb", "kuryr.k8s.svc:u1"]
     (listener,) = body["listeners"]
-    assert listener["protocol_port"] == 80 and listener["name"] == "TCP:80"
+    assert listener["protocol_port"] == 80
+    assert listener["name"] == "TCP:80"
     assert listener["default_pool"]["members"] == [
         {"address": "10.244.1.5", "protocol_port": 8080, "subnet_id": "p"}]
 
@@ -107,7 +114,8 @@ def test_the_status_tree_gives_listeners_pools_and_members():
         {"id": "l2", "name": "UDP:53", "pools": []}]}
     seen = seen_from_status({"id": "lb1", "provisioning_status": "ACTIVE",
                              "vip_address": "10.96.0.20", "vip_port_id": "vp"}, tree)
-    assert seen.status is Status.ACTIVE and seen.vip_port_id == "vp"
+    assert seen.status is Status.ACTIVE
+    assert seen.vip_port_id == "vp"
     assert seen.listener("TCP:80") == SeenListener("l1", "TCP:80", "p1",
                                                    frozenset({("10.244.1.5", 8080)}))
     assert seen.listener("UDP:53").pool_id is None
@@ -123,7 +131,7 @@ def test_member_subnets_list_again_on_a_miss_but_not_more_often_than_asked():
 
     resolver = MemberSubnets(listed, refresh=3600)
     assert resolver.subnet_of("10.244.3.4") == "a"
-    subnets.append(Subnet(id="b", network_id="n", cidr="10.245.0.0/24", gateway_ip=None, ip_version=4))
+    subnets.append(Subnet(id="b", network_id="n", cidr="10.245.0.0/24", ip_version=4))
     assert resolver.subnet_of("10.245.0.9") is None  # listed too recently to list again
     assert next(listings) == 1
 
@@ -145,7 +153,8 @@ class FakeOctavia:
         return self.lb
 
     def _busy(self, listeners) -> None:
-        assert self.lb is not None and not self.lb.status.pending, "Octavia answers 409"
+        assert self.lb is not None
+        assert not self.lb.status.pending, "Octavia answers 409"
         self.lb = SeenLoadBalancer(self.lb.id, Status.PENDING_UPDATE, self.lb.vip_address,
                                    "vp", tuple(listeners))
 
@@ -203,8 +212,8 @@ def _converge(services, octavia, svc, eps, passes=10) -> int:
 
 
 def _services(octavia):
-    return ServiceLoadBalancers(octavia, Kube(), MemberSubnets(lambda: [Subnet(
-        id=POD_SUBNET, network_id="n", cidr="10.244.0.0/16", gateway_ip=None, ip_version=4)]), "svc-sub")
+    pods = Subnet(id=POD_SUBNET, network_id="n", cidr="10.244.0.0/16", ip_version=4)
+    return ServiceLoadBalancers(octavia, Kube(), MemberSubnets(lambda: [pods]), SVC_SUBNET)
 
 
 def test_a_new_service_is_one_create_and_waits_without_writing_again():
@@ -257,7 +266,7 @@ def test_a_service_deleted_while_its_load_balancer_is_pending_waits_then_deletes
 def test_a_service_gets_the_finalizer_before_its_load_balancer_is_made():
     octavia = FakeOctavia()
     kube = Kube()
-    services = ServiceLoadBalancers(octavia, kube, MemberSubnets(lambda: []), "s")
+    services = ServiceLoadBalancers(octavia, kube, MemberSubnets(list), SVC_SUBNET)
     fresh = _service()
     fresh["metadata"]["finalizers"] = []
     with pytest.raises(NotReady):
@@ -269,3 +278,27 @@ def test_a_selector_service_waits_for_its_endpoints_object():
     octavia = FakeOctavia()
     _services(octavia).apply(_service(), None)
     assert octavia.writes == []
+
+
+def test_a_load_balancer_is_pending_while_any_part_is():
+    """OVN's provider reports the load balancer ACTIVE before a pool's members
+    are done; Octavia refuses a change to that pool meanwhile (409)."""
+    tree = {"listeners": [{"id": "l1", "name": "TCP:80", "provisioning_status": "ACTIVE",
+                           "pools": [{"id": "p1", "provisioning_status": "PENDING_UPDATE",
+                                      "members": []}]}]}
+    seen = seen_from_status({"id": "lb1", "provisioning_status": "ACTIVE"}, tree)
+    assert seen.status is Status.PENDING_UPDATE
+
+
+def test_octavia_refusing_a_change_is_a_retry_not_a_failure():
+    from kuryr.lbaas.model import Busy
+
+    class Refusing(FakeOctavia):
+        def replace_members(self, pool_id, members):
+            raise Busy("Pool p is immutable and cannot be updated")
+
+    octavia = Refusing()
+    services = _services(octavia)
+    _converge(services, octavia, _service(), _endpoints())
+    with pytest.raises(NotReady):
+        services.apply(_service(), _endpoints(ready=("10.244.1.5",)))
