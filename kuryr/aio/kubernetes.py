@@ -282,10 +282,12 @@ class KubeApiserver(_Daemon):
             # Pods reach the API server through its Service, default/kubernetes,
             # whose endpoint is the advertised address: the node's own address on
             # the pod network (Kuryr makes the Service an OVN load balancer with
-            # it as member).  So it listens on all the host's addresses (as
-            # kube-apiserver does by default), loopback for the host's clients.
+            # it as member).  It takes one bind address, and the host's clients
+            # use loopback (which stays up when ovs-vswitchd restarts): so it
+            # listens on all the host's addresses, as kube-apiserver does by
+            # default, and answers nothing without a client certificate or token.
             "--bind-address=0.0.0.0", f"--secure-port={API_PORT}", "--insecure-port=0",
-            f"--advertise-address={self.advertised}",
+            f"--advertise-address={self.advertised}", "--anonymous-auth=false",
             f"--etcd-servers={ETCD_CLIENT}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",

@@ -132,11 +132,23 @@ def test_control_plane_listens_on_loopback_only(tmp_path):
     urls = [a.split("=", 1)[1] for a in etcd if "-urls=" in a]
     assert len(urls) == 5  # client, advertised client, peer, advertised peer, metrics
     assert all(u.startswith("http://127.0.0.1:") for u in urls)
-    for daemon in (kubernetes.KubeApiserver, kubernetes.KubeControllerManager,
-                   kubernetes.KubeScheduler):
+    for daemon in (kubernetes.KubeControllerManager, kubernetes.KubeScheduler):
         argv = daemon(layout).argv()
         assert "--bind-address=127.0.0.1" in argv
         assert not any(a.startswith("--insecure-bind-address") for a in argv)
+
+
+def test_the_api_server_is_reached_from_pods_and_answers_no_one_anonymous(tmp_path):
+    """Its Service's endpoint is the node's address on the pod network: it
+    listens there too (one bind address: all), and only to credentials."""
+    layout = Layout(base=tmp_path, run=tmp_path / "run", host="h1")
+    server = kubernetes.KubeApiserver(layout)
+    server.advertised = "10.244.0.7"
+    argv = server.argv()
+    assert "--advertise-address=10.244.0.7" in argv
+    assert "--anonymous-auth=false" in argv
+    assert "--insecure-port=0" in argv
+    assert not any(a.startswith("--insecure-bind-address") for a in argv)
 
 
 def test_kubelet_listens_where_the_host_name_resolves_if_that_is_loopback(monkeypatch):
