@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from kuryr.aio import kubernetes
 from kuryr.aio.layout import Layout
 from kuryr.binding.ovs import OVS
 from kuryr.neutron.client import connect_endpoint
@@ -134,3 +136,21 @@ def cluster(stack) -> Iterator[Layout]:
     with (stack.run / "k8s.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield stack
+
+
+@pytest.fixture
+def namespace(cluster, unique):
+    """Namespaces of the test's own, deleted (with their pods) at the end."""
+    made = []
+
+    def make(labels: dict[str, str] | None = None) -> str:
+        name = f"kt-{unique}-{len(made)}"
+        doc = {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": labels or {}}}
+        kubernetes.kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(doc))
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        kubernetes.kubectl(cluster, "delete", "namespace", name, "--wait=true", timeout=180)

@@ -33,24 +33,6 @@ def kubectl(layout: Layout, *args: str, input_text: str | None = None,
     return kubernetes.kubectl(layout, *args, input_text=input_text, timeout=timeout)
 
 
-@pytest.fixture
-def namespace(cluster, unique):
-    """Namespaces of the test's own, deleted (with their pods) at the end."""
-    made = []
-
-    def make(labels: dict[str, str] | None = None) -> str:
-        name = f"kt-{unique}-{len(made)}"
-        doc = {"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": name, "labels": labels or {}}}
-        kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(doc))
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        kubectl(cluster, "delete", "namespace", name, "--wait=true", timeout=180)
-
-
 def pod_doc(name: str, namespace: str, labels: dict[str, str] | None = None,
             command: list[str] | None = None, readiness: bool = True) -> dict:
     container: dict = {"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
