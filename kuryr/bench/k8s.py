@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kuryr.aio import kubernetes
 from kuryr.aio.layout import POD_CIDR, POD_NETWORK, Layout
@@ -85,12 +85,14 @@ def api_times(pod: dict) -> dict[str, float | None]:
             "ready": None if ready is None else ready - created}
 
 
-def summary(values: Sequence[float]) -> dict[str, float | int | None]:
-    """p50 / p99 / max in seconds (nearest rank), and how many values."""
+def summary(values: Sequence[float], tail: float = 0.99) -> dict[str, float | int | None]:
+    """p50 / p99 (or the ``tail`` given: 0.95 is "p95") / max in seconds
+    (nearest rank), and how many values."""
+    key = f"p{round(tail * 100)}"
     if not values:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
+        return {"n": 0, "p50": None, key: None, "max": None}
     return {"n": len(values), "p50": round(statistics.median(values), 3),
-            "p99": round(percentile(values, 0.99), 3), "max": round(max(values), 3)}
+            key: round(percentile(values, tail), 3), "max": round(max(values), 3)}
 
 
 def bridge_conflist(bridge: str, subnet: str, data_dir: Path) -> dict:
@@ -525,27 +527,62 @@ class K8sBench:
         return result
 
 
-def main(args: Any) -> int:  # noqa: ANN401 - run.py's parsed arguments
+class Part(Protocol):
+    """A measurement run in the same cluster lock as the pods' (or instead of
+    them): its figures go under ``key`` in the result."""
+
+    key: str
+    count: int
+    measure: str
+
+    def run(self, layout: Layout, log: Callable[[str], None]) -> dict: ...
+
+    def checks(self, result: dict) -> list[tuple[str, bool, str]]: ...
+
+    def table(self, result: dict) -> list[str]: ...
+
+
+def main(args: Any, parts: Sequence[Part] = ()) -> int:  # noqa: ANN401 - run.py's arguments
+    """The pods' measurements, and ``parts``: with parts, the pods' only when
+    --runs or --bursts asks for them too."""
     def log(message: str) -> None:
         print(f"kuryr-bench --k8s: {message}", file=sys.stderr, flush=True)
 
+    pods = not parts or args.runs is not None or args.bursts is not None
     runs = args.runs or (3 if args.quick else 7)
     bursts = args.bursts or ([5] if args.quick else [20, 50])
     layout = Layout.default()
-    bench = K8sBench(layout, log)
     started = time.monotonic()
+    measured: dict[str, Any] = {}
     with cluster_lock(layout, log):
-        measured = bench.run(runs, bursts)
-    result: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "runs": runs, "bursts": bursts},
-        "measure": "client-side: wall time from just before `kubectl apply` to this "
-                   "client's watch seeing phase Running (ms); api: creationTimestamp to "
-                   "startedAt / Ready (1 s resolution)",
-        **measured, "duration_s": round(time.monotonic() - started)}
-    result["ratios"] = pod_ratios(result)
+        if pods:
+            measured.update(K8sBench(layout, log).run(runs, bursts))
+        for part in parts:
+            measured[part.key] = part.run(layout, log)
+    machine: dict[str, Any] = {"cores": os.cpu_count()}
+    if pods:
+        machine.update(runs=runs, bursts=bursts)
+    machine.update({part.key: part.count for part in parts})
+    result: dict[str, Any] = {"machine": machine}
+    if pods:
+        result["measure"] = ("client-side: wall time from just before `kubectl apply` to "
+                             "this client's watch seeing phase Running (ms); api: "
+                             "creationTimestamp to startedAt / Ready (1 s resolution)")
+    result.update({f"measure_{part.key}": part.measure for part in parts})
+    result.update(measured)
+    result["duration_s"] = round(time.monotonic() - started)
+    found = []
+    if pods:
+        result["ratios"] = pod_ratios(result)
+        found += checks(result)
+    for part in parts:
+        found += part.checks(result[part.key])
     result["checks"] = [{"target": name, "pass": ok, "measured": detail}
-                        for name, ok, detail in checks(result)]
-    print(table(result))
+                        for name, ok, detail in found]
+    lines = pods_table(result) if pods else []
+    for part in parts:
+        lines += part.table(result[part.key])
+    print("\n".join([*lines, *footer(result)]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -563,6 +600,17 @@ def pod_ratios(result: dict) -> dict[str, float | None]:
 
 
 def table(result: dict) -> str:
+    return "\n".join([*pods_table(result), *footer(result)])
+
+
+def footer(result: dict) -> list[str]:
+    lines = [""]
+    lines += [f"{'PASS' if c['pass'] else 'FAIL'}: {c['target']} ({c['measured']})"
+              for c in result["checks"]]
+    return [*lines, f"run took {result['duration_s']} s", ""]
+
+
+def pods_table(result: dict) -> list[str]:
     lines = ["", "Pod create -> Running, client-side (s): p50 / p99 / max"]
     lines.append(f"  {'':22}{'kuryr':>26}{'bridge':>26}{'ratio p50':>11}")
 
@@ -604,8 +652,5 @@ def table(result: dict) -> str:
     kuryr = result["kuryr"]
     lines += ["", (f"Kuryr pods whose port was made after the pod was created (their start "
                    f"waited on Neutron): {kuryr['pods_waiting_on_neutron']}/"
-                   f"{kuryr['pods_measured']}"), ""]
-    lines += [f"{'PASS' if c['pass'] else 'FAIL'}: {c['target']} ({c['measured']})"
-              for c in result["checks"]]
-    lines += [f"run took {result['duration_s']} s", ""]
-    return "\n".join(lines)
+                   f"{kuryr['pods_measured']}")]
+    return lines
