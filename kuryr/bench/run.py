@@ -23,6 +23,7 @@ from kuryr.aio.layout import Layout
 from kuryr.aio.procs import StackError, read_pid
 from kuryr.bench.peer import DRIVER as PEER_DRIVER
 from kuryr.bench.peer import KuryrLibnetwork
+from kuryr.bench.services import MAX_SERVICES, services_count
 from kuryr.bench.stats import percentile
 
 DRIVERS = {"kuryr": "kuryr", "kuryr-libnetwork": PEER_DRIVER}
@@ -231,6 +232,13 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _services(text: str) -> int:
+    try:
+        return services_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kuryr-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -244,11 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k8s", action="store_true",
                         help="Kubernetes pods instead: Kuryr's CNI against the bridge CNI "
                              "plugin on the stack's cluster (kuryr-aio up --k8s first)")
+    parser.add_argument("--services", type=_services, metavar="N",
+                        help=f"with --k8s: N Services (ClusterIP, Octavia load balancers; "
+                             f"1 to {MAX_SERVICES}): create -> first connection, endpoint "
+                             "change, delete; alone unless --runs or --bursts is given too")
     args = parser.parse_args(argv)
+    if args.services is not None and not args.k8s:
+        parser.error("--services needs --k8s")
     if args.k8s:
-        from kuryr.bench import k8s
+        from kuryr.bench import k8s, services
 
-        return k8s.main(args)
+        parts = [] if args.services is None else [services.ServicesPart(args.services)]
+        return k8s.main(args, parts)
     runs = args.runs or (5 if args.quick else 20)
     bursts = args.bursts or ([5] if args.quick else [20, 50])
     rounds = 1 if args.quick else 3
