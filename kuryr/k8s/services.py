@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kuryr.k8s.api import KubeApi
+from kuryr.k8s.api import KubeApi, ObjectGone
 from kuryr.k8s.events import NotReady, Obj, metadata
 from kuryr.lbaas.model import (
     Busy,
@@ -304,6 +304,13 @@ class ServiceLoadBalancers:
 
     def _without_finalizer(self, service: Obj) -> None:
         finalizers = list(metadata(service).get("finalizers") or ())
-        if FINALIZER in finalizers:  # (a DELETED event's object has none left)
+        if FINALIZER not in finalizers:
+            return
+        try:
             self._kube.patch_metadata("Service", service,
                                       finalizers=[f for f in finalizers if f != FINALIZER])
+        except ObjectGone:
+            # A DELETED event's object still names the finalizer the pass that
+            # deleted the load balancer released: the Service is gone already.
+            LOG.debug("Service %s/%s is gone: its finalizer with it",
+                      metadata(service).get("namespace"), metadata(service).get("name"))

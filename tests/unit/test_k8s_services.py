@@ -302,3 +302,16 @@ def test_octavia_refusing_a_change_is_a_retry_not_a_failure():
     _converge(services, octavia, _service(), _endpoints())
     with pytest.raises(NotReady):
         services.apply(_service(), _endpoints(ready=("10.244.1.5",)))
+
+
+def test_a_deleted_services_last_state_still_names_the_finalizer_and_that_is_fine():
+    """The API server's DELETED event carries the Service as it was before the
+    patch that released the finalizer (seen on 1.20): nothing is left to patch."""
+    from kuryr.k8s.api import ObjectGone
+
+    class GoneKube(Kube):
+        def patch_metadata(self, kind, obj, *, annotations=None, finalizers=None):
+            raise ObjectGone("Service web is gone")
+
+    services = ServiceLoadBalancers(FakeOctavia(), GoneKube(), MemberSubnets(list), SVC_SUBNET)
+    services.remove(_service())  # no load balancer, no error
