@@ -6,9 +6,13 @@ httpd serving their hostname, label app=bench-web) and a client pod, then
 
 1. N Services, one after another: from just before the API POST of each to
    the client pod's first answer through its cluster IP, port 80;
-2. an endpoint change: a third backend on the first Service, from the moment
-   this client's watch sees it Ready to its hostname's first answer through
-   the cluster IP (three times, the pod deleted in between);
+2. an endpoint change: a third backend, from the moment this client's watch
+   sees it Ready to its hostname's first answer through the first Service's
+   cluster IP (three times, the pod deleted in between).  The first Service
+   selects app=bench-web only, the others app=bench-web and bench-set=all (the
+   two first backends carry both): a backend with the first label only joins
+   the first Service alone; then again with both labels, joining all N
+   Services at once (fan-out: N member updates in the controller's queue);
 3. Octavia's and Neutron's requests while each Service was made (their
    access logs, until both were quiet);
 4. the Services deleted: the time until Octavia lists none of the
@@ -53,6 +57,7 @@ from kuryr.bench.k8s import QUIET_SECONDS, PodWatch, requests_by_method, summary
 
 MAX_SERVICES = 30  # every load test is bounded
 WEB_LABELS = {"app": "bench-web"}
+SHARED_LABELS = {**WEB_LABELS, "bench-set": "all"}  # the first Service's selector lacks it
 CLIENT = "bench-client"
 BACKENDS = ("bench-web-0", "bench-web-1")
 SERVICE_PORT = 80
@@ -95,6 +100,7 @@ rm -f "$mark"
 echo end
 """
 AGENT = re.compile(r'"([^"]*)"\s*$')
+LIST_AGENT = "Python-urllib"  # this benchmark's own requests to Octavia
 
 
 # -- pure parts ---------------------------------------------------------------------------
@@ -152,17 +158,21 @@ def free_addresses(used: Iterable[str], count: int, first: str = FIRST_CLUSTER_I
     return found
 
 
-def service_doc(name: str, namespace: str, cluster_ip: str) -> dict:
+def service_doc(name: str, namespace: str, cluster_ip: str, shared: bool = True) -> dict:
+    """A Service of the backends: all those labelled app=bench-web, or
+    (``shared``) only those labelled bench-set=all too."""
+    selector = SHARED_LABELS if shared else WEB_LABELS
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "selector": WEB_LABELS,
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "selector": selector,
                      "ports": [{"name": "http", "protocol": "TCP", "port": SERVICE_PORT,
                                 "targetPort": TARGET_PORT}]}}
 
 
-def pod_doc(name: str, namespace: str, web: bool) -> dict:
+def pod_doc(name: str, namespace: str, web: bool, shared: bool = True) -> dict:
     """A backend (httpd serving its hostname, Ready once it answers kubelet's
-    probe) or the client (sleeping)."""
+    probe; of every Service, or only of those selecting app=bench-web alone
+    unless ``shared``) or the client (sleeping)."""
     container: dict[str, Any] = {"name": "main", "image": "busybox",
                                  "imagePullPolicy": "IfNotPresent"}
     if web:
@@ -173,7 +183,8 @@ def pod_doc(name: str, namespace: str, web: bool) -> dict:
         container["command"] = ["sleep", "3600"]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace,
-                         "labels": WEB_LABELS if web else {"app": CLIENT}},
+                         "labels": ((SHARED_LABELS if shared else WEB_LABELS) if web
+                                    else {"app": CLIENT})},
             "spec": {"containers": [container], "terminationGracePeriodSeconds": 0,
                      "automountServiceAccountToken": False, "enableServiceLinks": False}}
 
@@ -246,6 +257,12 @@ def table(result: dict) -> list[str]:
     lines.append(f"  endpoint change: new backend Ready -> its answers through the ClusterIP "
                  f"(s), p50 / max: {ready['p50']} / {ready['max']} "
                  f"(n={ready['n']}/{change['repeats']})")
+    fan_out = result.get("endpoint_change_all")
+    if fan_out:
+        ready = fan_out["ready_to_answer"]
+        lines.append(f"{'':4}the backend joining all {fan_out['services_changed']} Services at "
+                     f"once: p50 / max {ready['p50']} / {ready['max']} "
+                     f"(n={ready['n']}/{fan_out['repeats']})")
     for name in ("octavia", "neutron"):
         row = created[f"{name}_requests_per_service"]
         if row["n"]:
@@ -258,6 +275,10 @@ def table(result: dict) -> list[str]:
     lines.append(f"  delete -> load balancers gone (s): all {deleted['before']} after "
                  f"{deleted['all_gone_s']}; per load balancer p50 / max {gone['p50']} / "
                  f"{gone['max']}; leaked: {', '.join(deleted['leaked']) or 'none'}")
+    if "octavia_by_agent_until_gone" in deleted:
+        lines.append(f"{'':4}Octavia requests from the delete until gone, by client: "
+                     + json.dumps(deleted["octavia_by_agent_until_gone"])
+                     + f" (this benchmark's list GETs are {LIST_AGENT}'s)")
     return lines
 
 
@@ -433,7 +454,7 @@ class ServicesBench:
         used |= {lb.get("vip_address") or "" for lb in self.load_balancers()}
         return free_addresses(used | set(skip), count)
 
-    def create_one(self, name: str, address: str) -> dict:
+    def create_one(self, name: str, address: str, shared: bool) -> dict:
         """One Service: the client-side time from its POST to its first answer,
         and the requests Octavia and Neutron served meanwhile (until quiet)."""
         wait_quiet([self.octavia_log, self.neutron_log])
@@ -442,7 +463,7 @@ class ServicesBench:
         try:
             began = boottime()
             self.kube("POST", f"/api/v1/namespaces/{self.namespace}/services",
-                      service_doc(name, self.namespace, address))
+                      service_doc(name, self.namespace, address, shared))
             posted = boottime() - began
             self.services.append((name, address))
             lines = poller.wait()
@@ -470,7 +491,7 @@ class ServicesBench:
             name = f"bench-svc-{len(rows):02d}"
             address = addresses[len(rows)]
             try:
-                row = self.create_one(name, address)
+                row = self.create_one(name, address, shared=bool(rows))
             except urllib.error.HTTPError as exc:
                 text = exc.read().decode(errors="replace")
                 if "already allocated" not in text or len(skipped) >= count:
@@ -503,41 +524,58 @@ class ServicesBench:
                 "neutron_requests_by_agent": by_agent["neutron"],
                 "rows": rows}
 
-    def wait_members(self, service: str, addresses: set[str], limit: float = 60) -> bool:
-        """Until the Service's load balancer is settled with exactly ``addresses``
-        as members (a removed backend gone from it)."""
+    def settled(self, service: str, addresses: set[str]) -> bool:
+        """Whether the Service's load balancer is ACTIVE in every part, with
+        exactly ``addresses`` as members."""
+        tree = self.load_balancer_status(self.lb_name(service))
+        if tree is None:
+            return False
+        parts = [tree, *tree.get("listeners", [])]
+        members: set[str] = set()
+        for listener in tree.get("listeners", []):
+            for pool in listener.get("pools", []):
+                parts += [pool, *pool.get("members", [])]
+                members |= {m.get("address") for m in pool.get("members", [])}
+        return members == addresses and all(
+            p.get("provisioning_status", "ACTIVE") == "ACTIVE" for p in parts)
+
+    def wait_settled(self, names: Sequence[str], addresses: set[str],
+                     limit: float = 60) -> bool:
+        """Until every named Service's load balancer is settled on ``addresses``
+        (a backend removed gone from them; no change left for the controller)."""
         deadline = time.monotonic() + limit
+        left = list(names)
         while time.monotonic() < deadline:
-            tree = self.load_balancer_status(self.lb_name(service))
-            if tree is not None:
-                parts = [tree, *tree.get("listeners", [])]
-                members: set[str] = set()
-                for listener in tree.get("listeners", []):
-                    for pool in listener.get("pools", []):
-                        parts += [pool, *pool.get("members", [])]
-                        members |= {m.get("address") for m in pool.get("members", [])}
-                if members == addresses and all(
-                        p.get("provisioning_status", "ACTIVE") == "ACTIVE" for p in parts):
-                    return True
+            left = [n for n in left if not self.settled(n, addresses)]
+            if not left:
+                return True
             time.sleep(0.5)
+        self.log(f"note: load balancers of {', '.join(left)} did not settle on "
+                 f"{sorted(addresses)} within {limit:.0f} s")
         return False
 
-    def endpoint_change(self, repeats: int) -> dict:
-        """A third backend on the first Service: from this client seeing it
-        Ready to its hostname answering through the cluster IP."""
+    def backends(self) -> set[str]:
+        listed = json.loads(self.kubectl("get", "pods", "-n", self.namespace, "-l",
+                                         "app=bench-web", "-o", "json"))["items"]
+        return {p["status"]["podIP"] for p in listed}
+
+    def endpoint_change(self, repeats: int, shared: bool) -> dict:
+        """A third backend: from this client seeing it Ready to its hostname
+        answering through the first Service's cluster IP.  It joins the first
+        Service alone, or (``shared``) all of them."""
         if self.watch is None:
             raise StackError("the pod watch is not running")
         service, address = self.services[0]
-        backends = {p["status"]["podIP"] for p in json.loads(self.kubectl(
-            "get", "pods", "-n", self.namespace, "-l", "app=bench-web", "-o", "json"))["items"]}
+        touched = [n for n, _ in self.services] if shared else [service]
+        backends = self.backends()
         rows: list[dict[str, Any]] = []
         times: list[float] = []
         for i in range(repeats):
-            name = f"bench-web-new-{i}"
+            name = f"bench-web-{'all' if shared else 'new'}-{i}"
             poller = self.poller(address, name, ENDPOINT_TIMEOUT + READY_TIMEOUT, 3)
             try:
-                self.kubectl("apply", "-f", "-",
-                             input_text=json.dumps(pod_doc(name, self.namespace, True)))
+                self.kubectl("apply", "-f", "-", input_text=json.dumps(
+                    pod_doc(name, self.namespace, True, shared)))
                 self.kubectl("wait", "-n", self.namespace, "--for=condition=Ready",
                              f"pod/{name}", f"--timeout={READY_TIMEOUT:.0f}s",
                              timeout=READY_TIMEOUT + 30)
@@ -556,15 +594,13 @@ class ServicesBench:
             rows.append({"pod": name, "ready_seen_by": "watch" if seen_ready else "kubectl wait",
                          "ready_to_answer_s": None if first is None else times[-1],
                          "answers_before_ready": len(early)})
-            self.log(f"endpoint change {i + 1}/{repeats}: {name} answered "
-                     f"{rows[-1]['ready_to_answer_s']} s after it was Ready")
+            self.log(f"endpoint change{' (all Services)' if shared else ''} {i + 1}/{repeats}: "
+                     f"{name} answered {rows[-1]['ready_to_answer_s']} s after it was Ready")
             self.kubectl("delete", "pod", "-n", self.namespace, name, "--wait=true",
                          timeout=READY_TIMEOUT)
-            if not self.wait_members(service, backends):
-                self.log(f"note: {service}'s load balancer did not settle on "
-                         f"{sorted(backends)} within 60 s")
-        return {"service": service, "repeats": repeats, "ready_to_answer": summary(times),
-                "rows": rows}
+            self.wait_settled(touched, backends)
+        return {"service": service, "services_changed": len(touched), "repeats": repeats,
+                "ready_to_answer": summary(times), "rows": rows}
 
     def delete(self) -> dict:
         """Every Service deleted (one request), then Octavia listed until none of
@@ -606,7 +642,14 @@ class ServicesBench:
             result["create"] = self.create(count)
             self.log(f"services: endpoint change on {self.services[0][0]}, "
                      f"{ENDPOINT_REPEATS} times ...")
-            result["endpoint_change"] = self.endpoint_change(ENDPOINT_REPEATS)
+            result["endpoint_change"] = self.endpoint_change(ENDPOINT_REPEATS, shared=False)
+            if count > 1:
+                self.log(f"services: endpoint change on all {count} Services, "
+                         f"{ENDPOINT_REPEATS} times ...")
+                result["endpoint_change_all"] = self.endpoint_change(ENDPOINT_REPEATS,
+                                                                     shared=True)
+            # Nothing left for the controller to do: the delete is timed alone.
+            self.wait_settled([n for n, _ in self.services], self.backends())
             self.log("services: deleting the Services ...")
             result["delete"] = self.delete()
         finally:

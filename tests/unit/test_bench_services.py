@@ -61,10 +61,15 @@ def test_cluster_ips_skip_those_in_use_and_stay_in_the_range():
         services.free_addresses([], 3, first="10.96.255.253")
 
 
+def selects(service, pod):
+    labels = pod["metadata"]["labels"]
+    return all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+
+
 def test_the_service_asks_for_its_cluster_ip_and_selects_the_backends():
-    doc = services.service_doc("bench-svc-00", "ns", "10.96.210.10")
-    assert doc["spec"]["clusterIP"] == "10.96.210.10"
-    assert doc["spec"]["selector"] == {"app": "bench-web"}
+    doc = services.service_doc("bench-svc-01", "ns", "10.96.210.11")
+    assert doc["spec"]["clusterIP"] == "10.96.210.11"
+    assert doc["spec"]["selector"] == {"app": "bench-web", "bench-set": "all"}
     assert doc["spec"]["ports"] == [{"name": "http", "protocol": "TCP", "port": 80,
                                      "targetPort": 8080}]
     json.dumps(doc)
@@ -72,13 +77,24 @@ def test_the_service_asks_for_its_cluster_ip_and_selects_the_backends():
 
 def test_backends_serve_their_hostname_and_the_client_is_no_backend():
     web = services.pod_doc("bench-web-0", "ns", web=True)
-    assert web["metadata"]["labels"] == {"app": "bench-web"}
+    assert web["metadata"]["labels"] == {"app": "bench-web", "bench-set": "all"}
     container = web["spec"]["containers"][0]
     assert "hostname > /var/www/index.html" in container["command"][-1]
     assert container["readinessProbe"]["httpGet"]["port"] == 8080
     client = services.pod_doc("bench-client", "ns", web=False)
-    assert client["metadata"]["labels"] != {"app": "bench-web"}
+    assert client["metadata"]["labels"].get("app") != "bench-web"
     assert "readinessProbe" not in client["spec"]["containers"][0]
+
+
+def test_a_backend_joins_the_first_service_alone_or_all_of_them():
+    first = services.service_doc("bench-svc-00", "ns", "10.96.210.10", shared=False)
+    other = services.service_doc("bench-svc-01", "ns", "10.96.210.11")
+    base = services.pod_doc("bench-web-0", "ns", web=True)
+    alone = services.pod_doc("bench-web-new-0", "ns", web=True, shared=False)
+    client = services.pod_doc("bench-client", "ns", web=False)
+    assert [selects(first, base), selects(other, base)] == [True, True]
+    assert [selects(first, alone), selects(other, alone)] == [True, False]
+    assert [selects(first, client), selects(other, client)] == [False, False]
 
 
 def test_the_poller_script_is_valid_shell():
@@ -131,9 +147,12 @@ def result(p50=3.3, answered=10, leaked=(), before=10):
                        "neutron_requests_by_agent": {"octavia-api": 190}},
             "endpoint_change": {"repeats": 3, "ready_to_answer": {
                 "n": 3, "p50": 2.7, "p99": 3.4, "max": 3.4}},
+            "endpoint_change_all": {"repeats": 3, "services_changed": 10, "ready_to_answer": {
+                "n": 3, "p50": 6.5, "p99": 7.9, "max": 7.9}},
             "delete": {"before": before, "all_gone_s": None if leaked else 6.1,
                        "per_load_balancer": {"n": 10, "p50": 5.9, "p99": 6.1, "max": 6.1},
-                       "leaked": list(leaked)}}
+                       "leaked": list(leaked),
+                       "octavia_by_agent_until_gone": {"cli.py": 40, "Python-urllib/3.11": 70}}}
 
 
 def test_services_targets():
@@ -153,7 +172,9 @@ def test_the_services_table_says_there_is_no_baseline():
     assert "no baseline" in text
     assert "3.3 / 4.0 / 4.2  (10/10 answered)" in text
     assert "p50 / max: 2.7 / 3.4 (n=3/3)" in text
+    assert "joining all 10 Services at once: p50 / max 6.5 / 7.9 (n=3/3)" in text
     assert "leaked: none" in text
+    assert '{"cli.py": 40, "Python-urllib/3.11": 70}' in text
 
 
 @pytest.mark.parametrize(("argv", "pods", "services_run"), [
