@@ -70,6 +70,9 @@ ENDPOINT_REPEATS = 3
 ENDPOINT_TIMEOUT = 60.0  # a new backend's first answer after it is Ready
 GONE_TIMEOUT = 60.0  # every load balancer of the namespace after the Services' delete
 POLL_INTERVAL = 0.1
+# The CNI daemon records a new pod on its port once starts have been quiet for 3 s
+# (kuryr.k8s.cni_daemon.LULL_QUIET): those writes must not count as a Service's.
+SETUP_QUIET_SECONDS = 6.0
 # The issue's target (kuryr-kubernetes with amphorae took minutes).
 FIRST_CONNECTION_P50_TARGET_S = 5.0
 BASELINE_NOTE = ("no baseline: kube-proxy implements cluster IPs in the host's netfilter, "
@@ -309,15 +312,16 @@ class AccessLog:
             return []
 
 
-def wait_quiet(logs: Sequence[AccessLog], limit: float = 30) -> bool:
-    """Until none of ``logs`` has grown for QUIET_SECONDS (at most ``limit``)."""
+def wait_quiet(logs: Sequence[AccessLog], limit: float = 30,
+               quiet: float = QUIET_SECONDS) -> bool:
+    """Until none of ``logs`` has grown for ``quiet`` seconds (at most ``limit``)."""
     seen: tuple[int, ...] = ()
     quiet_since, deadline = time.monotonic(), time.monotonic() + limit
     while time.monotonic() < deadline:
         now = tuple(log.size() for log in logs)
         if now != seen:
             seen, quiet_since = now, time.monotonic()
-        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+        elif time.monotonic() - quiet_since >= quiet:
             return True
         time.sleep(0.25)
     return False
@@ -638,6 +642,8 @@ class ServicesBench:
                      f"{self.namespace} ...")
             self.start_pods(BACKENDS, web=True)
             self.start_pods([CLIENT], web=False)
+            wait_quiet([self.octavia_log, self.neutron_log], limit=60,
+                       quiet=SETUP_QUIET_SECONDS)
             self.log(f"services: {count} Services, one after another ...")
             result["create"] = self.create(count)
             self.log(f"services: endpoint change on {self.services[0][0]}, "
