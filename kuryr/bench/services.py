@@ -52,7 +52,7 @@ from typing import IO, Any
 
 from kuryr.aio import keystone, kubernetes
 from kuryr.aio.layout import Layout
-from kuryr.aio.procs import StackError
+from kuryr.aio.procs import StackError, alive, read_pid
 from kuryr.bench.k8s import QUIET_SECONDS, PodWatch, requests_by_method, summary
 
 MAX_SERVICES = 30  # every load test is bounded
@@ -192,6 +192,20 @@ def pod_doc(name: str, namespace: str, web: bool, shared: bool = True) -> dict:
                      "automountServiceAccountToken": False, "enableServiceLinks": False}}
 
 
+def emergencies(lines: Iterable[str]) -> list[str]:
+    """ovs-vswitchd's log lines of an abort (an assertion failed, a fatal signal)."""
+    return [line.strip() for line in lines if "|EMER|" in line]
+
+
+def switch_report(before: int | None, after: int | None, running: bool,
+                  log_lines: Iterable[str]) -> dict[str, Any]:
+    """Whether the ovs-vswitchd of the run's start is the one running at its
+    end (a crash kills every pod's traffic until `kuryr-aio up` restarts it)."""
+    return {"pid_before": before, "pid_after": after,
+            "survived": before is not None and before == after and running,
+            "emergencies": emergencies(log_lines)}
+
+
 def load_balancers_of(listed: Sequence[dict], namespace: str) -> list[str]:
     """Names of Octavia's load balancers (a GET of the list) that Kuryr made
     for ``namespace``'s Services, DELETED ones left out."""
@@ -238,11 +252,18 @@ def checks(result: dict) -> list[tuple[str, bool, str]]:
     gone_detail = f"{deleted['before']} before the delete, {len(leaked)} left"
     gone_detail += f": {', '.join(leaked)}" if leaked else \
         f", all gone after {deleted['all_gone_s']} s"
-    return [
+    found = [
         (first, answered == count and p50 is not None and p50 <= FIRST_CONNECTION_P50_TARGET_S,
          f"{answered}/{count} answered, p50 {p50} s"),
         (gone, not leaked and deleted["before"] == count, gone_detail),
     ]
+    switch = result.get("ovs_vswitchd")
+    if switch is not None:
+        detail = f"pid {switch['pid_before']} -> {switch['pid_after']}"
+        if switch["emergencies"]:
+            detail += f"; {switch['emergencies'][-1]}"
+        found.append(("Services: ovs-vswitchd survived the run", switch["survived"], detail))
+    return found
 
 
 def table(result: dict) -> list[str]:
@@ -274,6 +295,9 @@ def table(result: dict) -> list[str]:
                          f"mean by method {json.dumps(row['mean_by_method'])}")
         lines.append(f"{'':4}by client, all {created['services']} creates: "
                      + json.dumps(created[f"{name}_requests_by_agent"]))
+    switch = result.get("ovs_vswitchd")
+    if switch is not None and not switch["survived"]:
+        lines.append(f"  ovs-vswitchd died during the run: {'; '.join(switch['emergencies'])}")
     gone = deleted["per_load_balancer"]
     lines.append(f"  delete -> load balancers gone (s): all {deleted['before']} after "
                  f"{deleted['all_gone_s']}; per load balancer p50 / max {gone['p50']} / "
@@ -384,6 +408,8 @@ class ServicesBench:
         self.log = log
         self.namespace = f"kuryr-bench-svc-{uuid.uuid4().hex[:6]}"
         self.octavia_log = AccessLog(layout.log("octavia-access"))
+        self.switch_log = AccessLog(layout.log("ovs-vswitchd"))
+        self.switch_pid = layout.ovs_run / "ovs-vswitchd.pid"
         self.neutron_log = AccessLog(layout.log("neutron-access"))
         pki = kubernetes.pki_of(layout)
         self._ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -633,7 +659,18 @@ class ServicesBench:
                 "octavia_by_agent_until_gone": requests_by_agent(requests)}
 
     # -- the run ------------------------------------------------------------------------
+    def switch(self, before: int | None, offset: int) -> dict[str, Any]:
+        after = read_pid(self.switch_pid)
+        report = switch_report(before, after, alive(after, "ovs-vswitchd"),
+                               self.switch_log.since(offset))
+        if not report["survived"]:
+            self.log(f"ovs-vswitchd did not survive the run (pid {before} -> {after}): "
+                     + "; ".join(report["emergencies"][-1:])
+                     + " -- `kuryr-aio up` starts it again")
+        return report
+
     def run(self, count: int) -> dict:
+        switch_before, switch_offset = read_pid(self.switch_pid), self.switch_log.size()
         self.kubectl("create", "namespace", self.namespace)
         result: dict[str, Any] = {"namespace": self.namespace, "baseline": BASELINE_NOTE}
         try:
@@ -659,6 +696,7 @@ class ServicesBench:
             self.log("services: deleting the Services ...")
             result["delete"] = self.delete()
         finally:
+            result["ovs_vswitchd"] = self.switch(switch_before, switch_offset)
             if self.watch is not None:
                 self.watch.stop()
             self.log(f"services: deleting namespace {self.namespace} ...")

@@ -217,3 +217,25 @@ def test_services_alone_skip_the_pod_parts(monkeypatch, capsys, tmp_path, argv, 
     printed = capsys.readouterr().out
     assert ("pods table" in printed) is pods
     assert ("no baseline" in printed) is services_run
+
+
+def test_a_switch_that_died_during_the_run_fails_a_check():
+    crash = ("2026-12-01T05:57:21.861Z|00143|util|EMER|../lib/conntrack.c:1063: assertion "
+             "conn->conn_type == CT_CONN_TYPE_DEFAULT failed in conn_update_state()")
+    lines = ["2026-12-01T05:57:05.279Z|00142|connmgr|INFO|br-int<->unix#1: 50 flow_mods",
+             crash + "\n"]
+    assert services.emergencies(lines) == [crash]
+    died = services.switch_report(28823, 28823, False, lines)
+    assert died == {"pid_before": 28823, "pid_after": 28823, "survived": False,
+                    "emergencies": [crash]}
+    assert not services.switch_report(28823, 30001, True, [])["survived"]
+    assert not services.switch_report(None, None, False, [])["survived"]
+    assert services.switch_report(28823, 28823, True, lines[:1])["survived"]
+    found = result()
+    found["ovs_vswitchd"] = died
+    checks = services.checks(found)
+    assert [ok for _, ok, _ in checks] == [True, True, False]
+    assert "conntrack.c:1063" in checks[2][2]
+    assert "ovs-vswitchd died during the run" in "\n".join(services.table(found))
+    found["ovs_vswitchd"] = services.switch_report(1, 1, True, [])
+    assert [ok for _, ok, _ in services.checks(found)] == [True, True, True]
