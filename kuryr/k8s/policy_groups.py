@@ -10,12 +10,13 @@ their description, so a group made just before a crash is found again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kuryr import errors
-from kuryr.k8s.api import KubeApi
+from kuryr.k8s.api import KubeApi, ObjectGone
 from kuryr.k8s.events import NotReady, Obj, metadata
 from kuryr.k8s.policy import (
     EGRESS,
@@ -183,7 +184,10 @@ class PolicyGroups:
         self._delete_address_groups_except(uid, set())
         if FINALIZER in (meta.get("finalizers") or ()):
             remaining = [f for f in meta["finalizers"] if f != FINALIZER]
-            self._kube.patch_metadata("NetworkPolicy", policy, finalizers=remaining)
+            # Gone already: an earlier pass released it (its namespace's deletion
+            # may queue the policy's last update behind that pass).
+            with contextlib.suppress(ObjectGone):
+                self._kube.patch_metadata("NetworkPolicy", policy, finalizers=remaining)
 
     def _with_finalizer(self, policy: Obj) -> Obj:
         """Nothing is made in Neutron before the policy holds the finalizer:
