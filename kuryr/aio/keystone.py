@@ -30,7 +30,7 @@ from openstack import exceptions as os_exceptions
 
 from kuryr.aio import procs, venvs
 from kuryr.aio.layout import KEYSTONE_PORT, KEYSTONE_VERSION, Layout
-from kuryr.aio.mariadb import MariaDB, template, user_statements
+from kuryr.aio.mariadb import MariaDB, template
 from kuryr.aio.passwords import db_password
 from kuryr.neutron.client import Neutron, RequestCounter
 
@@ -375,10 +375,7 @@ class Keystone:
                       log=self.layout.log("keystone-install"), version=KEYSTONE_VERSION)
 
     def create_database(self) -> None:
-        mariadb = MariaDB(self.layout)
-        if mariadb.problems():
-            raise procs.StackError("keystone needs the stack's MariaDB running")
-        mariadb.sql(user_statements(DB_NAME, DB_USER, db_password(self.layout, DB_USER)))
+        MariaDB(self.layout).create_service_database("keystone", DB_NAME, DB_USER)
 
     def protect_config(self) -> None:
         """A config left by an earlier keystone mode (or an older kuryr-aio, which

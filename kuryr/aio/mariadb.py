@@ -99,5 +99,11 @@ class MariaDB:
             raise procs.StackError(f"MariaDB did not start (log: {self.layout.log('mariadb')})")
         self.sql(user_statements(DB_NAME, DB_USER, db_password(self.layout, DB_USER)))
 
+    def create_service_database(self, service: str, database: str, user: str) -> None:
+        """Another OpenStack service's database and user (its password set again)."""
+        if self.problems():
+            raise procs.StackError(f"{service} needs the stack's MariaDB running")
+        self.sql(user_statements(database, user, db_password(self.layout, user)))
+
     def down(self) -> None:
         procs.stop(self.pidfile, "mariadbd", timeout=30)

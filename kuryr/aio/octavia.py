@@ -32,7 +32,7 @@ from kuryr.aio.layout import (
     Layout,
     make_dir,
 )
-from kuryr.aio.mariadb import MariaDB, template, user_statements
+from kuryr.aio.mariadb import MariaDB, template
 from kuryr.aio.passwords import db_password
 
 OCTAVIA_PACKAGES = (f"octavia=={OCTAVIA_VERSION}",
@@ -172,10 +172,7 @@ class Octavia:
                       log=self.layout.log("octavia-install"), version=OCTAVIA_VERSION)
 
     def create_database(self) -> None:
-        mariadb = MariaDB(self.layout)
-        if mariadb.problems():
-            raise procs.StackError("octavia needs the stack's MariaDB running")
-        mariadb.sql(user_statements(DB_NAME, DB_USER, db_password(self.layout, DB_USER)))
+        MariaDB(self.layout).create_service_database("octavia", DB_NAME, DB_USER)
 
     def write_config(self) -> None:
         make_dir(self.dir / "lock", PRIVATE_DIR_MODE)
