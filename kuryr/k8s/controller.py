@@ -223,7 +223,7 @@ class ServiceEvents:
         service = self.service_store.get(event.key)
         if service is None:
             if event.type is EventType.DELETED:  # released already, or by hand: collect
-                self._services.remove(event.obj)
+                self._services.remove_deleted(event.obj)
             return  # Endpoints of a Service not seen (or gone): nothing to serve
         _, namespace, name = event.key.split("/", 2)
         self._services.apply(service, self.endpoints_store.get(f"Endpoints/{namespace}/{name}"))

@@ -206,11 +206,12 @@ class ServiceLoadBalancers:
 
     def _apply(self, service: Obj, endpoints: Obj | None) -> None:
         meta = metadata(service)
-        if meta.get("deletionTimestamp"):
-            self._remove(service)
-            return
-        if cluster_ip(service) is None:  # headless, ExternalName, or turned into one
-            self._remove(service)
+        if meta.get("deletionTimestamp") or cluster_ip(service) is None:
+            # Deleted, or headless / ExternalName (or turned into one): whatever
+            # Kuryr made goes.  Without its finalizer it made nothing (the
+            # finalizer comes first): no request for a headless Service's events.
+            if FINALIZER in (meta.get("finalizers") or ()):
+                self._remove(service)
             return
         if spec(service).get("selector") and endpoints is None:
             return  # the endpoints controller writes them shortly: their event comes
@@ -265,22 +266,25 @@ class ServiceLoadBalancers:
         if spec(service).get("type") != "LoadBalancer":
             if shown:
                 self._external.release(tag)
-                self._kube.patch_service_status(service, {"loadBalancer": {}})
+                self._kube.patch_service_status(service, {"loadBalancer": {"ingress": None}})
             return
         address = self._external.ensure(tag, seen.vip_port_id)
         if shown != [address]:
             self._kube.patch_service_status(service, {"loadBalancer": {
                 "ingress": [{"ip": address}]}})
 
-    def remove(self, service: Obj) -> None:
-        """The Service's load balancer (and floating IP) deleted, then its
-        finalizer released; NotReady while the backend is still busy with it."""
+    def remove_deleted(self, service: Obj) -> None:
+        """A Service the API server deleted (its DELETED event): its load
+        balancer, if it is still there (its finalizer was taken off by hand),
+        goes; nothing is left to release."""
         try:
-            self._remove(service)
+            self._remove(service, released=True)
         except Busy as exc:
             raise NotReady(str(exc)) from exc
 
-    def _remove(self, service: Obj) -> None:
+    def _remove(self, service: Obj, released: bool = False) -> None:
+        """The Service's load balancer (and floating IP) deleted, then its
+        finalizer released; NotReady while the backend is still busy with it."""
         meta = metadata(service)
         tag = owner_tag(str(meta.get("uid")))
         seen = self._driver.find(tag)
@@ -293,7 +297,8 @@ class ServiceLoadBalancers:
             raise NotReady(f"load balancer {seen.id} is being deleted")
         if self._external is not None:
             self._external.release(tag)
-        self._without_finalizer(service)
+        if not released:
+            self._without_finalizer(service)
 
     def _with_finalizer(self, service: Obj) -> Obj:
         finalizers = list(metadata(service).get("finalizers") or ())

@@ -314,4 +314,64 @@ def test_a_deleted_services_last_state_still_names_the_finalizer_and_that_is_fin
             raise ObjectGone("Service web is gone")
 
     services = ServiceLoadBalancers(FakeOctavia(), GoneKube(), MemberSubnets(list), SVC_SUBNET)
-    services.remove(_service())  # no load balancer, no error
+    services._remove(_service())  # a pass racing the deletion: no load balancer, no error
+
+
+def test_a_deleted_service_is_not_patched_and_its_leftover_load_balancer_goes():
+    octavia = FakeOctavia()
+    kube = Kube()
+    services = ServiceLoadBalancers(octavia, kube, MemberSubnets(list), SVC_SUBNET)
+    _converge(services, octavia, _service(), _endpoints())
+    patches = len(kube.finalizers)
+    with pytest.raises(NotReady):  # its finalizer was removed by hand: collected anyway
+        services.remove_deleted(_service())
+    services.remove_deleted(_service())
+    assert octavia.writes[-1] == "delete"
+    assert len(kube.finalizers) == patches
+
+
+def test_a_headless_service_costs_no_request():
+    class Untouchable(FakeOctavia):
+        def find(self, owner_tag):
+            raise AssertionError("no request for a Service Kuryr never handled")
+
+    headless = _service(clusterIP="None")
+    headless["metadata"]["finalizers"] = []
+    ServiceLoadBalancers(Untouchable(), Kube(), MemberSubnets(list), SVC_SUBNET).apply(
+        headless, _endpoints())
+
+
+class Floating:
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+
+    def ensure(self, tag, vip_port_id):
+        return self.held.setdefault(tag, "198.51.100.7")
+
+    def release(self, tag):
+        self.held.pop(tag, None)
+
+
+class StatusKube(Kube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[dict] = []
+
+    def patch_service_status(self, service, status):
+        self.statuses.append(status)
+
+
+def test_type_load_balancer_shows_its_floating_ip_and_loses_it_when_the_type_changes():
+    octavia, kube, floating = FakeOctavia(), StatusKube(), Floating()
+    services = ServiceLoadBalancers(octavia, kube, MemberSubnets(list), SVC_SUBNET, floating)
+    public = _service(type="LoadBalancer")
+    _converge(services, octavia, public, _endpoints())
+    assert kube.statuses == [{"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}]
+    public["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}
+    services.apply(public, _endpoints())  # shown already: no second patch
+    assert len(kube.statuses) == 1
+    private = {**public, "spec": {**public["spec"], "type": "ClusterIP"}}
+    services.apply(private, _endpoints())
+    assert floating.held == {}
+    # A JSON merge patch removes a key only when it names it with null.
+    assert kube.statuses[-1] == {"loadBalancer": {"ingress": None}}
