@@ -208,7 +208,10 @@ class ServiceEvents:
         self._services = services
         self.service_store = Store("Service")
         self.endpoints_store = Store("Endpoints")
-        self.queue = KeyedQueue(self._handle, workers=SERVICE_WORKERS, retry=SERVICE_RETRY)
+        # A burst of pods changes one Endpoints many times while its load balancer
+        # is busy: one pass serves them all.
+        self.queue = KeyedQueue(self._handle, workers=SERVICE_WORKERS, retry=SERVICE_RETRY,
+                                coalesce=True)
         self.watchers = [
             Watcher("Service", source, self.service_store, self.queue.put),
             Watcher("Endpoints", source, self.endpoints_store, self._endpoints_changed),

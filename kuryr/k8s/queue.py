@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kuryr.k8s.events import Event, NotReady
+from kuryr.k8s.events import Event, EventType, NotReady
 
 LOG = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ class KeyedQueue:
     """Owns its worker threads: start() and stop() them."""
 
     def __init__(self, handler: Handler, workers: int = 4,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, coalesce: bool = False) -> None:
+        """``coalesce``: the handler reads the object's newest state from the
+        watch cache, so an event waiting behind another of the same object is
+        replaced by a newer one (a DELETED is never merged)."""
         self._handler = handler
+        self._coalesce = coalesce
         self._workers = workers
         self._retry = retry or RetryPolicy()
         self._cond = threading.Condition()
@@ -67,6 +71,10 @@ class KeyedQueue:
             pending = self._pending.get(event.key)
             if pending is None:
                 pending = self._pending[event.key] = _Pending(collections.deque())
+            if self._coalesce and len(pending.events) > 1 \
+                    and EventType.DELETED not in (event.type, pending.events[-1].type):
+                pending.events[-1] = event  # the head may be running: never replaced
+                return
             pending.events.append(event)
             if not pending.busy and len(pending.events) == 1:
                 self._ready.append(event.key)

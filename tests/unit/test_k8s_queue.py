@@ -148,3 +148,33 @@ def test_stop_ends_the_workers():
     queue.start()
     queue.stop(timeout=2)
     assert not [t for t in threading.enumerate() if t.name.startswith("k8s-worker-")]
+
+
+def test_a_coalescing_queue_keeps_the_running_event_the_newest_waiting_one_and_deletions():
+    release = threading.Event()
+    seen = []
+
+    def handler(ev):
+        seen.append((ev.type, ev.obj["metadata"]["resourceVersion"]))
+        if len(seen) == 1:
+            release.wait(5)
+
+    queue = KeyedQueue(handler, workers=1, retry=FAST, coalesce=True)
+    queue.start()
+    try:
+        queue.put(event("a", "1"))
+        deadline = time.monotonic() + 5
+        while not seen:  # the first is running
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for version in range(2, 30):
+            queue.put(event("a", str(version)))
+        queue.put(event("a", "30", EventType.DELETED))
+        queue.put(event("a", "31"))
+        queue.put(event("a", "32"))
+        release.set()
+        wait_idle(queue)
+    finally:
+        queue.stop()
+    assert seen == [(EventType.MODIFIED, "1"), (EventType.MODIFIED, "29"),
+                    (EventType.DELETED, "30"), (EventType.MODIFIED, "32")]
