@@ -375,3 +375,54 @@ def test_type_load_balancer_shows_its_floating_ip_and_loses_it_when_the_type_cha
     assert floating.held == {}
     # A JSON merge patch removes a key only when it names it with null.
     assert kube.statuses[-1] == {"loadBalancer": {"ingress": None}}
+
+
+class Response:
+    def __init__(self, status: int, body: dict | None = None) -> None:
+        import json as _json
+        self.status_code = status
+        self.content = _json.dumps(body).encode() if body is not None else b""
+        self.text = self.content.decode()
+        self.headers = {"content-type": "application/json"}
+        self._body = body
+
+    def json(self):
+        return self._body
+
+
+class Adapter:
+    """openstacksdk's adapter as Octavia answers: canned responses by (method, path)."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.sent: list[tuple[str, str, dict | None]] = []
+
+    def request(self, path, method, json=None):
+        self.sent.append((method, path, json))
+        return self.answers[(method, path.split("?")[0])]
+
+
+def test_octavia_finds_by_tag_reads_the_status_tree_and_maps_409_to_busy():
+    from kuryr.lbaas.model import Busy
+    from kuryr.lbaas.octavia import Octavia
+
+    lb = {"id": "lb1", "provisioning_status": "ACTIVE", "vip_address": "10.96.0.20",
+          "vip_port_id": "vp"}
+    adapter = Adapter({
+        ("GET", "/lbaas/loadbalancers"): Response(200, {"loadbalancers": [lb]}),
+        ("GET", "/lbaas/loadbalancers/lb1/status"): Response(200, {"statuses": {
+            "loadbalancer": {"listeners": []}}}),
+        ("PUT", "/lbaas/pools/p1/members"): Response(409, {"faultstring": "immutable"}),
+        ("DELETE", "/lbaas/loadbalancers/lb1"): Response(404),
+    })
+    octavia = Octavia(adapter, "ovn")
+    seen = octavia.find("kuryr.k8s.svc:u1")
+    assert seen is not None
+    assert seen.vip_port_id == "vp"
+    assert adapter.sent[0][1] == "/lbaas/loadbalancers?tags=kuryr.k8s.svc:u1"
+    with pytest.raises(Busy):
+        octavia.replace_members("p1", [Member("10.244.1.5", 8080, "p")])
+    assert adapter.sent[-1][2] == {"members": [
+        {"address": "10.244.1.5", "protocol_port": 8080, "subnet_id": "p"}]}
+    octavia.delete("lb1")  # gone already: fine
+    assert adapter.sent[-1][1] == "/lbaas/loadbalancers/lb1?cascade=true"
