@@ -346,8 +346,12 @@ class Forwarder:
             upstream = await self.loop.run_in_executor(
                 None, self.sockets.create, target.netns, family, socket.SOCK_STREAM)
             upstream.setblocking(False)
-            await asyncio.wait_for(self.loop.sock_connect(
-                upstream, (target.address, published.container_port)), CONNECT_TIMEOUT)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancellation that comes as the connect completes, and the relay of a
+            # listener being closed would then go on (flaked once in CI).
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self.loop.sock_connect(upstream, (target.address,
+                                                        published.container_port))
             _keepalive(upstream)
             return upstream
         except (TimeoutError, OSError) as exc:
@@ -386,7 +390,8 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     gets the reply).  Errors and the idle timeout are raised."""
     while True:
         try:
-            data = await asyncio.wait_for(reader.read(RELAY_CHUNK), max(idle.left(), 0))
+            async with asyncio.timeout(max(idle.left(), 0)):  # not wait_for: see above
+                data = await reader.read(RELAY_CHUNK)
         except TimeoutError:
             if idle.left() > 0:
                 continue  # the other direction carried data meanwhile
@@ -396,7 +401,8 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         idle.touch()
         writer.write(data)
         try:
-            await asyncio.wait_for(writer.drain(), max(idle.left(), 1))
+            async with asyncio.timeout(max(idle.left(), 1)):
+                await writer.drain()
         except TimeoutError:
             raise _IdleTimeout from None  # the receiver stopped reading
     if writer.can_write_eof():
