@@ -1,7 +1,6 @@
 """kuryr-aio's Octavia (OVN provider): its config, its keystone settings and
 its place in the stack (pure parts; the real stack runs it with `up --k8s`)."""
 
-import configparser
 
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import noauth
@@ -11,17 +10,15 @@ from oslo_config import cfg
 from kuryr.aio import keystone, octavia, stack
 from kuryr.aio.layout import OCTAVIA_VERSION, OVN_OCTAVIA_PROVIDER_VERSION, Layout
 
+from .ini import parse_ini
+
 
 def _layout(tmp_path):
     return Layout(base=tmp_path / "base", run=tmp_path / "run", host="h1",
                   cache=tmp_path / "cache")
 
 
-def _ini(text):
-    parser = configparser.ConfigParser(interpolation=None, default_section="-")
-    parser.optionxform = str
-    parser.read_string(text)
-    return parser
+_ini = parse_ini
 
 
 def _component(tmp_path):

@@ -1,4 +1,3 @@
-import configparser
 import sys
 
 import pytest
@@ -12,17 +11,14 @@ from kuryr.aio.layout import KEYSTONE_VERSION, Layout
 from kuryr.aio.neutron_server import NeutronServer
 from kuryr.aio.plugin import KuryrPlugin
 
+from .ini import parse_ini
+
 
 def _layout(tmp_path):
     return Layout(base=tmp_path / "base", run=tmp_path / "run", host="h1")
 
 
-def _ini(text):
-    # [DEFAULT] as a section of its own, not inherited by the others.
-    parser = configparser.ConfigParser(interpolation=None, default_section="-")
-    parser.optionxform = str
-    parser.read_string(text)
-    return parser
+_ini = parse_ini
 
 
 def test_keystone_conf_points_at_the_stack(tmp_path):
