@@ -33,6 +33,10 @@ class Conflict(KuryrError):
     status = 409
 
 
+class StaleRevision(Conflict):
+    """A compare-and-swap write lost: the resource changed since it was read."""
+
+
 class BackendUnavailable(KuryrError):
     """Neutron or Open vSwitch did not answer, or answered with a server error."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 
 from kuryr import errors
+from kuryr.core.placement import Placement
 from kuryr.neutron import marks
 from kuryr.neutron.types import Port
 
@@ -31,8 +32,9 @@ def describe(port: Port) -> str:
     return f"Neutron port {port.id} ({owner}{device}{where})"
 
 
-def claim(port: Port, owners: marks.Owners, host: str, endpoint_id: str = "") -> Claim:
-    """May the front end owning ``owners`` on ``host`` use ``port`` for
+def claim(port: Port, owners: marks.Owners, placement: Placement,
+          endpoint_id: str = "") -> Claim:
+    """May the front end owning ``owners`` where ``placement`` says use ``port`` for
     ``endpoint_id``?  When not, a Conflict whose message names the holder: the
     port and its owner (another front end's port is never claimed)."""
     if port.device_owner.startswith(NEUTRON_OWNER_PREFIX):
@@ -40,13 +42,13 @@ def claim(port: Port, owners: marks.Owners, host: str, endpoint_id: str = "") ->
     if endpoint_id and port.device_id == endpoint_id:
         return Claim.OURS  # Docker replays CreateEndpoint after a Kuryr restart
     if port.device_owner in owners.all:
-        if port.binding_host_id != host:
-            raise errors.Conflict(f"a container of another host: {describe(port)}")
+        if not placement.holds(port):
+            raise errors.Conflict(f"a container of another host or VM: {describe(port)}")
         if port.device_id:
             raise errors.Conflict(f"another endpoint: {describe(port)}")
         return Claim.OURS
     if not port.device_owner and not port.device_id:
-        if port.binding_host_id and port.binding_host_id != host:
+        if port.binding_host_id and port.binding_host_id != placement.binding_host_id:
             raise errors.Conflict(f"a port bound elsewhere: {describe(port)}")
         return Claim.USER_PRECREATED
     raise errors.Conflict(f"{describe(port)}; Kuryr uses only ports it made or ports "

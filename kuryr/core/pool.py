@@ -25,6 +25,7 @@ from kuryr.core.background import Background
 from kuryr.core.binder import Binder, vif_of
 from kuryr.core.lull import Lull
 from kuryr.core.model import NetworkRecord
+from kuryr.core.placement import OnHost, Placement
 from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import NewPort, Port
@@ -45,8 +46,10 @@ class PortPool:
     def __init__(self, neutron: Neutron, binder: Binder, background: Background, host: str,
                  default_size: int, default_bridge: str, *, owners: marks.Owners,
                  security_group_ids: tuple[str, ...] = (), lull: Lull | None = None,
-                 batch: int = MAX_BULK) -> None:
+                 batch: int = MAX_BULK, placement: Placement | None = None) -> None:
         self.neutron = neutron
+        # Where pooled ports live: bound to ``host``, or (nested) attached to a VM.
+        self.placement: Placement = placement or OnHost(host)
         self.owners = owners
         # Made with the front end's groups, so a taken port needs no PUT for them.
         self.security_group_ids = security_group_ids
@@ -262,9 +265,16 @@ class PortPool:
         started = time.monotonic()
         created = self.neutron.create_ports([NewPort(
             network_id=net.neutron_id, fixed_ips=fixed_ips,
-            device_owner=self.owners.pool, binding_host_id=self.host,
-            name=marks.POOL_PORT_NAME, security_group_ids=self.security_group_ids)
+            device_owner=self.owners.pool, binding_host_id=self.placement.binding_host_id,
+            tags=self.placement.tags, name=marks.POOL_PORT_NAME,
+            security_group_ids=self.security_group_ids)
             for _ in range(missing)])
+        try:
+            self.placement.attach(created)  # nested: all sub-ports in 1 PUT
+        except Exception:
+            for port in created:
+                self.neutron.delete_port(port.id)
+            raise
         plugging = time.monotonic()
         ready = []
         for port in created:
@@ -272,6 +282,7 @@ class PortPool:
                 self.binder.plug(vif_of(port, net.mtu, self.default_bridge))
             except Exception as exc:  # noqa: BLE001 - never leave an unplugged pool port
                 LOG.warning("pool port %s: cannot plug: %s", port.id, exc)
+                self.placement.detach([port])
                 self.neutron.delete_port(port.id)
                 continue
             ready.append(port)
@@ -297,12 +308,15 @@ class PortPool:
         # A recycled port may still have its return-to-pool PUT queued.
         self.background.cancel(port.id)
         self.binder.unplug(vif_of(port, None, self.default_bridge))
+
+        def delete() -> None:
+            self.placement.detach([port])
+            self.neutron.delete_port(port.id)
         if later:
-            self.background.submit(port.id, f"delete pooled port {port.id}",
-                                   lambda: self.neutron.delete_port(port.id),
+            self.background.submit(port.id, f"delete pooled port {port.id}", delete,
                                    group=port.network_id)
         else:
-            self.neutron.delete_port(port.id)
+            delete()
 
     # -- network removal and restarts ---------------------------------------------------------
     def drain(self, net: NetworkRecord) -> None:
@@ -328,7 +342,7 @@ class PortPool:
         # Pooled ports this process may not know (made before a restart).
         for port in self.neutron.ports(network_id=net.neutron_id,
                                        device_owner=self.owners.pool,
-                                       binding_host_id=self.host):
+                                       **self.placement.port_filters()):
             if self._is_free(port) or not self.binder.is_plugged(
                     vif_of(port, None, self.default_bridge)):
                 self._delete_pooled_port(port)
@@ -351,7 +365,7 @@ class PortPool:
         was killed between CreateEndpoint and Docker moving the interface)."""
         free = 0
         ports = self.neutron.ports(device_owner=self.owners.pool,
-                                   binding_host_id=self.host)
+                                   **self.placement.port_filters())
         with self._lock:
             self._known.update(p.network_id for p in ports)
         for port in ports:

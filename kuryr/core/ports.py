@@ -32,6 +32,7 @@ from kuryr.core.background import Background
 from kuryr.core.binder import Binder, vif_of
 from kuryr.core.model import Lease, NetworkRecord
 from kuryr.core.naming import Naming
+from kuryr.core.placement import OnHost, Placement
 from kuryr.core.pool import PortPool
 from kuryr.core.state import State
 from kuryr.neutron import marks
@@ -55,6 +56,12 @@ class Settings:
     plug_timeout: float = 30.0
     plug_is_fatal: bool = True
     security_group_ids: tuple[str, ...] = ()  # of every port made; empty: the default
+    # Where the ports live (bound to ``host``, or nested in a VM); OnHost(host) if None.
+    placement: Placement | None = None
+
+    @property
+    def where(self) -> Placement:
+        return self.placement or OnHost(self.host)
 
 
 @dataclass(frozen=True)
@@ -184,18 +191,30 @@ class PortLifecycle:
     def _create_or_adopt(self, net: NetworkRecord, fixed_ips: list[dict[str, str]],
                          wanted: str | None, name: str, mac: str,
                          endpoint_id: str = "") -> Port:
+        placement = self.settings.where
         new = NewPort(network_id=net.neutron_id, fixed_ips=tuple(fixed_ips),
                       device_owner=self.settings.owners.unbound,
-                      binding_host_id=self.settings.host,
+                      binding_host_id=placement.binding_host_id, tags=placement.tags,
                       name=marks.PORT_NAME_PREFIX + (name or endpoint_id[:12] or "docker"),
                       mac_address=mac, security_group_ids=self.settings.security_group_ids,
                       dns_name=name if name and self.settings.dns_enabled else "")
         try:
-            return self.neutron.create_port(new)
+            port = self.neutron.create_port(new)
         except errors.Conflict as exc:
             if wanted is None:
                 raise
             return self._take_holder(net, wanted, mac, endpoint_id, exc)
+        self._attach_or_delete(port)
+        return port
+
+    def _attach_or_delete(self, port: Port) -> None:
+        """Nested: the new port joins the VM (a sub-port, or its addresses in the
+        VM port's pairs; 1 PUT); a port that cannot is deleted, not leaked."""
+        try:
+            self.settings.where.attach([port])
+        except Exception:
+            self.neutron.delete_port(port.id)
+            raise
 
     def _take_holder(self, net: NetworkRecord, address: str, mac: str, endpoint_id: str,
                      conflict: errors.Conflict) -> Port:
@@ -205,7 +224,7 @@ class PortLifecycle:
             raise errors.Conflict(f"address {address} is already in use") from conflict
         holder = holders[0]
         try:
-            claim = ownership.claim(holder, self.settings.owners, self.settings.host,
+            claim = ownership.claim(holder, self.settings.owners, self.settings.where,
                                     endpoint_id)
         except errors.Conflict as exc:
             raise errors.Conflict(f"address {address} is already in use by {exc}") \
@@ -239,15 +258,17 @@ class PortLifecycle:
         """A port a user made for Kuryr (no owner): tag it first, so a crash never
         leaves a user's port that looks like Kuryr's own (the garbage collector
         deletes those), then bind it only if nobody changed it meanwhile."""
-        tags = sorted({*holder.tags, marks.PORT_EXISTING_TAG})
+        placement = self.settings.where
+        tags = sorted({*holder.tags, marks.PORT_EXISTING_TAG, *placement.tags})
         self.neutron.set_port_tags(holder.id, tags)
         try:
             bound = self.neutron.update_port(
-                holder.id, binding_host_id=self.settings.host,
+                holder.id, binding_host_id=placement.binding_host_id,
                 device_owner=self.settings.owners.unbound,
                 mac_address=mac if mac and mac != holder.mac_address else None,
                 # The tag update above is one revision.
                 if_revision=holder.revision_number + 1)
+            placement.attach([bound])
         except errors.KuryrError as exc:
             self.neutron.set_port_tags(holder.id, list(holder.tags))
             raise errors.Conflict(f"pre-created {ownership.describe(holder)} changed while "
@@ -373,7 +394,7 @@ class PortLifecycle:
         ``lease``: the endpoint's, whose write is dropped if the endpoint went
         meanwhile (its port may serve another container by then).  ``given``:
         the front end's own record (CNI: the pod), written as is (no DNS)."""
-        host, owner = self.settings.host, self.settings.owners.container
+        host, owner = self.settings.where.binding_host_id, self.settings.owners.container
         record_as = given or EndpointRecord(
             device_id=endpoint_id,
             name=_name_for(port, endpoint_id, lease is not None and lease.adopted) or "")
@@ -387,7 +408,8 @@ class PortLifecycle:
                                          name=record_as.name or None,
                                          dns_name=dns_label or None)
                 if record_as.tags:
-                    self.neutron.set_port_tags(port.id, record_as.tags)
+                    self.neutron.set_port_tags(
+                        port.id, [*self.settings.where.tags, *record_as.tags])
             self.background.submit(port.id, f"record endpoint {endpoint_id[:12]} on port "
                                    f"{port.id}", write, group=network_id)
 
@@ -524,8 +546,9 @@ class PortLifecycle:
         groups = list(self.settings.security_group_ids) or None
         self.neutron.update_port(port_id, device_id="", device_owner=self.settings.owners.pool,
                                  name=marks.POOL_PORT_NAME, security_group_ids=groups)
-        if lease.record_tags or lease.port.tags:
-            self.neutron.set_port_tags(port_id, [])
+        own = self.settings.where.tags  # nested: the VM's tag stays
+        if lease.record_tags or set(lease.port.tags) != set(own):
+            self.neutron.set_port_tags(port_id, list(own))
 
     def _return_to_pool(self, net: NetworkRecord, lease: Lease) -> None:
         """In the unplug thread: the port is ready again, or (OVS refused) deleted."""
@@ -542,17 +565,25 @@ class PortLifecycle:
         group = lease.expose_group
         lease.expose_group = None
         self.background.cancel(port.id)
+        placement = self.settings.where
         if lease.adopted:
             groups = [g for g in port.security_group_ids if g != group]
-            self.background.submit(
-                port.id, f"give back adopted port {port.id}",
-                lambda: self.neutron.update_port(
-                    port.id, binding_host_id="", device_owner="", device_id="",
-                    security_group_ids=groups, description=""),
-                group=lease.network_id)
+
+            def give_back() -> None:
+                placement.detach([port])
+                self.neutron.update_port(
+                    port.id, binding_host_id="" if placement.binding_host_id else None,
+                    device_owner="", device_id="", security_group_ids=groups, description="")
+                if placement.tags:
+                    self.neutron.set_port_tags(
+                        port.id, [t for t in port.tags if t not in placement.tags])
+            self.background.submit(port.id, f"give back adopted port {port.id}", give_back,
+                                   group=lease.network_id)
         else:
-            self.background.submit(port.id, f"delete port {port.id}",
-                                   lambda: self.neutron.delete_port(port.id),
+            def delete() -> None:
+                placement.detach([port])  # nested: a sub-port cannot be deleted
+                self.neutron.delete_port(port.id)
+            self.background.submit(port.id, f"delete port {port.id}", delete,
                                    group=lease.network_id)
         if group:
             self.background.submit(port.id, f"delete security group {group}",
@@ -567,7 +598,7 @@ class PortLifecycle:
         still names the container it served before: its return to the pool and
         the next container's record were both queued when the process died."""
         lost = 0
-        for port in self.neutron.ports(binding_host_id=self.settings.host):
+        for port in self.neutron.ports(**self.settings.where.port_filters()):
             if port.device_owner not in self.settings.owners.all:
                 continue
             vif = vif_of(port, None, self.settings.default_bridge)
@@ -617,7 +648,7 @@ class PortLifecycle:
         took (1 GET)."""
         for port in self.neutron.ports(network_id=net.neutron_id, ip_address=address):
             if port.device_owner != self.settings.owners.unbound or port.device_id \
-                    or port.binding_host_id != self.settings.host:
+                    or not self.settings.where.holds(port):
                 continue
             lease = self.state.hand_out(port, net.neutron_id)
             self._dispose(net, lease)

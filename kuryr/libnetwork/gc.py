@@ -38,6 +38,7 @@ from kuryr import errors
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
 from kuryr.binding.vif import CONTAINER_PREFIX, HOST_PREFIX, VIF
+from kuryr.core.placement import OnHost, Placement
 from kuryr.libnetwork.networks import delete_emptied_user_pools
 from kuryr.localhttp import http_request
 from kuryr.neutron import marks
@@ -55,6 +56,7 @@ class Garbage:
     reason: str
     port_id: str = ""  # for ports and veths: the Neutron port (id or 11-char prefix)
     mac: str = ""
+    port: Port | None = None  # for ports: as listed (nested: detached before deletion)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name}: {self.reason}"
@@ -80,6 +82,12 @@ class Scope:
     user_pool_prefix: str = "kuryrPool"  # [DEFAULT] subnetpool_name_prefix
     # Whose ports: Docker's Kuryr's, or (the CNI daemon's collector) pods'.
     owners: marks.Owners = marks.DOCKER_OWNERS
+    # Where this Kuryr's ports are (nested: on a VM, by tag); OnHost(host) if None.
+    placement: Placement | None = None
+
+    @property
+    def where(self) -> Placement:
+        return self.placement or OnHost(self.host)
 
 
 def docker_network_ids(docker_uri: str, timeout: float = 10) -> set[str] | None:
@@ -117,7 +125,7 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     # the port listing below, so it is never mistaken for one without a port.
     links = netlink.link_names()
     managed = scope.ovs.managed_interfaces()
-    ports = scope.neutron.ports(binding_host_id=scope.host)
+    ports = scope.neutron.ports(**scope.where.port_filters())
     now = scope.neutron.counter.server_now()
     held = scope.held()
     found = _ports([p for p in ports if p.id not in held], links, grace_td, now, scope.owners)
@@ -142,7 +150,7 @@ def _ports(ports: list[Port], links: set[str], grace: datetime.timedelta,
             continue  # in use by a container, or a free pooled port
         adopted = marks.PORT_EXISTING_TAG in (port.tags or [])
         found.append(Garbage("adopted port" if adopted else "port", port.id, reason,
-                             port_id=port.id, mac=port.mac_address))
+                             port_id=port.id, mac=port.mac_address, port=port))
     return found
 
 
@@ -219,11 +227,12 @@ def _remove_network(scope: Scope, network_id: str) -> None:
     """Kuryr's own ports on it go first; a port of anyone else keeps it (Conflict)."""
     for port in scope.neutron.ports(network_id=network_id):
         if port.device_owner in marks.DOCKER_OWNERS.all \
-                and port.binding_host_id == scope.host \
+                and scope.where.holds(port) \
                 and marks.PORT_EXISTING_TAG not in port.tags:
             host_ifname = f"{HOST_PREFIX}{port.id[:11]}"
             scope.ovs.unplug(host_ifname)
             netlink.delete_link(host_ifname)
+            scope.where.detach([port])
             scope.neutron.delete_port(port.id)
     subnets = scope.neutron.subnets(network_id=network_id)
     scope.neutron.delete_network(network_id)
@@ -243,11 +252,14 @@ def _remove_one(scope: Scope, item: Garbage) -> None:
     host_ifname = f"{HOST_PREFIX}{item.port_id[:11]}"
     scope.ovs.unplug(host_ifname)
     netlink.delete_link(host_ifname)
+    if item.port is not None:
+        scope.where.detach([item.port])  # nested: off the VM's trunk / pairs first
     if item.kind == "port":
         scope.neutron.delete_port(item.name)
     elif item.kind == "adopted port":  # the user's: give it back unbound
-        scope.neutron.update_port(item.name, binding_host_id="", device_owner="",
-                                  device_id="")
+        scope.neutron.update_port(
+            item.name, binding_host_id="" if scope.where.binding_host_id else None,
+            device_owner="", device_id="")
 
 
 def run_once(scope: Scope, grace: float, dry_run: bool = False) -> list[Garbage]:

@@ -18,6 +18,7 @@ from kuryr.core import ranges
 from kuryr.core.background import Background
 from kuryr.core.binder import Binder, vif_of
 from kuryr.core.model import NetworkRecord, PendingPool
+from kuryr.core.placement import OnHost, Placement
 from kuryr.core.pool import PortPool
 from kuryr.core.state import State
 from kuryr.libnetwork import models
@@ -41,6 +42,12 @@ class NetworkSettings:
     default_bridge: str
     enable_dhcp: bool = False
     user_pool_prefix: str = "kuryrPool"  # kuryrPool-<cidr>: subnetpools of --subnet
+    # Where this Kuryr's ports are (nested: on a VM); OnHost(host) if None.
+    placement: Placement | None = None
+
+    @property
+    def where(self) -> Placement:
+        return self.placement or OnHost(self.host)
 
 
 def _truthy(value: object) -> bool:
@@ -297,7 +304,7 @@ class Networks:
         ports on a shared network are never touched."""
         in_use = self.state.ports_in_use()
         for port in self.neutron.ports(network_id=record.neutron_id,
-                                       binding_host_id=self.settings.host):
+                                       **self.settings.where.port_filters()):
             if port.device_owner not in marks.DOCKER_OWNERS.all or port.id in in_use \
                     or marks.PORT_EXISTING_TAG in port.tags:
                 continue
@@ -305,6 +312,7 @@ class Networks:
             if self.binder.is_plugged(vif) and not self.binder.is_free(vif):
                 continue  # its container end is in a container
             self.binder.unplug(vif)
+            self.settings.where.detach([port])
             self.neutron.delete_port(port.id)
 
 

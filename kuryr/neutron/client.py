@@ -46,6 +46,8 @@ from kuryr.neutron.types import (
     SecurityGroupRule,
     Subnet,
     SubnetPool,
+    SubPort,
+    Trunk,
 )
 
 
@@ -217,6 +219,8 @@ def translated_errors(what: str) -> Iterator[None]:
         raise errors.InvalidInput(f"{what}: {_neutron_message(exc)}") from exc
     except os_exc.HttpException as exc:
         status = getattr(exc, "status_code", None) or 500
+        if status == HTTPStatus.PRECONDITION_FAILED:  # an if_revision that no longer holds
+            raise errors.StaleRevision(f"{what}: {_neutron_message(exc)}") from exc
         if status in (401, 403):
             raise errors.BackendUnavailable(
                 f"{what}: Neutron refused Kuryr's credentials ({status}): "
@@ -589,14 +593,21 @@ class Neutron:
                     security_group_ids: list[str] | None = None,
                     description: str | None = None, mac_address: str | None = None,
                     fixed_ips: list[dict[str, str]] | None = None, name: str | None = None,
-                    dns_name: str | None = None, if_revision: int | None = None) -> Port:
+                    dns_name: str | None = None,
+                    allowed_address_pairs: Sequence[tuple[str, str]] | None = None,
+                    if_revision: int | None = None) -> Port:
         """1 PUT of the given attributes (None: unchanged).  With ``if_revision``
-        Neutron applies it only to that revision of the port (Conflict otherwise)."""
+        Neutron applies it only to that revision of the port (StaleRevision
+        otherwise)."""
         attrs = _filters(device_id=device_id, device_owner=device_owner,
                          binding_host_id=binding_host_id,
                          security_group_ids=security_group_ids, description=description,
                          mac_address=mac_address, fixed_ips=fixed_ips, name=name,
                          dns_name=dns_name)
+        if allowed_address_pairs is not None:
+            attrs["allowed_address_pairs"] = [
+                {"ip_address": ip, **({"mac_address": mac} if mac else {})}
+                for ip, mac in allowed_address_pairs]
         with translated_errors(f"update port {port_id}"):
             return Port.from_sdk(self.api.update_port(port_id, if_revision=if_revision,
                                                       **attrs))
@@ -614,17 +625,43 @@ class Neutron:
     def ports(self, network_id: str | None = None, device_id: str | None = None,
               device_owner: str | Sequence[str] | None = None,
               binding_host_id: str | None = None,
-              ip_address: str | None = None) -> list[Port]:
+              ip_address: str | None = None, tags: str | None = None,
+              mac_address: str | None = None) -> list[Port]:
         """1 GET (several device owners: ports with any of them)."""
         owners = device_owner if device_owner is None or isinstance(device_owner, str) \
             else list(device_owner)
         filters: dict[str, object] = _filters(
             network_id=network_id, device_id=device_id, device_owner=owners,
-            binding_host_id=binding_host_id)
+            binding_host_id=binding_host_id, tags=tags, mac_address=mac_address)
         if ip_address is not None:
             filters["fixed_ips"] = [f"ip_address={ip_address}"]
         with translated_errors("list ports"):
             return [Port.from_sdk(p) for p in self.api.ports(**filters)]
+
+
+    # -- trunks (nested: containers on a VM's trunk) ------------------------------------------
+    def trunk_of(self, parent_port_id: str) -> Trunk | None:
+        """The trunk whose parent is ``parent_port_id`` (1 GET)."""
+        with translated_errors(f"find the trunk of port {parent_port_id}"):
+            found = [Trunk.from_sdk(t) for t in self.api.trunks(port_id=parent_port_id)]
+        return found[0] if found else None
+
+    def get_trunk(self, trunk_id: str) -> Trunk:
+        """1 GET."""
+        with translated_errors(f"find trunk {trunk_id}"):
+            return Trunk.from_sdk(self.api.get_trunk(trunk_id))
+
+    def add_subports(self, trunk_id: str, sub_ports: Sequence[SubPort]) -> None:
+        """1 PUT for all of them; Conflict when a VLAN id or port is taken."""
+        body = [{"port_id": s.port_id, "segmentation_type": s.segmentation_type,
+                 "segmentation_id": s.segmentation_id} for s in sub_ports]
+        with translated_errors(f"add {len(body)} sub-ports to trunk {trunk_id}"):
+            self.api.add_trunk_subports(trunk_id, body)
+
+    def remove_subports(self, trunk_id: str, port_ids: Sequence[str]) -> None:
+        """1 PUT for all of them; NotFound when one is no sub-port of the trunk."""
+        with translated_errors(f"remove {len(port_ids)} sub-ports from trunk {trunk_id}"):
+            self.api.delete_trunk_subports(trunk_id, [{"port_id": p} for p in port_ids])
 
 
 def _filters(**given: object) -> dict[str, object]:

@@ -184,3 +184,11 @@ def host_mark(host: str) -> str:
     """Starts the description of what Kuryr makes for one host without a port to
     carry binding:host_id (security groups), so its garbage collector finds them."""
     return f"kuryr@{host}:"
+
+
+VM_TAG = "kuryr.vm:"  # nested: on every port Kuryr inside a VM made (<the VM's port id>)
+
+
+def vm_tag(vm_port_id: str) -> str:
+    """kuryr.vm:<the VM's port id>: 45 characters, unique per VM, never cut."""
+    return VM_TAG + vm_port_id

@@ -49,6 +49,9 @@ class Port:
     created_at: str = ""
     updated_at: str = ""
     revision_number: int = 0
+    # (ip_address, mac_address) pairs this port may also send from (a VM's port
+    # carrying containers' addresses); readable by the port's owner.
+    allowed_address_pairs: tuple[tuple[str, str], ...] = ()
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -73,6 +76,9 @@ class Port:
             dns_name=_text(getattr(res, "dns_name", "")), status=_text(res.status),
             created_at=_text(res.created_at), updated_at=_text(res.updated_at),
             revision_number=int(getattr(res, "revision_number", 0) or 0),
+            allowed_address_pairs=tuple(
+                (_text(p.get("ip_address")), _text(p.get("mac_address")))
+                for p in (getattr(res, "allowed_address_pairs", None) or ())),
         )
 
 
@@ -220,13 +226,40 @@ class PortForwarding:
 
 
 @dataclass(frozen=True)
+class SubPort:
+    port_id: str
+    segmentation_id: int  # the VLAN id the VM sees the port's frames tagged with
+    segmentation_type: str = "vlan"
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A VM port's trunk: its sub-ports reach the VM tagged with their VLAN id."""
+
+    id: str
+    port_id: str  # the parent: the VM's own port
+    name: str = ""
+    status: str = ""
+    sub_ports: tuple[SubPort, ...] = ()
+
+    @classmethod
+    def from_sdk(cls, res: Any) -> Trunk:  # noqa: ANN401 - openstacksdk's Trunk
+        return cls(id=_text(res.id), port_id=_text(res.port_id), name=_text(res.name),
+                   status=_text(getattr(res, "status", "")),
+                   sub_ports=tuple(SubPort(_text(s.get("port_id")),
+                                           int(s.get("segmentation_id") or 0),
+                                           _text(s.get("segmentation_type")) or "vlan")
+                                   for s in (res.sub_ports or ())))
+
+
+@dataclass(frozen=True)
 class NewPort:
     """What Kuryr asks Neutron for when it creates a port."""
 
     network_id: str
     fixed_ips: tuple[dict[str, str], ...]
     device_owner: str
-    binding_host_id: str
+    binding_host_id: str | None  # None: not sent (nested: Neutron binds it through the VM)
     name: str
     mac_address: str = ""
     dns_name: str = ""
@@ -237,9 +270,10 @@ class NewPort:
     def body(self) -> dict[str, object]:
         attrs: dict[str, object] = {
             "network_id": self.network_id, "fixed_ips": [dict(f) for f in self.fixed_ips],
-            "device_owner": self.device_owner, "binding_host_id": self.binding_host_id,
-            "name": self.name,
+            "device_owner": self.device_owner, "name": self.name,
         }
+        if self.binding_host_id is not None:
+            attrs["binding_host_id"] = self.binding_host_id
         for key in ("mac_address", "dns_name", "device_id"):
             if getattr(self, key):
                 attrs[key] = getattr(self, key)

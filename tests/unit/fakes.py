@@ -146,7 +146,8 @@ class FakeNeutron:
     def ports(self, network_id: str | None = None, device_id: str | None = None,
               device_owner: str | Sequence[str] | None = None,
               binding_host_id: str | None = None,
-              ip_address: str | None = None) -> list[Port]:
+              ip_address: str | None = None, tags: str | None = None,
+              mac_address: str | None = None) -> list[Port]:
         self.calls["ports"] += 1
         found = list(self.ports_.values())
         if device_owner is not None and not isinstance(device_owner, str):
@@ -159,6 +160,10 @@ class FakeNeutron:
                 found = [p for p in found if getattr(p, attr) == value]
         if ip_address is not None:
             found = [p for p in found if ip_address in p.addresses]
+        if tags is not None:
+            found = [p for p in found if tags in p.tags]
+        if mac_address is not None:
+            found = [p for p in found if p.mac_address == mac_address]
         return found
 
     def create_network(self, name: str, shared: bool = False) -> Network:

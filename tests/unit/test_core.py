@@ -17,6 +17,7 @@ from kuryr import errors
 from kuryr.core import ownership, ranges
 from kuryr.core.background import Background
 from kuryr.core.naming import Naming, NoNames
+from kuryr.core.placement import OnHost
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
@@ -249,7 +250,7 @@ def test_claim_refuses_ports_that_are_not_kuryrs(owner, device, host, needle):
     port = Port(id="p1", network_id="n", mac_address="m", device_owner=owner,
                 device_id=device, binding_host_id=host)
     with pytest.raises(errors.Conflict, match=needle) as caught:
-        ownership.claim(port, marks.DOCKER_OWNERS, HOST, "ep-mine")
+        ownership.claim(port, marks.DOCKER_OWNERS, OnHost(HOST), "ep-mine")
     assert "p1" in str(caught.value)
 
 

@@ -15,6 +15,7 @@ from kuryr.core import ownership
 from kuryr.core.background import Background
 from kuryr.core.model import NetworkRecord
 from kuryr.core.naming import NoNames
+from kuryr.core.placement import OnHost
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import EndpointRecord, PortLifecycle, Settings
 from kuryr.core.state import State
@@ -140,7 +141,7 @@ def test_the_other_front_ends_port_is_never_claimed(owners, theirs):
     port = Port(id="p1", network_id="n", mac_address="m", device_owner=theirs,
                 binding_host_id=HOST)
     with pytest.raises(errors.Conflict, match="p1"):
-        ownership.claim(port, owners, HOST)
+        ownership.claim(port, owners, OnHost(HOST))
     assert not ownership.is_this_hosts(port, owners, HOST)
 
 

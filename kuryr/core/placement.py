@@ -1,0 +1,266 @@
+"""Where this Kuryr's ports live, and what ties a Neutron port to it.
+
+On a host that is itself a Neutron/OVN chassis (``port_driver = veth``) Kuryr
+binds each port it makes to the host (binding:host_id) and knows its ports by
+that binding.  Inside a VM (nested) Kuryr may not bind anything (a VM's
+credentials have no binding rights); its ports reach the VM through the VM's
+own port, and are known by a tag naming that port, given in the same POST
+that makes them, so a crash never leaves a port nobody recognises:
+
+=================  =====================================  ==========================
+Placement          after a port is made / before delete   how Kuryr finds its ports
+=================  =====================================  ==========================
+OnHost             nothing                                binding:host_id = host
+TrunkSubports      sub-port of the VM port's trunk with   tag kuryr.vm:<VM port id>
+                   a VLAN id of its own / removed
+AddressPairs       its addresses join the VM port's       tag kuryr.vm:<VM port id>
+                   allowed_address_pairs / leave them
+=================  =====================================  ==========================
+
+The nested placements write only to the VM's trunk and the VM's port, both
+the VM owner's: what a non-admin user of the VM's project may do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from kuryr import errors
+from kuryr.neutron import marks
+from kuryr.neutron.client import Neutron
+from kuryr.neutron.types import Port, SubPort, Trunk
+
+LOG = logging.getLogger(__name__)
+
+VLAN_IDS = range(1, 4095)  # 802.1Q: 0 and 4095 are reserved
+CAS_ATTEMPTS = 20  # compare-and-swap rounds of one address-pairs change before giving up
+
+
+class Placement(Protocol):
+    host: str  # this Kuryr's name for where it runs ([DEFAULT] host)
+
+    @property
+    def binding_host_id(self) -> str | None:
+        """What ports Kuryr makes or takes are bound to; None: not sent."""
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Tags every port Kuryr makes carries from its POST on (and keeps)."""
+
+    def port_filters(self) -> dict[str, str]:
+        """Neutron list filters that select this Kuryr's ports (and maybe more)."""
+
+    def holds(self, port: Port) -> bool:
+        """``port`` is placed here: bound to this host / on this VM."""
+
+    def attach(self, ports: Sequence[Port]) -> None:
+        """Connect ports just made (or adopted) to where containers run; on failure
+        nothing is left attached and the caller deletes the ports."""
+
+    def detach(self, ports: Sequence[Port]) -> None:
+        """Undo attach before the ports are deleted or given back; ports that are
+        not attached (any more) are fine."""
+
+    def vlan_of(self, port_id: str) -> int | None:
+        """The VLAN id the port's frames carry on the VM's NIC (TrunkSubports)."""
+
+
+class OnHost:
+    """A chassis: ports bound to this host, nothing else to attach."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    @property
+    def binding_host_id(self) -> str:
+        return self.host
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return ()
+
+    def port_filters(self) -> dict[str, str]:
+        return {"binding_host_id": self.host}
+
+    def holds(self, port: Port) -> bool:
+        return port.binding_host_id == self.host
+
+    def attach(self, ports: Sequence[Port]) -> None:
+        """Binding them (in their POST) was all."""
+
+    def detach(self, ports: Sequence[Port]) -> None:
+        """Deleting them is all."""
+
+    def vlan_of(self, port_id: str) -> None:
+        return None
+
+
+class _OnVM:
+    """What both nested placements share: the VM's port and the tag naming it."""
+
+    def __init__(self, host: str, vm_port: Port) -> None:
+        self.host = host
+        self.vm_port = vm_port
+        self._tag = marks.vm_tag(vm_port.id)
+
+    @property
+    def binding_host_id(self) -> None:
+        return None  # Neutron binds what reaches a VM through the VM's port
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self._tag,)
+
+    def port_filters(self) -> dict[str, str]:
+        return {"tags": self._tag}
+
+    def holds(self, port: Port) -> bool:
+        return self._tag in port.tags
+
+
+class TrunkSubports(_OnVM):
+    """nested-vlan: each container port is a sub-port of the VM port's trunk.
+
+    VLAN ids are handed out here, the lowest free first (so an id is reused
+    after its sub-port goes), and only in memory under a lock that is never
+    held across a Neutron request; Neutron refuses a taken id (someone else
+    added a sub-port meanwhile), and then the trunk is read again.  The ids
+    in use come from the trunk at start-up: a restart loses nothing."""
+
+    def __init__(self, host: str, vm_port: Port, trunk: Trunk, neutron: Neutron) -> None:
+        super().__init__(host, vm_port)
+        self.trunk_id = trunk.id
+        self._neutron = neutron
+        self._lock = threading.Lock()
+        self._vlans: dict[str, int] = {}  # port id -> VLAN id, as on the trunk or being added
+        self._learn(trunk)
+
+    def _learn(self, trunk: Trunk) -> None:
+        with self._lock:
+            for sub in trunk.sub_ports:
+                self._vlans[sub.port_id] = sub.segmentation_id
+
+    def vlan_of(self, port_id: str) -> int | None:
+        with self._lock:
+            return self._vlans.get(port_id)
+
+    def attach(self, ports: Sequence[Port]) -> None:
+        """1 PUT for all ports (2 and a GET when another writer took an id)."""
+        for last in (False, True):
+            subs = self._reserve([p.id for p in ports])
+            try:
+                self._neutron.add_subports(self.trunk_id, subs)
+                return
+            except errors.Conflict:
+                self._release([s.port_id for s in subs])
+                if last:
+                    raise
+                # A sub-port Kuryr did not add holds an id: learn the trunk again.
+                self._learn(self._neutron.get_trunk(self.trunk_id))
+            except Exception:
+                self._release([s.port_id for s in subs])
+                raise
+
+    def detach(self, ports: Sequence[Port]) -> None:
+        """1 PUT.  The VLAN ids are free again only once Neutron let go of them."""
+        ids = [p.id for p in ports if self.vlan_of(p.id) is not None]
+        if not ids:
+            return
+        try:
+            self._neutron.remove_subports(self.trunk_id, ids)
+        except errors.NotFound:
+            # One of them is no sub-port any more (removed by an earlier try, or
+            # by hand): remove the others one by one.
+            for port_id in ids:
+                with contextlib.suppress(errors.NotFound):
+                    self._neutron.remove_subports(self.trunk_id, [port_id])
+        self._release(ids)
+
+    def _reserve(self, port_ids: Sequence[str]) -> list[SubPort]:
+        with self._lock:
+            taken = set(self._vlans.values())
+            free = (v for v in VLAN_IDS if v not in taken)
+            subs: list[SubPort] = []
+            for port_id in port_ids:
+                vlan = next(free, None)
+                if vlan is None:
+                    for sub in subs:
+                        del self._vlans[sub.port_id]
+                    raise errors.Conflict(f"trunk {self.trunk_id} has no free VLAN id left "
+                                          f"for {len(port_ids)} more sub-ports")
+                self._vlans[port_id] = vlan
+                subs.append(SubPort(port_id=port_id, segmentation_id=vlan))
+            return subs
+
+    def _release(self, port_ids: Sequence[str]) -> None:
+        with self._lock:
+            for port_id in port_ids:
+                self._vlans.pop(port_id, None)
+
+
+class AddressPairs(_OnVM):
+    """nested-macvlan: a container port only holds its addresses; the VM's port
+    may send from them (allowed_address_pairs, with the VM port's own MAC:
+    Neutron 29 with OVN refuses any other MAC than a VRRP one in a pair).
+
+    Every change is a compare-and-swap on the VM port's revision_number, so
+    concurrent starts (or a user editing the pairs) never lose an update:
+    read, change, PUT if still that revision, else read again."""
+
+    def __init__(self, host: str, vm_port: Port, neutron: Neutron) -> None:
+        super().__init__(host, vm_port)
+        self._neutron = neutron
+        self._lock = threading.Lock()
+        self._latest = vm_port  # the VM port as last read or written
+
+    def vlan_of(self, port_id: str) -> None:
+        return None
+
+    def attach(self, ports: Sequence[Port]) -> None:
+        added = {f.ip_address for p in ports for f in p.fixed_ips}
+        self._change(lambda pairs: pairs | added, f"add {', '.join(sorted(added))}")
+
+    def detach(self, ports: Sequence[Port]) -> None:
+        gone = {f.ip_address for p in ports for f in p.fixed_ips}
+        self._change(lambda pairs: pairs - gone, f"remove {', '.join(sorted(gone))}")
+
+    def _change(self, change: _PairChange, what: str) -> None:
+        """1 PUT, plus 1 GET and 1 PUT per writer that came in between."""
+        vm = self._last_read()
+        for _ in range(CAS_ATTEMPTS):
+            current = {ip for ip, mac in vm.allowed_address_pairs
+                       if not mac or mac == vm.mac_address}
+            others = [(ip, mac) for ip, mac in vm.allowed_address_pairs
+                      if mac and mac != vm.mac_address]  # a user's VRRP pairs: kept as they are
+            wanted = change(current)
+            if wanted == current:
+                return
+            try:
+                vm = self._neutron.update_port(
+                    vm.id, allowed_address_pairs=[*others, *((ip, "") for ip in sorted(wanted))],
+                    if_revision=vm.revision_number)
+                self._remember(vm)
+                return
+            except errors.StaleRevision:
+                vm = self._neutron.get_port(vm.id)
+                self._remember(vm)
+        raise errors.BackendUnavailable(
+            f"VM port {self.vm_port.id}: could not {what} in its allowed address pairs: "
+            f"it changed under every one of {CAS_ATTEMPTS} attempts")
+
+    def _last_read(self) -> Port:
+        with self._lock:
+            return self._latest
+
+    def _remember(self, vm: Port) -> None:
+        with self._lock:
+            if vm.revision_number >= self._latest.revision_number:
+                self._latest = vm
+
+
+class _PairChange(Protocol):
+    def __call__(self, pairs: set[str]) -> set[str]: ...
