@@ -70,17 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def collect_garbage(conf: config.cfg.ConfigOpts, dry_run: bool, grace: float | None,
                     trust_docker: bool = False) -> int:
+    import dataclasses
     import socket
 
     from kuryr.binding.ovs import OVS
     from kuryr.libnetwork import gc
     from kuryr.neutron.client import connect
+    from kuryr.server import gc_scope, placement_for
 
-    scope = gc.Scope(neutron=connect(conf), ovs=OVS(conf.binding.ovsdb_connection),
-                     host=conf.host or socket.gethostname(), bridge=conf.binding.ovs_bridge,
-                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
-                     trust_docker=trust_docker,
-                     user_pool_prefix=conf.subnetpool_name_prefix)
+    neutron = connect(conf)
+    host = conf.host or socket.gethostname()
+    scope = dataclasses.replace(
+        gc_scope(conf, neutron, OVS(conf.binding.ovsdb_connection), host,
+                 placement=placement_for(conf, neutron, host)),
+        trust_docker=trust_docker)
     garbage = gc.collect(scope, conf.gc.grace if grace is None else grace)
     failed = [] if dry_run else gc.remove(scope, garbage)
     verb = "would remove" if dry_run else "removed"

@@ -114,12 +114,13 @@ core_opts = [
         default="veth",
         choices=[("veth", ("a veth pair into the host's switch (OVS or a Linux bridge, as "
                   "Neutron's binding says)")),
-                 ("nested-vlan", ("containers inside a VM on trunk subports: not built yet, "
-                  "refused at start-up")),
-                 ("nested-macvlan", ("containers inside a VM on macvlan + allowed address "
-                  "pairs: not built yet, refused at start-up"))],
-        help="How container ports are wired.  Kuryr refuses to start with a driver this "
-        "version does not have, rather than silently plugging another way.",
+                 ("nested-vlan", ("containers inside a VM: each port a sub-port of the VM "
+                  "port's trunk with a VLAN id of its own ([binding] vlan_tagging)")),
+                 ("nested-macvlan", ("containers inside a VM: each port's addresses in the VM "
+                  "port's allowed address pairs, an ipvlan (L2) device on [binding] "
+                  "link_iface"))],
+        help="How container ports are wired.  The nested drivers run Kuryr inside an "
+        "OpenStack VM with the VM's own (non-admin) credentials; see docs/nested.md.",
     ),
     cfg.StrOpt(
         "docker_netns_dir",
@@ -204,7 +205,24 @@ binding_opts = [
     cfg.StrOpt(
         "link_iface",
         default="",
-        help="Parent interface for nested (VM) port drivers.",
+        help="Nested drivers: the VM's interface on its own Neutron port (e.g. eth0). "
+        "Its MAC finds the VM's port unless [binding] parent_port names it; kernel devices "
+        "(802.1Q, ipvlan) are made on it.",
+    ),
+    cfg.StrOpt(
+        "parent_port",
+        default="",
+        help="Nested drivers: the VM's own Neutron port (id or name); empty: the port "
+        "with link_iface's MAC.",
+    ),
+    cfg.StrOpt(
+        "vlan_tagging",
+        default="kernel",
+        choices=[("kernel", "an 802.1Q device per container on link_iface"),
+                 ("ovs", ("a veth per container, its VM end an access port of the "
+                  "sub-port's VLAN on the VM's own Open vSwitch bridge ovs_bridge, which "
+                  "also holds link_iface (for VMs that run OVS, or kernels without 802.1Q)"))],
+        help="nested-vlan: who tags a container's frames with its sub-port's VLAN id.",
     ),
     cfg.StrOpt(
         "ovs_bridge",

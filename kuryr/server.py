@@ -17,11 +17,19 @@ from urllib.parse import urlparse
 import uvicorn
 from oslo_config import cfg
 
+from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
-from kuryr.binding.plugging import UnsupportedDriver, build_binder
+from kuryr.binding.plugging import Nested, UnsupportedDriver, build_binder
 from kuryr.core.background import Background
 from kuryr.core.daemon import Daemon
 from kuryr.core.naming import NoNames
+from kuryr.core.placement import (
+    NestedSetupError,
+    OnHost,
+    Placement,
+    find_vm_port,
+    nested_placement,
+)
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
@@ -70,10 +78,34 @@ def ensure_subnetpools(neutron: Neutron, conf: cfg.ConfigOpts) -> DefaultPools:
 
 
 def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
-             in_use: Callable[[], set[str]] = set) -> gc.Scope:
+             in_use: Callable[[], set[str]] = set,
+             placement: Placement | None = None) -> gc.Scope:
     return gc.Scope(neutron=neutron, ovs=ovs, host=host, bridge=conf.binding.ovs_bridge,
                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
-                    held=in_use, user_pool_prefix=conf.subnetpool_name_prefix)
+                    held=in_use, user_pool_prefix=conf.subnetpool_name_prefix,
+                    placement=placement,
+                    host_ends=conf.port_driver == "veth" or (conf.binding.vlan_tagging == "ovs"
+                    and conf.port_driver == "nested-vlan"))
+
+
+def placement_for(conf: cfg.ConfigOpts, neutron: Neutron, host: str) -> Placement:
+    """Where this Kuryr's ports live: this host, or (nested drivers) the VM whose
+    port [binding] link_iface is on; SystemExit naming what to fix."""
+    if conf.port_driver == "veth":
+        return OnHost(host)
+    link = conf.binding.link_iface
+    try:
+        vm_port = find_vm_port(neutron, conf.binding.parent_port,
+                               netlink.interface_mac(link) if link else None, link)
+        placement = nested_placement(conf.port_driver, host, neutron, vm_port)
+    except NestedSetupError as exc:
+        raise SystemExit(f"kuryr: {exc}") from None
+    LOG.info("nested (%s): containers reach the network through VM port %s",
+             conf.port_driver, vm_port.id)
+    if conf.port_driver == "nested-macvlan":
+        LOG.warning("nested-macvlan: containers' packets pass the VM port's security groups, "
+                    "not their own (--expose groups are made but cannot filter)")
+    return placement
 
 
 def _default_host_ip(value: str) -> str:
@@ -99,11 +131,13 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     """Every collaborator, built once from config, and the threads started in order."""
     host = conf.host or socket.gethostname()
     ovs = OVS(conf.binding.ovsdb_connection)
+    neutron = neutron or connect(conf)
+    placement = placement_for(conf, neutron, host)
     try:
-        binder = build_binder(conf.port_driver, ovs, host)
+        binder = build_binder(conf.port_driver, ovs, host, Nested(
+            conf.binding.link_iface, conf.binding.vlan_tagging, placement.vlan_of))
     except UnsupportedDriver as exc:
         raise SystemExit(f"kuryr: {exc}") from None
-    neutron = neutron or connect(conf)
     extensions = neutron.extensions()
     defaults = ensure_subnetpools(neutron, conf)
     state = State()
@@ -112,7 +146,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     # Always a pool: [pool] size = 0 only sets the default, and a network
     # can still ask for ready ports (-o kuryr.pool.size=N).
     pool = PortPool(neutron, binder, background, host, conf.pool.size, bridge,
-                    owners=marks.DOCKER_OWNERS)
+                    owners=marks.DOCKER_OWNERS, placement=placement)
     dns_enabled = "dns-integration" in extensions
     names = DockerNames(conf.docker_uri) if dns_enabled and conf.container_names_in_dns \
         else None
@@ -120,7 +154,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         host=host, default_bridge=bridge, owners=marks.DOCKER_OWNERS, dns_enabled=dns_enabled,
         wait_for_refill=conf.pool.wait_for_refill,
         plug_timeout=conf.neutron.vif_plugging_timeout,
-        plug_is_fatal=conf.neutron.vif_plugging_is_fatal), names or NoNames())
+        plug_is_fatal=conf.neutron.vif_plugging_is_fatal, placement=placement),
+        names or NoNames())
     floating = FloatingPublisher(neutron, host, conf.publish.floating_ip_network,
                                  conf.publish.router_name)
     forwarder = Forwarder(limits=Limits(
@@ -132,7 +167,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
                             _default_host_ip(conf.publish.default_host_ip))
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
         host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
-        user_pool_prefix=conf.subnetpool_name_prefix))
+        user_pool_prefix=conf.subnetpool_name_prefix, placement=placement))
     ipam = Ipam(neutron, state, networks, lifecycle, defaults, models.AddressSpaces(
         LocalDefaultAddressSpace=conf.local_default_address_space,
         GlobalDefaultAddressSpace=conf.global_default_address_space))
@@ -161,7 +196,7 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     lost = lifecycle.record_lost_endpoints()
     if lost:
         LOG.info("recording %d endpoints again whose record was lost with the process", lost)
-    scope = gc_scope(conf, neutron, ovs, host, in_use)
+    scope = gc_scope(conf, neutron, ovs, host, in_use, placement)
     removed = gc.run_once(scope, conf.gc.grace)
     if removed:
         LOG.info("removed %d leftovers of containers that are gone", len(removed))

@@ -277,3 +277,58 @@ def move_out_of_netns(netns_path: str, ifname: str, host_name: str) -> bool:
         ns.link("set", index=idx[0], ifname=host_name)
         ns.link("set", index=idx[0], net_ns_pid=os.getpid())
         return True
+
+
+# -- nested: a container's device made on the VM's NIC ------------------------------------------
+
+def child_link_request(ifname: str, parent_index: int, kind: str, *, vlan_id: int | None = None,
+                       mac: str = "", mtu: int | None = None) -> dict[str, Any]:
+    """The RTM_NEWLINK attributes of a container's device on the VM's NIC:
+    kind "vlan" (802.1Q, the sub-port's VLAN id, the port's MAC) or "ipvlan"
+    (L2 mode: the VM NIC's own MAC, which is the only one Neutron 29 with OVN
+    lets a VM port's allowed address pairs carry)."""
+    attrs: dict[str, Any] = {"ifname": ifname, "kind": kind, "link": parent_index}
+    if kind == "vlan":
+        if vlan_id is None or not 1 <= vlan_id <= 4094:  # noqa: PLR2004 - 802.1Q's range
+            raise LinkError(f"cannot create {ifname}: VLAN id {vlan_id} is not 1-4094")
+        attrs["vlan_id"] = vlan_id
+    elif kind == "ipvlan":
+        attrs["ipvlan_mode"] = 0  # IPVLAN_MODE_L2
+    else:
+        raise LinkError(f"cannot create {ifname}: unknown device kind {kind!r}")
+    if mac and kind == "vlan":
+        attrs["address"] = mac
+    if mtu:
+        attrs["mtu"] = mtu
+    return attrs
+
+
+def create_child_link(ifname: str, parent: str, kind: str, *, vlan_id: int | None = None,
+                      mac: str = "", mtu: int | None = None) -> bool:
+    """Make the container's device on ``parent`` (kept down: Docker moves it into
+    the container and brings it up there); True when this call made it."""
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=ifname):
+            return False
+        found = ipr.link_lookup(ifname=parent)
+        if not found:
+            raise LinkError(f"cannot create {ifname}: the VM's interface {parent} does not "
+                            "exist ([binding] link_iface)")
+        try:
+            ipr.link("add", **child_link_request(ifname, found[0], kind, vlan_id=vlan_id,
+                                                 mac=mac, mtu=mtu))
+        except NetlinkError as exc:
+            if exc.code == EEXIST:
+                return False
+            raise LinkError(f"cannot create {kind} device {ifname} on {parent}: {exc}") \
+                from exc
+        return True
+
+
+def interface_mac(ifname: str) -> str | None:
+    """The MAC of ``ifname`` in this namespace; None when there is no such link."""
+    try:
+        raw = Path(f"/sys/class/net/{ifname}/address").read_text()
+    except OSError:
+        return None
+    return raw.strip().lower() or None

@@ -148,8 +148,9 @@ class OVS:
         return bool(self.api.br_exists(bridge).execute(check_error=True))
 
     def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "",
-             record: Mapping[str, str] | None = None) -> None:
-        """Add ``ifname`` (default: the VIF's host end) to the VIF's bridge.
+             record: Mapping[str, str] | None = None, tag: int | None = None) -> None:
+        """Add ``ifname`` (default: the VIF's host end) to the VIF's bridge (with
+        ``tag``: as an access port of that VLAN).
 
         The external_ids are the ones OVN (and the OVS agent) use to bind the
         interface to the Neutron port.  Re-plugging an existing port is a no-op.
@@ -171,6 +172,8 @@ class OVS:
         with self.api.transaction(check_error=True) as txn:
             txn.add(self.api.add_port(vif.bridge, ifname, may_exist=True))
             txn.add(self.api.db_set("Interface", ifname, ("external_ids", external_ids)))
+            if tag is not None:  # nested: an access port of the sub-port's VLAN
+                txn.add(self.api.db_set("Port", ifname, ("tag", tag)))
 
     def plug_internal(self, bridge: str, ifname: str, port_id: str, mac: str) -> None:
         """An internal interface of ``bridge`` (a device in the host's namespace)

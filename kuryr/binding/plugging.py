@@ -14,6 +14,21 @@ binding_failed     nothing: BackendUnavailable naming the port and this host
 anything else      nothing: InvalidInput naming the type
 =================  ===========================================================
 
+Inside a VM (nested) Neutron's binding is the hypervisor's business (and a
+VM's credentials cannot read it), so the driver alone decides:
+
+==============================  ===========================================
+port_driver / vlan_tagging      the container's interface
+==============================  ===========================================
+nested-vlan / ovs               a veth whose VM end is an access port, tag =
+                                the sub-port's VLAN id, of the VM's own OVS
+                                bridge [binding] ovs_bridge (which also holds
+                                the VM's NIC as the trunk)
+nested-vlan / kernel            an 802.1Q device on [binding] link_iface
+nested-macvlan                  an ipvlan (L2) device on [binding] link_iface:
+                                the VM NIC's MAC with the container's address
+==============================  ===========================================
+
 Binding never calls Neutron: for VIF types whose wiring cannot be seen
 locally, ``wait_wired`` returns None and the caller asks Neutron.
 """
@@ -23,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
@@ -31,8 +47,8 @@ from kuryr.binding import UnsupportedDriver, netlink
 from kuryr.binding.ovs import ENDPOINT_KEY, OVS, RECORD_PREFIX
 from kuryr.binding.vif import VIF
 
-__all__ = ["DRIVERS", "Binder", "BinderFactory", "HostLinks", "Links", "Switch",
-           "UnsupportedDriver", "VethBinder", "build_binder"]
+__all__ = ["DRIVERS", "Binder", "BinderFactory", "ChildDeviceBinder", "HostLinks", "Links",
+           "Nested", "Switch", "UnsupportedDriver", "VethBinder", "build_binder"]
 
 LOG = logging.getLogger(__name__)
 
@@ -94,7 +110,7 @@ class Switch(Protocol):
     """What a Binder needs of Open vSwitch (kuryr.binding.ovs.OVS); failures raise."""
 
     def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "",
-             record: Mapping[str, str] | None = None) -> None: ...
+             record: Mapping[str, str] | None = None, tag: int | None = None) -> None: ...
 
     def unplug(self, ifname: str, bridge: str | None = None) -> None: ...
 
@@ -193,7 +209,7 @@ class _OvsWiring:
     def detach(self, vif: VIF) -> None:
         self._switch.unplug(vif.host_ifname)
 
-    def wait(self, vif: VIF, timeout: float) -> bool:
+    def wait(self, vif: VIF, timeout: float) -> bool | None:
         with _ovs_failure(f"cannot watch {vif.host_ifname}"):
             return self._switch.wait_installed(vif.host_ifname, timeout)
 
@@ -238,23 +254,52 @@ class _LinuxBridgeWiring:
         return {}
 
 
+class _VlanAccessWiring(_OvsWiring):
+    """nested-vlan tagged by the VM's own OVS bridge: the veth's VM end is an
+    access port of the sub-port's VLAN; the VM's NIC, a port of the same bridge
+    with no tag, carries every VLAN to the trunk.  That OVS is no OVN chassis:
+    nothing local says when the sub-port is wired (Neutron's status does)."""
+
+    def __init__(self, switch: Switch, vlans: Callable[[str], int | None]) -> None:
+        super().__init__(switch)
+        self._vlans = vlans
+
+    def attach(self, vif: VIF, endpoint_id: str,
+               record: Mapping[str, str] | None = None) -> None:
+        vlan = self._vlans(vif.port_id)
+        if vlan is None:
+            raise errors.BackendUnavailable(f"port {vif.port_id} is no sub-port of this VM's "
+                                            "trunk: it has no VLAN id to plug with")
+        with _ovs_failure(f"cannot plug {vif.host_ifname} (port {vif.port_id}, VLAN {vlan}) "
+                          f"into bridge {vif.bridge}"):
+            self._switch.plug(vif, endpoint_id=endpoint_id, record=record, tag=vlan)
+
+    def wait(self, vif: VIF, timeout: float) -> None:
+        return None
+
+
 # -- the veth Binder -------------------------------------------------------------------------
 
 class VethBinder:
     """Containers on a host that is itself a Neutron/OVN chassis: a veth pair per port,
     its host end on the host's switch, its container end handed to the runtime."""
 
-    def __init__(self, host: str, switch: Switch, links: Links | None = None) -> None:
+    def __init__(self, host: str, switch: Switch, links: Links | None = None,
+                 vlans: Callable[[str], int | None] | None = None) -> None:
+        """``vlans``: nested-vlan (OVS tagging in the VM): every port is an access
+        port of its sub-port's VLAN id, whatever the hypervisor bound it as."""
         self.host = host
         self._switch = switch
         self._links: Links = links if links is not None else HostLinks()
-        ovs = _OvsWiring(switch)
+        ovs = _OvsWiring(switch) if vlans is None else _VlanAccessWiring(switch, vlans)
         self._ovs = ovs
         self._wirings: Mapping[str, _Wiring] = MappingProxyType({
             "ovs": ovs,
             "unbound": ovs,  # no binding yet: OVN binds it once it appears on br-int
             "bridge": _LinuxBridgeWiring(self._links),
         })
+        # Nested: the hypervisor's binding is not the VM's to judge (nor to read).
+        self._any_type: _Wiring | None = ovs if vlans is not None else None
         # Types Neutron reports but nothing on this host can plug.
         self._refusals: Mapping[str, Callable[[VIF], errors.KuryrError]] = MappingProxyType({
             "binding_failed": self._binding_failed,
@@ -276,7 +321,7 @@ class VethBinder:
     def unplug(self, vif: VIF) -> None:
         # A VIF of unknown or refused type may still have been plugged into OVS
         # (a stale or default vif_type): removing an absent OVS port is a no-op.
-        self._remove(vif, self._wirings.get(vif.vif_type, self._ovs))
+        self._remove(vif, self._wiring_of(vif))
 
     def _remove(self, vif: VIF, wiring: _Wiring) -> None:
         """Best effort: logged, never raised (the garbage collector retries)."""
@@ -290,11 +335,15 @@ class VethBinder:
         except Exception as exc:  # noqa: BLE001
             LOG.warning("could not delete %s (port %s): %s", vif.host_ifname, vif.port_id, exc)
 
+    def _wiring_of(self, vif: VIF) -> _Wiring:
+        """How ``vif`` was plugged (for reading and removing: the OVS one when unknown)."""
+        return self._any_type or self._wirings.get(vif.vif_type, self._ovs)
+
     def _wiring_to_plug(self, vif: VIF) -> _Wiring:
         refuse = self._refusals.get(vif.vif_type)
-        if refuse is not None:
+        if refuse is not None and self._any_type is None:
             raise refuse(vif)
-        wiring = self._wirings.get(vif.vif_type)
+        wiring = self._any_type or self._wirings.get(vif.vif_type)
         if wiring is None:
             raise errors.InvalidInput(
                 f"Neutron bound port {vif.port_id} as vif_type {vif.vif_type!r}, which Kuryr "
@@ -308,17 +357,17 @@ class VethBinder:
 
     # -- waiting and local state -------------------------------------------------------------
     def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
-        wiring = self._wirings.get(vif.vif_type)
+        wiring = self._any_type or self._wirings.get(vif.vif_type)
         return None if wiring is None else wiring.wait(vif, timeout)
 
     def forget_endpoint(self, vif: VIF) -> None:
-        self._wirings.get(vif.vif_type, self._ovs).forget_endpoint(vif)
+        self._wiring_of(vif).forget_endpoint(vif)
 
     def endpoint_of(self, vif: VIF) -> str | None:
-        return self._wirings.get(vif.vif_type, self._ovs).endpoint_of(vif)
+        return self._wiring_of(vif).endpoint_of(vif)
 
     def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
-        return self._wirings.get(vif.vif_type, self._ovs).endpoint_record_of(vif)
+        return self._wiring_of(vif).endpoint_record_of(vif)
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
         with _ovs_failure(f"cannot look up endpoint {endpoint_id[:12]}"):
@@ -333,40 +382,111 @@ class VethBinder:
             return self._links.link_exists(vif.container_ifname)
 
 
+# -- a container's device made on the VM's NIC (nested, kernel devices) ---------------------------
+
+class ChildDeviceBinder:
+    """nested-vlan with kernel tagging (an 802.1Q device) or nested-macvlan (an
+    ipvlan L2 device) on the VM's NIC: the container's interface IS the device,
+    made in the VM's namespace and moved into the container by the runtime.
+    Nothing stays behind in the VM: no endpoint is recorded locally, and the
+    device is gone from the VM once a container has it."""
+
+    def __init__(self, link_iface: str, kind: str,
+                 vlans: Callable[[str], int | None] | None = None) -> None:
+        self.link_iface = link_iface
+        self.kind = kind
+        self._vlans = vlans
+
+    def plug(self, vif: VIF, endpoint_id: str = "",
+             record: Mapping[str, str] | None = None) -> None:
+        vlan = self._vlans(vif.port_id) if self._vlans is not None else None
+        if self.kind == "vlan" and vlan is None:
+            raise errors.BackendUnavailable(f"port {vif.port_id} is no sub-port of this VM's "
+                                            "trunk: it has no VLAN id to plug with")
+        with _link_failure():
+            netlink.create_child_link(vif.container_ifname, self.link_iface, self.kind,
+                                      vlan_id=vlan, mac=vif.mac, mtu=vif.mtu)
+
+    def unplug(self, vif: VIF) -> None:
+        try:
+            netlink.delete_link(vif.container_ifname)  # still in the VM: no container took it
+        except Exception as exc:  # noqa: BLE001 - best effort, as the veth binder's
+            LOG.warning("could not delete %s (port %s): %s", vif.container_ifname,
+                        vif.port_id, exc)
+
+    def wait_wired(self, vif: VIF, timeout: float) -> None:
+        return None  # the hypervisor's switch: Neutron's port status says
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        """Nothing is recorded in the VM."""
+
+    def endpoint_of(self, vif: VIF) -> None:
+        return None
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return {}
+
+    def port_of_endpoint(self, endpoint_id: str) -> None:
+        return None
+
+    def is_plugged(self, vif: VIF) -> bool:
+        with _link_failure():
+            return netlink.link_exists(vif.container_ifname)
+
+    def is_free(self, vif: VIF) -> bool:
+        return self.is_plugged(vif)
+
+
 # -- the registry: [DEFAULT] port_driver -> Binder ---------------------------------------------
 
-BinderFactory = Callable[[OVS, str], Binder]
-"""(the host's OVS, this host's name as Neutron knows it) -> a Binder."""
+@dataclass(frozen=True)
+class Nested:
+    """What a nested driver needs besides OVS: the VM's NIC, who tags VLANs, and
+    the VLAN id of each sub-port (the placement's, read in memory)."""
+
+    link_iface: str
+    vlan_tagging: str  # "ovs": the VM's OVS bridge ([binding] ovs_bridge); "kernel"
+    vlans: Callable[[str], int | None]
 
 
-def _veth(ovs: OVS, host: str) -> Binder:
+BinderFactory = Callable[[OVS, str, "Nested | None"], Binder]
+"""(the host's OVS, this host's name as Neutron knows it, nested settings) -> a Binder."""
+
+
+def _veth(ovs: OVS, host: str, nested: Nested | None) -> Binder:
     return VethBinder(host, ovs)
 
 
-def _not_implemented(driver: str, what: str) -> BinderFactory:
-    def refuse(ovs: OVS, host: str) -> Binder:
-        raise UnsupportedDriver(
-            f"[DEFAULT] port_driver = {driver} ({what}) is not implemented in this version "
-            "of Kuryr, which refuses to start rather than plug containers another way. "
-            "Use port_driver = veth, on a host that is itself an OVN chassis (or runs a "
-            "Neutron agent) under the name [DEFAULT] host; containers inside a Nova VM "
-            "need kuryr-libnetwork's nested drivers for now.")
-    return refuse
+def _nested(driver: str, nested: Nested | None) -> Nested:
+    if nested is None or not nested.link_iface:
+        raise UnsupportedDriver(f"[DEFAULT] port_driver = {driver} needs [binding] link_iface: "
+                                "the VM's interface on its Neutron port (e.g. eth0)")
+    return nested
+
+
+def _nested_vlan(ovs: OVS, host: str, nested: Nested | None) -> Binder:
+    settings = _nested("nested-vlan", nested)
+    if settings.vlan_tagging == "ovs":
+        return VethBinder(host, ovs, vlans=settings.vlans)
+    return ChildDeviceBinder(settings.link_iface, "vlan", settings.vlans)
+
+
+def _nested_macvlan(ovs: OVS, host: str, nested: Nested | None) -> Binder:
+    return ChildDeviceBinder(_nested("nested-macvlan", nested).link_iface, "ipvlan")
 
 
 DRIVERS: Mapping[str, BinderFactory] = MappingProxyType({
     "veth": _veth,
-    "nested-vlan": _not_implemented("nested-vlan", "containers in a VM on trunk subports"),
-    "nested-macvlan": _not_implemented("nested-macvlan",
-                                       "containers in a VM as macvlans of its port"),
+    "nested-vlan": _nested_vlan,
+    "nested-macvlan": _nested_macvlan,
 })
 
 
-def build_binder(port_driver: str, ovs: OVS, host: str) -> Binder:
+def build_binder(port_driver: str, ovs: OVS, host: str, nested: Nested | None = None) -> Binder:
     """The Binder for [DEFAULT] port_driver; UnsupportedDriver when there is none."""
     factory = DRIVERS.get(port_driver)
     if factory is None:
         raise UnsupportedDriver(
             f"[DEFAULT] port_driver = {port_driver!r} is unknown: "
             f"choose one of {', '.join(DRIVERS)}")
-    return factory(ovs, host)
+    return factory(ovs, host, nested)

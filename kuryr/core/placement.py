@@ -264,3 +264,47 @@ class AddressPairs(_OnVM):
 
 class _PairChange(Protocol):
     def __call__(self, pairs: set[str]) -> set[str]: ...
+
+
+class NestedSetupError(Exception):
+    """Kuryr cannot run nested here; the message says what to fix.  Raised at
+    start-up, never at a container's start."""
+
+
+def find_vm_port(neutron: Neutron, parent_port: str, link_mac: str | None,
+                 link_iface: str) -> Port:
+    """The VM's own port: [binding] parent_port, else the one with the MAC of the
+    VM's interface (1-2 GETs)."""
+    if parent_port:
+        try:
+            return neutron.find_port(parent_port)
+        except (errors.NotFound, errors.Conflict) as exc:
+            raise NestedSetupError(f"[binding] parent_port: {exc}") from exc
+    if not link_mac:
+        raise NestedSetupError(f"[binding] link_iface {link_iface!r} is no interface of this "
+                               "VM: name the VM's interface on its Neutron port (e.g. eth0)")
+    found = neutron.ports(mac_address=link_mac)
+    if len(found) != 1:
+        which = "no Neutron port has" if not found else f"{len(found)} Neutron ports have"
+        raise NestedSetupError(
+            f"{which} the MAC {link_mac} of [binding] link_iface {link_iface}: name the VM's "
+            "port in [binding] parent_port")
+    return found[0]
+
+
+def nested_placement(driver: str, host: str, neutron: Neutron, vm_port: Port) -> Placement:
+    """The placement of a nested driver, after checking what every container start
+    will need: the VM's port up, and (nested-vlan) its trunk (1 GET)."""
+    if vm_port.status != "ACTIVE":
+        raise NestedSetupError(
+            f"the VM's port {vm_port.id} is {vm_port.status or 'not ACTIVE'}: containers "
+            "reach the network through it, so Kuryr waits for the VM to be up")
+    if driver == "nested-macvlan":
+        return AddressPairs(host, vm_port, neutron)
+    trunk = neutron.trunk_of(vm_port.id)
+    if trunk is None:
+        raise NestedSetupError(
+            f"port_driver = nested-vlan needs a trunk on the VM's port {vm_port.id}: "
+            f"`openstack network trunk create --parent-port {vm_port.id} <name>` (a trunk "
+            "is made before the VM boots on it, in most clouds)")
+    return TrunkSubports(host, vm_port, trunk, neutron)

@@ -60,6 +60,10 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
     host = conf.host or socket.gethostname()
     bridge = conf.binding.ovs_bridge
     ovs = OVS(conf.binding.ovsdb_connection)
+    if conf.port_driver != "veth":
+        raise SystemExit(f"kuryr cni-daemon: [DEFAULT] port_driver = {conf.port_driver}: pods "
+                         "inside VMs (nested) are not supported by the CNI daemon yet; it "
+                         "runs on hosts that are OVN chassis (port_driver = veth)")
     try:
         binder = build_binder(conf.port_driver, ovs, host)
     except UnsupportedDriver as exc:

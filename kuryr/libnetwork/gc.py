@@ -84,6 +84,10 @@ class Scope:
     owners: marks.Owners = marks.DOCKER_OWNERS
     # Where this Kuryr's ports are (nested: on a VM, by tag); OnHost(host) if None.
     placement: Placement | None = None
+    # The binder leaves a host end (a veth's) in this namespace while a container
+    # has the port; False (nested kernel devices): nothing stays to look at, so a
+    # container's port is never judged by local evidence.
+    host_ends: bool = True
 
     @property
     def where(self) -> Placement:
@@ -128,7 +132,8 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     ports = scope.neutron.ports(**scope.where.port_filters())
     now = scope.neutron.counter.server_now()
     held = scope.held()
-    found = _ports([p for p in ports if p.id not in held], links, grace_td, now, scope.owners)
+    found = _ports([p for p in ports if p.id not in held], links, grace_td, now, scope.owners,
+                   scope.host_ends)
     found += _veths(ports, links, managed)
     found += _security_groups(scope, ports, grace_td, now)
     found += _networks(scope, grace_td, now)
@@ -136,12 +141,19 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
 
 
 def _ports(ports: list[Port], links: set[str], grace: datetime.timedelta,
-           now: datetime.datetime, owners: marks.Owners = marks.DOCKER_OWNERS) -> list[Garbage]:
+           now: datetime.datetime, owners: marks.Owners = marks.DOCKER_OWNERS,
+           host_ends: bool = True) -> list[Garbage]:
     found = []
     for port in ports:
         if port.device_owner not in owners.all or _age(port, now) < grace:
             continue
         vif = VIF(port_id=port.id, mac=port.mac_address)
+        if not host_ends:
+            # Only a ready port whose device is gone from the VM can be judged.
+            if port.device_owner == owners.pool and vif.container_ifname not in links:
+                found.append(Garbage("port", port.id, "its device is gone", port_id=port.id,
+                                     mac=port.mac_address, port=port))
+            continue
         if vif.host_ifname not in links:
             reason = "its veth is gone (the container or the pool's plug is gone)"
         elif port.device_owner != owners.pool and vif.container_ifname in links:

@@ -312,6 +312,10 @@ class Neutron:
             raise errors.NotFound(f"Neutron {kind} {name_or_id!r} does not exist")
         return found
 
+    def find_port(self, name_or_id: str) -> Port:
+        """1-2 GETs; NotFound / Conflict (ambiguous name)."""
+        return Port.from_sdk(self._find("port", name_or_id))
+
     def find_network(self, name_or_id: str) -> Network:
         return Network.from_sdk(self._find("network", name_or_id))
 

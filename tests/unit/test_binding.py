@@ -15,7 +15,7 @@ from ovsdbapp import event as ovsdb_event
 from kuryr import config, errors
 from kuryr.binding import UnsupportedDriver, netlink
 from kuryr.binding.ovs import ENDPOINT_KEY, OVS, OVSError, _InterfaceInstalled
-from kuryr.binding.plugging import DRIVERS, VethBinder, build_binder
+from kuryr.binding.plugging import DRIVERS, ChildDeviceBinder, Nested, VethBinder, build_binder
 from kuryr.binding.vif import VIF
 
 HOST = "node-7"
@@ -74,8 +74,9 @@ class FakeSwitch:
         if name in self.fail:
             raise RuntimeError(f"ovsdb: {name} failed")
 
-    def plug(self, vif, ifname=None, endpoint_id="", record=None):
+    def plug(self, vif, ifname=None, endpoint_id="", record=None, tag=None):
         self._op("plug", vif.host_ifname, vif.bridge, endpoint_id)
+        self.tags = {**getattr(self, "tags", {}), vif.host_ifname: tag}
         ids = {"iface-id": vif.port_id}
         if endpoint_id:
             ids[ENDPOINT_KEY] = endpoint_id
@@ -136,13 +137,58 @@ def test_veth_driver_builds_a_veth_binder():
 
 
 @pytest.mark.parametrize("driver", ["nested-vlan", "nested-macvlan"])
-def test_nested_drivers_refuse_to_start_with_a_clear_message(driver):
+def test_nested_drivers_without_the_vms_interface_refuse_to_start(driver):
     with pytest.raises(UnsupportedDriver) as caught:
-        build_binder(driver, OVS("unix:/nonexistent.sock"), HOST)
-    message = str(caught.value)
-    assert f"port_driver = {driver}" in message
-    assert "not implemented in this version" in message
-    assert "port_driver = veth" in message  # what to use instead
+        build_binder(driver, OVS("unix:/nonexistent.sock"), HOST,
+                     Nested("", "kernel", lambda port_id: None))
+    assert f"port_driver = {driver} needs [binding] link_iface" in str(caught.value)
+
+
+def test_nested_drivers_build_the_binder_of_their_tagging():
+    def vlans(port_id):
+        return 7
+    ovs = OVS("unix:/nonexistent.sock")
+    assert isinstance(build_binder("nested-vlan", ovs, HOST, Nested("eth0", "ovs", vlans)),
+                      VethBinder)
+    kernel = build_binder("nested-vlan", ovs, HOST, Nested("eth0", "kernel", vlans))
+    assert isinstance(kernel, ChildDeviceBinder)
+    assert kernel.kind == "vlan"
+    pairs = build_binder("nested-macvlan", ovs, HOST, Nested("eth0", "kernel", vlans))
+    assert isinstance(pairs, ChildDeviceBinder)
+    assert pairs.kind == "ipvlan"
+
+
+def test_nested_vlan_over_ovs_plugs_an_access_port_of_the_subports_vlan(links, switch):
+    binder = VethBinder(HOST, switch, links, vlans={PORT: 42}.get)
+    v = vif("", bridge="br-vm")  # a VM's credentials cannot read the binding
+    binder.plug(v, endpoint_id="ep1")
+    assert switch.tags == {v.host_ifname: 42}
+    assert binder.wait_wired(v, 1) is None  # the VM's OVS is no OVN chassis: ask Neutron
+    binder.plug(vif("binding_failed", bridge="br-vm"))  # the hypervisor's to judge
+
+
+def test_nested_vlan_over_ovs_refuses_a_port_with_no_vlan_and_makes_nothing(links, switch):
+    binder = VethBinder(HOST, switch, links, vlans={}.get)
+    with pytest.raises(errors.BackendUnavailable, match="no sub-port of this VM's trunk"):
+        binder.plug(vif("ovs", bridge="br-vm"))
+    assert links.links == set()  # the veth made for it is gone again
+
+
+def test_child_device_requests_at_the_netlink_message_level():
+    vlan = netlink.child_link_request("tc0123", 5, "vlan", vlan_id=100,
+                                      mac="fa:16:3e:00:00:01", mtu=1442)
+    assert vlan == {"ifname": "tc0123", "kind": "vlan", "link": 5, "vlan_id": 100,
+                    "address": "fa:16:3e:00:00:01", "mtu": 1442}
+    ipvlan = netlink.child_link_request("tc0123", 5, "ipvlan", mac="fa:16:3e:00:00:01")
+    # L2 mode; no MAC of its own: an ipvlan shares the VM NIC's, the only one the
+    # VM port's allowed address pairs may carry.
+    assert ipvlan == {"ifname": "tc0123", "kind": "ipvlan", "link": 5, "ipvlan_mode": 0}
+
+
+@pytest.mark.parametrize("bad", [None, 0, 4095])
+def test_child_device_refuses_a_vlan_id_out_of_range(bad):
+    with pytest.raises(netlink.LinkError, match="is not 1-4094"):
+        netlink.child_link_request("tc0123", 5, "vlan", vlan_id=bad)
 
 
 def test_unknown_driver_names_the_choices():
