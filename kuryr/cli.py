@@ -124,11 +124,12 @@ def list_ports(conf: config.cfg.ConfigOpts) -> int:
     from kuryr.libnetwork.ports import published_ports_on_host
     from kuryr.neutron.client import connect
     from kuryr.publish import spec
+    from kuryr.server import placement_for
 
     neutron = connect(conf)
     host = conf.host or socket.gethostname()
     print(f"{'ENDPOINT':14} {'CONTAINER ADDRESS':18} PUBLISHED")
-    for port in published_ports_on_host(neutron, host):
+    for port in published_ports_on_host(neutron, placement_for(conf, neutron, host)):
         _, published = spec.decode(port.description)
         address = port.fixed_ips[0].ip_address if port.fixed_ips else "-"
         for item in published:

@@ -225,6 +225,17 @@ binding_opts = [
         help="nested-vlan: who tags a container's frames with its sub-port's VLAN id.",
     ),
     cfg.StrOpt(
+        "pairs_device",
+        default="ipvlan",
+        choices=[("ipvlan", "an ipvlan (L2 mode) device per container on link_iface"),
+                 ("routed-veth", ("a veth per container; the VM routes the container's "
+                  "address to it and answers ARP for it on link_iface (proxy ARP, IPv4 "
+                  "only; sets net.ipv4.ip_forward in the VM): for kernels without ipvlan"))],
+        help="nested-macvlan: the container's interface. Either way its frames carry "
+        "the VM port's MAC: Neutron 29 with OVN refuses other MACs than VRRP ones in "
+        "allowed address pairs.",
+    ),
+    cfg.StrOpt(
         "ovs_bridge",
         default="br-int",
         help="Integration bridge used when Neutron's binding does not name one.",

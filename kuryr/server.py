@@ -77,15 +77,27 @@ def ensure_subnetpools(neutron: Neutron, conf: cfg.ConfigOpts) -> DefaultPools:
         user_pool_prefix=conf.subnetpool_name_prefix)
 
 
+def uses_ovs(conf: cfg.ConfigOpts) -> bool:
+    """Whether containers' interfaces are on an Open vSwitch here (on a nested VM
+    without OVS nothing is recorded on or collected from one)."""
+    return conf.port_driver == "veth" or (
+        conf.port_driver == "nested-vlan" and conf.binding.vlan_tagging == "ovs")
+
+
+def keeps_host_ends(conf: cfg.ConfigOpts) -> bool:
+    """Whether a veth's end stays in this namespace while a container has its port."""
+    return uses_ovs(conf) or (
+        conf.port_driver == "nested-macvlan" and conf.binding.pairs_device == "routed-veth")
+
+
 def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
              in_use: Callable[[], set[str]] = set,
              placement: Placement | None = None) -> gc.Scope:
-    return gc.Scope(neutron=neutron, ovs=ovs, host=host, bridge=conf.binding.ovs_bridge,
+    return gc.Scope(neutron=neutron, ovs=ovs if uses_ovs(conf) else None, host=host,
+                    bridge=conf.binding.ovs_bridge,
                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
                     held=in_use, user_pool_prefix=conf.subnetpool_name_prefix,
-                    placement=placement,
-                    host_ends=conf.port_driver == "veth" or (conf.binding.vlan_tagging == "ovs"
-                    and conf.port_driver == "nested-vlan"))
+                    placement=placement, host_ends=keeps_host_ends(conf))
 
 
 def placement_for(conf: cfg.ConfigOpts, neutron: Neutron, host: str) -> Placement:
@@ -135,7 +147,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     placement = placement_for(conf, neutron, host)
     try:
         binder = build_binder(conf.port_driver, ovs, host, Nested(
-            conf.binding.link_iface, conf.binding.vlan_tagging, placement.vlan_of))
+            conf.binding.link_iface, conf.binding.vlan_tagging, placement.vlan_of,
+            conf.binding.pairs_device))
     except UnsupportedDriver as exc:
         raise SystemExit(f"kuryr: {exc}") from None
     extensions = neutron.extensions()
@@ -162,7 +175,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
         per_port=conf.publish.max_connections_per_port,
         per_process=conf.publish.max_connections,
         tcp_idle=conf.publish.tcp_idle_timeout, udp_idle=conf.publish.udp_idle_timeout))
-    publishing = Publishing(neutron, forwarder, floating, ovs, host,
+    publishing = Publishing(neutron, forwarder, floating, ovs if uses_ovs(conf) else None,
+                            host,
                             conf.process_external_connectivity,
                             _default_host_ip(conf.publish.default_host_ip))
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(

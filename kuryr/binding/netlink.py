@@ -332,3 +332,26 @@ def interface_mac(ifname: str) -> str | None:
     except OSError:
         return None
     return raw.strip().lower() or None
+
+
+IPV4_CONF = Path("/proc/sys/net/ipv4")
+
+
+def route_to_container(ifname: str, addresses: Iterable[str], link_iface: str,
+                       conf_dir: Path = IPV4_CONF) -> None:
+    """nested-macvlan, routed: the VM forwards between its NIC and a container's
+    veth, answering ARP on both sides for the other (proxy ARP), so every frame
+    leaves the VM with the VM's own MAC and the container's address, which the
+    VM port's allowed address pairs admit.  IPv4 only; idempotent."""
+    for path, value in ((conf_dir / "ip_forward", "1"),
+                        (conf_dir / "conf" / link_iface / "proxy_arp", "1"),
+                        (conf_dir / "conf" / ifname / "proxy_arp", "1")):
+        if path.read_text().strip() != value:
+            path.write_text(value)
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise LinkError(f"interface {ifname} does not exist")
+        for address in addresses:
+            if ipaddress.ip_address(address).version == 4:  # noqa: PLR2004
+                ipr.route("replace", dst=f"{address}/32", oif=idx[0])

@@ -25,8 +25,12 @@ nested-vlan / ovs               a veth whose VM end is an access port, tag =
                                 bridge [binding] ovs_bridge (which also holds
                                 the VM's NIC as the trunk)
 nested-vlan / kernel            an 802.1Q device on [binding] link_iface
-nested-macvlan                  an ipvlan (L2) device on [binding] link_iface:
+nested-macvlan / ipvlan         an ipvlan (L2) device on [binding] link_iface:
                                 the VM NIC's MAC with the container's address
+nested-macvlan / routed-veth    a veth; the VM routes the container's /32 to
+                                it and answers ARP for it on link_iface
+                                (proxy ARP): the same MAC and addresses on
+                                the wire, with any kernel
 ==============================  ===========================================
 
 Binding never calls Neutron: for VIF types whose wiring cannot be seen
@@ -105,6 +109,9 @@ class Links(Protocol):
 
     def attach_to_linux_bridge(self, ifname: str, bridge: str) -> None: ...
 
+    def route_to_container(self, ifname: str, addresses: tuple[str, ...],
+                           link_iface: str) -> None: ...
+
 
 class Switch(Protocol):
     """What a Binder needs of Open vSwitch (kuryr.binding.ovs.OVS); failures raise."""
@@ -141,6 +148,11 @@ class HostLinks:
     def attach_to_linux_bridge(self, ifname: str, bridge: str) -> None:
         with _as_link_error(f"cannot attach {ifname} to Linux bridge {bridge}"):
             netlink.attach_to_linux_bridge(ifname, bridge)
+
+    def route_to_container(self, ifname: str, addresses: tuple[str, ...],
+                           link_iface: str) -> None:
+        with _as_link_error(f"cannot route {', '.join(addresses)} to {ifname}"):
+            netlink.route_to_container(ifname, addresses, link_iface)
 
 
 @contextlib.contextmanager
@@ -278,6 +290,35 @@ class _VlanAccessWiring(_OvsWiring):
         return None
 
 
+class _RoutedWiring:
+    """nested-macvlan, routed: the VM routes the container's addresses to the veth
+    and answers ARP for them on its NIC.  Nothing else is kept in the VM."""
+
+    def __init__(self, links: Links, link_iface: str) -> None:
+        self._links = links
+        self._link_iface = link_iface
+
+    def attach(self, vif: VIF, endpoint_id: str,
+               record: Mapping[str, str] | None = None) -> None:
+        with _link_failure():
+            self._links.route_to_container(vif.host_ifname, vif.addresses, self._link_iface)
+
+    def detach(self, vif: VIF) -> None:
+        """Deleting the veth takes its routes."""
+
+    def wait(self, vif: VIF, timeout: float) -> None:
+        return None  # the hypervisor's switch: Neutron's port status says
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        """No endpoint is recorded in the VM."""
+
+    def endpoint_of(self, vif: VIF) -> None:
+        return None
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return {}
+
+
 # -- the veth Binder -------------------------------------------------------------------------
 
 class VethBinder:
@@ -285,14 +326,16 @@ class VethBinder:
     its host end on the host's switch, its container end handed to the runtime."""
 
     def __init__(self, host: str, switch: Switch, links: Links | None = None,
-                 vlans: Callable[[str], int | None] | None = None) -> None:
+                 vlans: Callable[[str], int | None] | None = None,
+                 routed_via: str = "") -> None:
         """``vlans``: nested-vlan (OVS tagging in the VM): every port is an access
-        port of its sub-port's VLAN id, whatever the hypervisor bound it as."""
+        port of its sub-port's VLAN id, whatever the hypervisor bound it as.
+        ``routed_via``: nested-macvlan, routed: the VM's NIC."""
         self.host = host
         self._switch = switch
         self._links: Links = links if links is not None else HostLinks()
         ovs = _OvsWiring(switch) if vlans is None else _VlanAccessWiring(switch, vlans)
-        self._ovs = ovs
+        self._ovs: _Wiring = ovs
         self._wirings: Mapping[str, _Wiring] = MappingProxyType({
             "ovs": ovs,
             "unbound": ovs,  # no binding yet: OVN binds it once it appears on br-int
@@ -300,6 +343,8 @@ class VethBinder:
         })
         # Nested: the hypervisor's binding is not the VM's to judge (nor to read).
         self._any_type: _Wiring | None = ovs if vlans is not None else None
+        if routed_via:
+            self._any_type = self._ovs = _RoutedWiring(self._links, routed_via)
         # Types Neutron reports but nothing on this host can plug.
         self._refusals: Mapping[str, Callable[[VIF], errors.KuryrError]] = MappingProxyType({
             "binding_failed": self._binding_failed,
@@ -447,6 +492,7 @@ class Nested:
     link_iface: str
     vlan_tagging: str  # "ovs": the VM's OVS bridge ([binding] ovs_bridge); "kernel"
     vlans: Callable[[str], int | None]
+    pairs_device: str = "ipvlan"  # nested-macvlan: "ipvlan" or "routed-veth"
 
 
 BinderFactory = Callable[[OVS, str, "Nested | None"], Binder]
@@ -472,7 +518,10 @@ def _nested_vlan(ovs: OVS, host: str, nested: Nested | None) -> Binder:
 
 
 def _nested_macvlan(ovs: OVS, host: str, nested: Nested | None) -> Binder:
-    return ChildDeviceBinder(_nested("nested-macvlan", nested).link_iface, "ipvlan")
+    settings = _nested("nested-macvlan", nested)
+    if settings.pairs_device == "routed-veth":
+        return VethBinder(host, ovs, routed_via=settings.link_iface)
+    return ChildDeviceBinder(settings.link_iface, "ipvlan")
 
 
 DRIVERS: Mapping[str, BinderFactory] = MappingProxyType({

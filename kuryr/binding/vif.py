@@ -19,6 +19,7 @@ class VIF:
     vif_type: str = "ovs"  # "ovs" or "bridge", as Neutron's binding says
     bridge: str = "br-int"
     mtu: int | None = None
+    addresses: tuple[str, ...] = ()  # the port's fixed IPs (the routed nested path needs them)
 
     @property
     def host_ifname(self) -> str:

@@ -14,4 +14,5 @@ __all__ = ["Binder", "vif_of"]
 def vif_of(port: Port, mtu: int | None, default_bridge: str) -> VIF:
     """How the host's switch must see ``port`` (Neutron's binding decides the type)."""
     return VIF(port_id=port.id, mac=port.mac_address, vif_type=port.vif_type or "ovs",
-               bridge=port.vif_bridge or default_bridge, mtu=mtu)
+               bridge=port.vif_bridge or default_bridge, mtu=mtu,
+               addresses=tuple(f.ip_address for f in port.fixed_ips))

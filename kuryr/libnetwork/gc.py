@@ -67,7 +67,7 @@ class Scope:
     """Where to look: this host's Neutron view, switch and links."""
 
     neutron: Neutron
-    ovs: OVS
+    ovs: OVS | None  # None: no Open vSwitch here (a nested VM's kernel devices, routes)
     host: str
     bridge: str
     # Ids of the networks dockerd has; None when it cannot be asked (then no
@@ -128,7 +128,7 @@ def collect(scope: Scope, grace: float) -> list[Garbage]:
     # Local state first: a veth made after this snapshot has a port made before
     # the port listing below, so it is never mistaken for one without a port.
     links = netlink.link_names()
-    managed = scope.ovs.managed_interfaces()
+    managed = scope.ovs.managed_interfaces() if scope.ovs is not None else {}
     ports = scope.neutron.ports(**scope.where.port_filters())
     now = scope.neutron.counter.server_now()
     held = scope.held()
@@ -242,7 +242,8 @@ def _remove_network(scope: Scope, network_id: str) -> None:
                 and scope.where.holds(port) \
                 and marks.PORT_EXISTING_TAG not in port.tags:
             host_ifname = f"{HOST_PREFIX}{port.id[:11]}"
-            scope.ovs.unplug(host_ifname)
+            if scope.ovs is not None:
+                scope.ovs.unplug(host_ifname)
             netlink.delete_link(host_ifname)
             scope.where.detach([port])
             scope.neutron.delete_port(port.id)
@@ -262,7 +263,8 @@ def _remove_one(scope: Scope, item: Garbage) -> None:
             LOG.info("gc: security group %s is in use again; kept", item.name)
         return
     host_ifname = f"{HOST_PREFIX}{item.port_id[:11]}"
-    scope.ovs.unplug(host_ifname)
+    if scope.ovs is not None:
+        scope.ovs.unplug(host_ifname)
     netlink.delete_link(host_ifname)
     if item.port is not None:
         scope.where.detach([item.port])  # nested: off the VM's trunk / pairs first

@@ -26,6 +26,7 @@ from kuryr import errors
 from kuryr.binding import ovs
 from kuryr.binding.vif import VIF
 from kuryr.core.model import Lease
+from kuryr.core.placement import Placement
 from kuryr.core.ports import PortExtras
 from kuryr.libnetwork.floating import FloatingPublisher
 from kuryr.neutron import marks
@@ -193,7 +194,7 @@ def _is_netns_file(path: str) -> bool:
         return False
 
 
-def published_ports_on_host(neutron: Neutron, host: str) -> list[Port]:
+def published_ports_on_host(neutron: Neutron, where: Placement) -> list[Port]:
     return [p for p in neutron.ports(device_owner=marks.DOCKER_OWNERS.container,
-                                          binding_host_id=host)
+                                     **where.port_filters())
             if (p.description or "").startswith(spec.DESCRIPTION_PREFIX)]
