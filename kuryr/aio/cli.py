@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from kuryr.aio import kubernetes_build
-from kuryr.aio.layout import Layout
+from kuryr.aio.layout import VM_MODES, Layout, check_vm_name
 from kuryr.aio.procs import StackError
 
 
@@ -33,10 +33,59 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("env", help="print shell exports: eval \"$(kuryr-aio env)\"")
     down = sub.add_parser("down", help="stop exactly what `up` started")
     down.add_argument("--purge", action="store_true", help="also wipe the stack's state")
+    _vm_parser(sub.add_parser("vm", help="simulated OpenStack VMs whose containers Kuryr "
+                              "networks in nested mode"))
     sub.add_parser("build-k8s", help="build kube-apiserver, kube-controller-manager, "
                    "kube-scheduler and kubelet from Debian's source package, once "
                    "(cached under /var/cache/kuryr-aio; ~13 min on 2 cores, 3 GB)")
     return p
+
+
+def _vm_name(text: str) -> str:
+    try:
+        return check_vm_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _vm_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="vm_command", required=True)
+    up = sub.add_parser("up", help="make the VM (Neutron port, NIC, namespaces) and start "
+                        "its relay, Open vSwitch, Kuryr and dockerd; restarts what is dead")
+    up.add_argument("name", type=_vm_name)
+    up.add_argument("--mode", choices=VM_MODES,
+                    help="vlan: trunk sub-ports, the VM's own OVS tags them (default); "
+                    "macvlan: allowed address pairs.  Kept for the VM's life")
+    env = sub.add_parser("env", help="print shell exports for the VM: "
+                         "eval \"$(kuryr-aio vm env NAME)\"")
+    env.add_argument("name", type=_vm_name)
+    down = sub.add_parser("down", help="delete the VM (stop it, delete its trunk, port and "
+                          "what its Kuryr left in Neutron)")
+    down.add_argument("name", type=_vm_name)
+    down.add_argument("--purge", action="store_true",
+                      help="also wipe its files (Docker images and data) and the Neutron "
+                      "networks of its Docker networks")
+
+
+def _vm_main(args: argparse.Namespace, layout: Layout) -> int:
+    from kuryr.aio.vm import VirtualMachine
+    machine = VirtualMachine(layout, args.name)
+    if args.vm_command == "env":
+        sys.stdout.write(machine.env_exports())
+        return 0
+    if os.geteuid() != 0:
+        print("kuryr-aio: must run as root (a VM is made of namespaces and daemons)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.vm_command == "up":
+            machine.up(args.mode)
+        else:
+            machine.delete(purge=args.purge)
+    except StackError as exc:
+        print(f"kuryr-aio: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = Layout.default()
     if args.command == "build-k8s":
         return _build_k8s(layout)
+    if args.command == "vm":
+        return _vm_main(args, layout)
     # Imported here: it loads pyroute2 and openstacksdk (~0.5 s), which
     # `build-k8s` on a built cache, a no-op, does not wait for.
     from kuryr.aio import stack

@@ -43,6 +43,62 @@ def busybox_rootfs() -> bytes:
     return buf.getvalue()
 
 
+def cli(docker_host: str, *args: str, timeout: float = 60, check: bool = True,
+        input_text: str | None = None) -> str:
+    return procs.run([DOCKER_CLI, "-H", docker_host, *args],
+                     timeout=timeout, check=check, input_text=input_text)
+
+
+def answers(docker_host: str) -> bool:
+    return bool(cli(docker_host, "version", "--format", "{{.Server.Version}}",
+                    timeout=10).strip())
+
+
+def answers_now(docker_host: str) -> bool:
+    try:
+        return answers(docker_host)
+    except procs.StackError:
+        return False
+
+
+def has_image(docker_host: str) -> bool:
+    return bool(cli(docker_host, "images", "-q", IMAGE, timeout=10).strip())
+
+
+def import_busybox(docker_host: str, scratch: Path) -> None:
+    """The image IMAGE into that dockerd, made from the host's static busybox
+    (``scratch``: a directory for the rootfs tar, removed after)."""
+    rootfs = scratch / "busybox-rootfs.tar"
+    rootfs.write_bytes(busybox_rootfs())
+    try:
+        cli(docker_host, "import", "--change", 'CMD ["sh"]', str(rootfs), IMAGE, timeout=120)
+    finally:
+        rootfs.unlink(missing_ok=True)
+
+
+def dockerd_argv(*, data_root: Path, pidfile: Path, docker_host: str,
+                 exec_root: Path | None = None, bridge: str | None = None) -> list[str]:
+    """dockerd without NAT rules or forwarding: Docker must not touch the
+    host's firewall here.  ``bridge="none"`` makes no default bridge."""
+    return ["dockerd", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+            *([f"--bridge={bridge}"] if bridge else []),
+            f"--data-root={data_root}",
+            *([f"--exec-root={exec_root}"] if exec_root else []),
+            f"--pidfile={pidfile}", f"--host={docker_host}"]
+
+
+def daemon_problems(pidfile: Path, docker_host: str) -> list[str]:
+    if not procs.pid_alive(pidfile, "dockerd"):
+        return ["dockerd is not running"]
+    try:
+        answers(docker_host)
+    except procs.StackError as exc:
+        return [f"dockerd does not answer on {docker_host}: {exc}"]
+    if not has_image(docker_host):
+        return [f"image {IMAGE} is missing"]
+    return []
+
+
 class Docker:
     name = "dockerd"
 
@@ -56,61 +112,38 @@ class Docker:
 
     def cli(self, *args: str, timeout: float = 60, check: bool = True,
             input_text: str | None = None) -> str:
-        return procs.run([DOCKER_CLI, "-H", self.layout.docker_host, *args],
-                         timeout=timeout, check=check, input_text=input_text)
+        return cli(self.layout.docker_host, *args, timeout=timeout, check=check,
+                   input_text=input_text)
 
     def answers(self) -> bool:
-        return bool(self.cli("version", "--format", "{{.Server.Version}}", timeout=10).strip())
+        return answers(self.layout.docker_host)
 
     def has_image(self) -> bool:
-        return bool(self.cli("images", "-q", IMAGE, timeout=10).strip())
+        return has_image(self.layout.docker_host)
 
     def problems(self) -> list[str]:
-        if not procs.pid_alive(self.pidfile, "dockerd"):
-            return ["dockerd is not running"]
-        try:
-            self.answers()
-        except procs.StackError as exc:
-            return [f"dockerd does not answer on {self.layout.docker_host}: {exc}"]
-        if not self.has_image():
-            return [f"image {IMAGE} is missing"]
-        return []
+        return daemon_problems(self.pidfile, self.layout.docker_host)
 
     def up(self) -> None:
+        host = self.layout.docker_host
         if procs.pid_alive(self.pidfile, "dockerd"):
             # It may be shutting down (stopping containers takes up to 10 s).
-            procs.wait_for(lambda: self._answers() or not procs.running(self.pidfile), 60)
+            procs.wait_for(lambda: answers_now(host) or not procs.running(self.pidfile), 60)
         before = links.existing([DEFAULT_BRIDGE])
         if not procs.pid_alive(self.pidfile, "dockerd"):
             self.layout.docker_sock.unlink(missing_ok=True)
-            # No NAT, no forwarding: Docker must not touch the host's firewall here.
-            procs.spawn(
-                ["dockerd", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
-                 f"--data-root={self.layout.base / 'docker'}",
-                 # Docker's default exec-root (/var/run/docker): its netns paths
-                 # are what kuryr-libnetwork (measured by kuryr-bench) accepts.
-                 f"--pidfile={self.layout.run / 'dockerd.docker.pid'}",
-                 f"--host={self.layout.docker_host}"],
-                pidfile=self.pidfile, log=self.layout.log("dockerd"),
-            )
-        if not procs.wait_for(self._answers, 60):
+            # Docker's default exec-root (/var/run/docker): its netns paths
+            # are what kuryr-libnetwork (measured by kuryr-bench) accepts.
+            procs.spawn(dockerd_argv(data_root=self.layout.base / "docker",
+                                     pidfile=self.layout.run / "dockerd.docker.pid",
+                                     docker_host=host),
+                        pidfile=self.pidfile, log=self.layout.log("dockerd"))
+        if not procs.wait_for(lambda: answers_now(host), 60):
             raise procs.StackError(f"dockerd did not answer (log: {self.layout.log('dockerd')})")
         # A docker0 that was there before (the host's own Docker) stays at `down`.
         links.record_new(self.layout, [DEFAULT_BRIDGE], before)
         if not self.has_image():
-            self._import_busybox()
-
-    def _answers(self) -> bool:
-        try:
-            return self.answers()
-        except procs.StackError:
-            return False
-
-    def _import_busybox(self) -> None:
-        rootfs = self.layout.base / "busybox-rootfs.tar"
-        rootfs.write_bytes(busybox_rootfs())
-        self.cli("import", "--change", 'CMD ["sh"]', str(rootfs), IMAGE, timeout=120)
-        rootfs.unlink()
+            import_busybox(host, self.layout.base)
 
     def down(self) -> None:
         # Containers are stopped by dockerd itself on SIGTERM (their endpoints

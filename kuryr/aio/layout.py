@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,3 +241,143 @@ class Layout:
     def k8s_enabled(self) -> bool:
         """`up --k8s` was asked once: later `up`s keep the cluster running."""
         return self.k8s_mode_file.exists()
+
+    @property
+    def vms_state(self) -> Path:
+        """The simulated VMs' own state (`kuryr-aio vm up`), one directory each."""
+        return self.base / "vms"
+
+    @property
+    def vms_run(self) -> Path:
+        return self.run / "vms"
+
+    def vm(self, name: str) -> VmLayout:
+        return VmLayout(self, name)
+
+
+# A VM's name becomes part of interface names (kvm-NAME: 15 bytes at most) and
+# paths: lower case letters, digits and dashes, 10 at most.
+VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
+VM_MODES = ("vlan", "macvlan")
+NAMED_NETNS = Path("/run/netns")  # where `ip netns` (and pyroute2) keep named ones
+# Paths a second dockerd or Open vSwitch uses whatever its own flags say: the
+# Docker plugin directories (a VM's dockerd would find the host's Kuryr there),
+# Open vSwitch's run directory (db.sock, unixctl sockets) and containerd's
+# (its shims' sockets).  A VM's init process binds its own directory over each.
+VM_PRIVATE_PATHS = ("/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins",
+                    "/run/openvswitch", "/run/containerd")
+
+
+def check_vm_name(name: str) -> str:
+    if not VM_NAME.fullmatch(name):
+        raise ValueError(f"bad VM name {name!r}: 1 to 10 of a-z, 0-9 and '-', "
+                         "not starting with '-'")
+    return name
+
+
+def vm_netns(name: str) -> str:
+    return f"kuryr-vm-{name}"
+
+
+def vm_private_mounts(run_dir: Path) -> dict[Path, Path]:
+    """Path seen inside the VM -> the VM's own directory bound over it."""
+    return {Path(path): run_dir / "mounts" / path.strip("/").replace("/", "-")
+            for path in VM_PRIVATE_PATHS}
+
+
+def vm_init_ready(run_dir: Path) -> Path:
+    """Written by the VM's init (its PID) once its mount namespace is complete."""
+    return run_dir / "init.ready"
+
+
+@dataclass(frozen=True)
+class VmLayout:
+    """Where one simulated VM keeps its files, and the names it has on the host."""
+
+    stack: Layout
+    name: str
+
+    def __post_init__(self) -> None:
+        check_vm_name(self.name)
+
+    @property
+    def state(self) -> Path:
+        """Kept by `vm down`, wiped by `vm down --purge`: Docker's data, kuryr.conf."""
+        return self.stack.vms_state / self.name
+
+    @property
+    def run(self) -> Path:
+        """PID files, sockets and the directories bound over VM_PRIVATE_PATHS."""
+        return self.stack.vms_run / self.name
+
+    @property
+    def netns(self) -> str:
+        return vm_netns(self.name)
+
+    @property
+    def netns_path(self) -> Path:
+        return NAMED_NETNS / self.netns
+
+    @property
+    def host_ifname(self) -> str:
+        """The host end of the VM's NIC (its other end is eth0 in the VM)."""
+        return f"kvm-{self.name}"
+
+    @property
+    def neutron_name(self) -> str:
+        """The name of the VM's Neutron port and trunk."""
+        return f"kuryr-aio-vm-{self.name}"
+
+    @property
+    def device_id(self) -> str:
+        """What Nova would put in the port's device_id: the instance's UUID."""
+        return str(uuid.uuid5(uuid.NAMESPACE_DNS, self.neutron_name))
+
+    @property
+    def mode_file(self) -> Path:
+        """Written by `vm up`: the VM exists (and in which mode) until `vm down`."""
+        return self.state / "mode"
+
+    def pidfile(self, process: str) -> Path:
+        return self.run / f"{process}.pid"
+
+    def log(self, process: str) -> Path:
+        return self.stack.log(f"vm-{self.name}-{process}")
+
+    @property
+    def init_ready(self) -> Path:
+        return vm_init_ready(self.run)
+
+    def private_mounts(self) -> dict[Path, Path]:
+        return vm_private_mounts(self.run)
+
+    @property
+    def ovs_run(self) -> Path:
+        """The VM's /run/openvswitch."""
+        return self.private_mounts()[Path("/run/openvswitch")]
+
+    @property
+    def plugin_socket(self) -> Path:
+        """The VM's Kuryr: /run/docker/plugins/kuryr.sock inside the VM."""
+        return self.private_mounts()[Path("/run/docker/plugins")] / "kuryr.sock"
+
+    @property
+    def docker_exec_root(self) -> Path:
+        return self.run / "docker"
+
+    @property
+    def docker_netns_dir(self) -> Path:
+        """Where the VM's dockerd keeps its containers' network namespaces."""
+        return self.docker_exec_root / "netns"
+
+    @property
+    def docker_sock(self) -> Path:
+        return self.run / "docker.sock"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.docker_sock}"
+
+    @property
+    def kuryr_conf(self) -> Path:
+        return self.state / "kuryr.conf"

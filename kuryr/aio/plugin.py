@@ -52,6 +52,19 @@ endpoint_override = {octavia}
 """
 
 
+def neutron_section_of(layout: Layout) -> tuple[str, str]:
+    """kuryr.conf's [neutron] for the stack's auth mode, and what it is against
+    (a comment).  A simulated VM's Kuryr has the same: its relay makes the
+    host's 127.0.0.1 ports its own."""
+    own = {"vif_plugging_timeout": "30"}
+    if layout.keystone_mode:
+        # Neutron's URL comes from Keystone's catalog.
+        return ("Neutron as Keystone user kuryr (roles member + service, not admin)",
+                keystone.kuryr_neutron_section(own))
+    return "no-auth Neutron", keystone.ini_text({"neutron": {
+        "auth_type": "none", "endpoint": layout.neutron_url, **own}})
+
+
 def plugin_answers(path: Path = PLUGIN_SOCKET) -> bool:
     conn = UnixHTTPConnection(str(path), timeout=5)
     try:
@@ -98,15 +111,7 @@ class KuryrPlugin:
 
     def kuryr_conf(self) -> str:
         """kuryr.conf for this layout and the stack's auth mode."""
-        own = {"vif_plugging_timeout": "30"}
-        if self.layout.keystone_mode:
-            against = "Neutron as Keystone user kuryr (roles member + service, not admin)"
-            # Neutron's URL comes from Keystone's catalog.
-            neutron_section = keystone.kuryr_neutron_section(own)
-        else:
-            against = "no-auth Neutron"
-            neutron_section = keystone.ini_text({"neutron": {
-                "auth_type": "none", "endpoint": self.layout.neutron_url, **own}})
+        against, neutron_section = neutron_section_of(self.layout)
         return KURYR_CONF.format(
             against=against, socket=PLUGIN_SOCKET, docker=self.layout.docker_sock,
             state=self.layout.base / "kuryr", neutron_section=neutron_section,

@@ -71,13 +71,25 @@ def alive(pid: int | None, expect: str | None = None) -> bool:
     if not pid:
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
-    return expect is None or expect in cmdline
+    return expect is None or expect in line
+
+
+def cmdline(pidfile: Path) -> str:
+    """The command line of the process in ``pidfile``, each argument followed
+    by a space (so a match names whole arguments); "" when it is gone."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return ""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def pid_alive(pidfile: Path, expect: str | None = None) -> bool:

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
 
 from pyroute2 import netns
 
-from kuryr.aio import links, procs
+from kuryr.aio import links, vm
+from kuryr.aio.components import Component, bring_up, safe_problems, say
 from kuryr.aio.debian_services import stop_debian_services
 from kuryr.aio.docker import DEFAULT_BRIDGE, Docker
 from kuryr.aio.keystone import Keystone, admin_env
@@ -40,19 +38,6 @@ from kuryr.aio.plugin import KuryrPlugin
 from kuryr.aio.switch import DATAPATH_TAPS, OVN, OpenVSwitch
 from kuryr.binding import netlink
 from kuryr.k8s.host_reach import INTERFACE_PREFIX
-
-
-class Component(Protocol):
-    name: str
-
-    @property
-    def logs(self) -> list[Path]: ...
-
-    def problems(self) -> list[str]: ...
-
-    def up(self) -> None: ...
-
-    def down(self) -> object: ...  # what it returns is not used
 
 
 def kubernetes_components(layout: Layout) -> list[Component]:
@@ -93,21 +78,6 @@ def components(layout: Layout, keystone: bool | None = None,
     ]
 
 
-def say(message: str) -> None:
-    print(f"kuryr-aio: {message}", flush=True)
-
-
-def _safe_problems(component: Component) -> list[str]:
-    try:
-        return component.problems()
-    except Exception as exc:  # noqa: BLE001 - a failing probe is itself the answer
-        return [f"{component.name}: check failed: {exc}"]
-
-
-def _healthy(component: Component) -> bool:
-    return not _safe_problems(component)
-
-
 def adopt_links_of_older_stack(layout: Layout) -> list[str]:
     """Record the links of a stack started by a kuryr-aio that kept no record
     (a reused machine), once: those its daemons evidently made.
@@ -132,24 +102,6 @@ def adopt_links_of_older_stack(layout: Layout) -> list[str]:
     return ours
 
 
-def _bring_up(component: Component, log: Callable[[str], None]) -> None:
-    if not _safe_problems(component):
-        return
-    t0 = time.monotonic()
-    where = ", ".join(str(p) for p in component.logs) or "-"
-    log(f"starting {component.name} (logs: {where}) ...")
-    try:
-        component.up()
-    except procs.StackError as exc:
-        raise procs.StackError(f"{component.name}: {exc}") from exc
-    # Some daemons need a moment after answering once (workers forking).
-    procs.wait_for(functools.partial(_healthy, component), 30, interval=0.5)
-    left = _safe_problems(component)
-    if left:
-        raise procs.StackError(f"{component.name} is still not healthy: {'; '.join(left)}")
-    log(f"{component.name} up in {time.monotonic() - t0:.1f} s")
-
-
 def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None,
        kubernetes: bool = False) -> None:
     """Start whatever is not running yet; a no-op when all is up.
@@ -168,7 +120,7 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
         log("adding the Kubernetes cluster (kept by later `up`s)")
         layout.k8s_mode_file.touch()
     for component in components(layout):
-        _bring_up(component, log)
+        bring_up(component, log)
         if isinstance(component, (Packages, KubeTools)):
             # apt starts Debian's services of what it installs; they must be
             # gone before the stack's own take their sockets and PID files.
@@ -183,12 +135,15 @@ def up(layout: Layout, log: Callable[[str], None] = say, mode: str | None = None
 
 
 def status(layout: Layout) -> list[tuple[str, list[str]]]:
-    return [(c.name, _safe_problems(c)) for c in components(layout)]
+    return [(c.name, safe_problems(c)) for c in components(layout)]
 
 
 def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) -> None:
     # Before anything stops: the adoption looks at the running daemons.
     adopt_links_of_older_stack(layout)
+    # The VMs' dockerds stop their containers through the VMs' Kuryrs, which
+    # still reach Neutron then; the VMs' NICs leave br-int before it goes.
+    vm.stop_all(layout, purge=purge, log=log)
     # Keystone is stopped in either mode: one left by an interrupted switch is ours too.
     for component in reversed(components(layout, keystone=True, kubernetes=True)):
         try:
@@ -257,6 +212,16 @@ def main_status(layout: Layout) -> int:
                 print(f"DOWN  {name}: {problem}")
         else:
             print(f"OK    {name}")
+    for machine in vm.status(layout):
+        what = f"vm {machine.name} ({machine.mode})"
+        if machine.powered_off:
+            print(f"OFF   {what}: powered off; `kuryr-aio vm up {machine.name}` starts it")
+        elif machine.problems:
+            bad += 1
+            for problem in machine.problems:
+                print(f"DOWN  {what}: {problem}")
+        else:
+            print(f"OK    {what}")
     print(f"auth mode: {layout.auth_mode}")
     return 1 if bad else 0
 

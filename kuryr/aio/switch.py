@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kuryr.aio import links, procs
@@ -14,26 +15,30 @@ SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
 DATAPATH_TAPS = ("ovs-netdev", "br-int", "br-ex", "genev_sys_6081")
 
 
-def vsctl(*args: str, timeout: int = 10) -> str:
-    return procs.run(["ovs-vsctl", f"--timeout={timeout}", *args], timeout=timeout + 5)
+def vsctl(*args: str, timeout: int = 10, db: Path | None = None) -> str:
+    """ovs-vsctl on the host's Open vSwitch, or on the one whose socket is ``db``."""
+    where = [f"--db=unix:{db}"] if db else []
+    return procs.run(["ovs-vsctl", *where, f"--timeout={timeout}", *args], timeout=timeout + 5)
 
 
-def bridge_datapath(bridge: str) -> str | None:
+def bridge_datapath(bridge: str, db: Path | None = None) -> str | None:
     """The datapath type of ``bridge``, or None when the bridge does not exist."""
-    out = procs.run(["ovs-vsctl", "--timeout=5", "--if-exists", "get", "Bridge", bridge,
+    where = [f"--db=unix:{db}"] if db else []
+    out = procs.run(["ovs-vsctl", *where, "--timeout=5", "--if-exists", "get", "Bridge", bridge,
                      "datapath_type"], check=False, timeout=10).strip()
     return out.strip('"') or None
 
 
-def ensure_netdev_bridge(bridge: str, *extra: str) -> None:
+def ensure_netdev_bridge(bridge: str, *extra: str, db: Path | None = None) -> None:
     """Create ``bridge`` on the userspace datapath and check it really exists.
 
     ``ovs-vsctl add-br`` exits 0 even when the datapath cannot be created, so
     the bridge's Interface row is checked for an error afterwards.
     """
     vsctl("--may-exist", "add-br", bridge, "--", "set", "Bridge", bridge,
-          "datapath_type=netdev", *extra)
-    error = procs.run(["ovs-vsctl", "--timeout=5", "get", "Interface", bridge, "error"],
+          "datapath_type=netdev", *extra, db=db)
+    where = [f"--db=unix:{db}"] if db else []
+    error = procs.run(["ovs-vsctl", *where, "--timeout=5", "get", "Interface", bridge, "error"],
                       check=False, timeout=10).strip()
     if error not in ("", "[]"):
         raise procs.StackError(f"OVS bridge {bridge} failed: {error} (an interface named "
@@ -41,61 +46,120 @@ def ensure_netdev_bridge(bridge: str, *extra: str) -> None:
                                "`ip -d link show` it)")
 
 
-class OpenVSwitch:
-    name = "openvswitch"
+@dataclass(frozen=True)
+class SwitchFiles:
+    """One Open vSwitch (the host's, a simulated VM's): its database, its run
+    directory (db.sock and PID files), its logs, and the argv prefix that
+    starts its daemons where they belong (a VM's namespaces; none on the host)."""
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.db = layout.base / "ovs" / "conf.db"
-        self.db_pid = layout.ovs_run / "ovsdb-server.pid"
-        self.switch_pid = layout.ovs_run / "ovs-vswitchd.pid"
+    db: Path
+    run_dir: Path
+    db_log: Path
+    switch_log: Path
+    launcher: tuple[str, ...] = ()
+
+    @property
+    def db_sock(self) -> Path:
+        return self.run_dir / "db.sock"
+
+    @property
+    def db_pid(self) -> Path:
+        return self.run_dir / "ovsdb-server.pid"
+
+    @property
+    def switch_pid(self) -> Path:
+        return self.run_dir / "ovs-vswitchd.pid"
 
     @property
     def logs(self) -> list[Path]:
-        return [self.layout.log("ovsdb-server"), self.layout.log("ovs-vswitchd")]
+        return [self.db_log, self.switch_log]
 
-    def problems(self) -> list[str]:
+    def vsctl(self, *args: str, timeout: int = 10) -> str:
+        return vsctl(*args, timeout=timeout, db=self.db_sock)
+
+    def ovsdb_server_argv(self) -> list[str]:
+        return [*self.launcher, "ovsdb-server", str(self.db),
+                f"--remote=punix:{self.db_sock}",
+                "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+                f"--pidfile={self.db_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.db_log}"]
+
+    def vswitchd_argv(self) -> list[str]:
+        return [*self.launcher, "ovs-vswitchd", f"unix:{self.db_sock}",
+                f"--pidfile={self.switch_pid}", "--detach", "--no-chdir",
+                f"--log-file={self.switch_log}"]
+
+    def process_problems(self) -> list[str]:
         found = []
         if not procs.pid_alive(self.db_pid, "ovsdb-server"):
             found.append("ovsdb-server (Open vSwitch database) is not running")
         if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
             found.append("ovs-vswitchd is not running")
-        elif bridge_datapath("br-int") != "netdev":
-            found.append("OVS bridge br-int is missing or not on the netdev datapath")
         return found
 
-    def up(self) -> None:
-        self.layout.ovs_run.mkdir(parents=True, exist_ok=True)
+    def switch_running(self) -> bool:
+        return procs.pid_alive(self.switch_pid, "ovs-vswitchd")
+
+    def start_database(self) -> None:
+        """ovsdb-server on an initialised database (made the first time), with
+        what must be set before ovs-vswitchd starts."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db.parent.mkdir(parents=True, exist_ok=True)
         if not self.db.exists():
             procs.run(["ovsdb-tool", "create", str(self.db), str(OVS_SCHEMA)])
         if not procs.pid_alive(self.db_pid, "ovsdb-server"):
-            procs.run([
-                "ovsdb-server", str(self.db),
-                f"--remote=punix:{self.layout.ovs_db_sock}",
-                "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-                f"--pidfile={self.db_pid}", "--detach", "--no-chdir",
-                f"--log-file={self.layout.log('ovsdb-server')}",
-            ])
-        vsctl("--no-wait", "init")
+            procs.run(self.ovsdb_server_argv())
+        self.vsctl("--no-wait", "init")
         # TSO must be on before ovs-vswitchd starts, or TCP through veths fails
         # on checksums while ping still works.
-        vsctl("--no-wait", "set", "Open_vSwitch", ".",
-              "other_config:userspace-tso-enable=true")
+        self.vsctl("--no-wait", "set", "Open_vSwitch", ".",
+                   "other_config:userspace-tso-enable=true")
+
+    def start_switch(self) -> None:
+        if not self.switch_running():
+            procs.run(self.vswitchd_argv())
+
+    def ensure_netdev_bridge(self, bridge: str, *extra: str) -> None:
+        ensure_netdev_bridge(bridge, *extra, db=self.db_sock)
+
+    def stop(self) -> None:
+        procs.stop(self.switch_pid, "ovs-vswitchd")
+        procs.stop(self.db_pid, "ovsdb-server")
+
+
+class OpenVSwitch:
+    name = "openvswitch"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.files = SwitchFiles(db=layout.base / "ovs" / "conf.db", run_dir=layout.ovs_run,
+                                 db_log=layout.log("ovsdb-server"),
+                                 switch_log=layout.log("ovs-vswitchd"))
+        self.db = self.files.db
+        self.db_pid = self.files.db_pid
+        self.switch_pid = self.files.switch_pid
+
+    @property
+    def logs(self) -> list[Path]:
+        return self.files.logs
+
+    def problems(self) -> list[str]:
+        found = self.files.process_problems()
+        if self.files.switch_running() and bridge_datapath("br-int") != "netdev":
+            found.append("OVS bridge br-int is missing or not on the netdev datapath")
+        return found
+
+    def up(self) -> None:
+        self.files.start_database()
         self._configure_chassis()
-        if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
+        if not self.files.switch_running():
             # A killed userspace datapath leaves its tap devices; a new one
             # cannot create its bridges while they exist.  Only the stack's
             # own: a br-int of another Open vSwitch is not ours to delete
             # (then ensure_netdev_bridge below fails, naming it).
             links.delete_created(self.layout, DATAPATH_TAPS)
         before = links.existing(DATAPATH_TAPS)
-        if not procs.pid_alive(self.switch_pid, "ovs-vswitchd"):
-            procs.run([
-                "ovs-vswitchd", f"unix:{self.layout.ovs_db_sock}",
-                f"--pidfile={self.switch_pid}", "--detach", "--no-chdir",
-                f"--log-file={self.layout.log('ovs-vswitchd')}",
-            ])
+        self.files.start_switch()
         ensure_netdev_bridge("br-int", "fail-mode=secure",
                              "other-config:disable-in-band=true")
         ensure_netdev_bridge("br-ex")
@@ -118,8 +182,7 @@ class OpenVSwitch:
               *(f'external_ids:{key}="{value}"' for key, value in ids.items()))
 
     def down(self) -> None:
-        procs.stop(self.switch_pid, "ovs-vswitchd")
-        procs.stop(self.db_pid, "ovsdb-server")
+        self.files.stop()
 
 
 class OVN:

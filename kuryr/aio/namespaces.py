@@ -1,0 +1,145 @@
+"""Linux namespaces and mounts through libc (Python 3.11 has no os.setns,
+os.unshare or mount), for the simulated VMs.
+
+Kept free of heavy imports: ``kuryr.aio.vm_exec`` loads it in every process it
+starts inside a VM, and must still be single-threaded when it enters the VM's
+mount namespace (the kernel refuses setns(CLONE_NEWNS) to a threaded process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+THREAD_NETNS = "/proc/thread-self/ns/net"
+# ethtool's ioctl (linux/sockios.h, linux/ethtool.h): the netlink interface of
+# ethtool has no Python binding here, and Debian's ethtool is not installed.
+SIOCETHTOOL = 0x8946
+ETHTOOL_GTXCSUM = 0x16
+ETHTOOL_STXCSUM = 0x17
+IFNAMSIZ = 16
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc().setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(flags), "unshare")
+
+
+def mount(source: str | Path | None, target: str | Path, fstype: str | None = None,
+          flags: int = 0) -> None:
+    libc = _libc()
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                           ctypes.c_ulong, ctypes.c_void_p]
+    _check(libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
+                      None if fstype is None else fstype.encode(), flags, None),
+           f"mount {source} on {target}")
+
+
+def umount(target: str | Path, flags: int = 0) -> None:
+    _check(_libc().umount2(os.fsencode(target), flags), f"umount {target}")
+
+
+@contextlib.contextmanager
+def netns_entered(netns_path: str | Path) -> Iterator[None]:
+    """This thread in the network namespace at ``netns_path`` for the ``with``
+    block, then back in its own: sockets made inside stay in that namespace."""
+    target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(target, CLONE_NEWNET)
+            try:
+                yield
+            finally:
+                _return_to(own)
+        finally:
+            os.close(own)
+    finally:
+        os.close(target)
+
+
+def _return_to(own: int) -> None:
+    try:
+        setns(own, CLONE_NEWNET)
+    except OSError:
+        # Cannot happen (this thread left that very namespace a moment ago),
+        # and must not go on: the rest of the process would act in the VM.
+        os._exit(70)
+
+
+def socket_in(netns_path: str | Path, family: int = socket.AF_INET,
+              kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket of the network namespace at ``netns_path``."""
+    with netns_entered(netns_path):
+        return socket.socket(family, kind)
+
+
+def connects(netns_path: str | Path, port: int, host: str = "127.0.0.1",
+             timeout: float = 2) -> bool:
+    """Whether something accepts TCP connections on host:port in that namespace."""
+    with socket_in(netns_path) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _ethtool_value(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+    value = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
+    ifreq = struct.pack(f"{IFNAMSIZ}sP", ifname.encode(), ctypes.addressof(value))
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack("II", value.raw)[1])
+
+
+def tx_checksum(netns_path: str | Path, ifname: str) -> bool:
+    """Whether ``ifname`` (in that namespace) leaves TCP/UDP checksums to the NIC."""
+    with socket_in(netns_path, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return bool(_ethtool_value(sock, ifname, ETHTOOL_GTXCSUM))
+
+
+def disable_tx_checksum(netns_path: str | Path, ifname: str) -> None:
+    """`ethtool -K IFNAME tx off` (which turns off TSO with it): frames leave with
+    full checksums.  A veth whose other end the Open vSwitch userspace datapath
+    reads passes "checksum later" frames on, which OVS 3.1 mishandles (TCP fails
+    while ping works; across a tunnel such frames are dropped)."""
+    with socket_in(netns_path, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _ethtool_value(sock, ifname, ETHTOOL_STXCSUM, 0)
+
+
+def write_sysctls(netns_path: str | Path, values: dict[str, str]) -> None:
+    """Write /proc/sys/net/... keys (relative to /proc/sys) of that network
+    namespace: /proc/sys/net is the opening thread's namespace's.  Keys whose
+    file does not exist (IPv6 disabled altogether) are skipped."""
+    with netns_entered(netns_path):
+        for key, value in values.items():
+            path = Path("/proc/sys") / key
+            if path.exists():
+                path.write_text(value)
