@@ -181,7 +181,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
                             _default_host_ip(conf.publish.default_host_ip))
     networks = Networks(neutron, state, pool, background, binder, floating, NetworkSettings(
         host=host, default_bridge=bridge, enable_dhcp=conf.neutron.enable_dhcp,
-        user_pool_prefix=conf.subnetpool_name_prefix, placement=placement))
+        user_pool_prefix=conf.subnetpool_name_prefix, placement=placement,
+        docker_networks=lambda: gc.docker_network_ids(conf.docker_uri)))
     ipam = Ipam(neutron, state, networks, lifecycle, defaults, models.AddressSpaces(
         LocalDefaultAddressSpace=conf.local_default_address_space,
         GlobalDefaultAddressSpace=conf.global_default_address_space))

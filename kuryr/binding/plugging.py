@@ -306,8 +306,11 @@ class _RoutedWiring:
     def detach(self, vif: VIF) -> None:
         """Deleting the veth takes its routes."""
 
-    def wait(self, vif: VIF, timeout: float) -> None:
-        return None  # the hypervisor's switch: Neutron's port status says
+    def wait(self, vif: VIF, timeout: float) -> bool:
+        # Wired once routed: the VM's port carries the traffic and its pairs admitted
+        # the address before the port was handed out.  (The container's own port is
+        # never bound: its status says nothing.)
+        return True
 
     def forget_endpoint(self, vif: VIF) -> None:
         """No endpoint is recorded in the VM."""
@@ -459,8 +462,10 @@ class ChildDeviceBinder:
             LOG.warning("could not delete %s (port %s): %s", vif.container_ifname,
                         vif.port_id, exc)
 
-    def wait_wired(self, vif: VIF, timeout: float) -> None:
-        return None  # the hypervisor's switch: Neutron's port status says
+    def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
+        if self.kind == "ipvlan":
+            return True  # the VM port's pairs admitted the address before it was handed out
+        return None  # a sub-port: the hypervisor's switch wires it, Neutron's status says
 
     def forget_endpoint(self, vif: VIF) -> None:
         """Nothing is recorded in the VM."""

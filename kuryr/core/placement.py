@@ -5,7 +5,8 @@ binds each port it makes to the host (binding:host_id) and knows its ports by
 that binding.  Inside a VM (nested) Kuryr may not bind anything (a VM's
 credentials have no binding rights); its ports reach the VM through the VM's
 own port, and are known by a tag naming that port, given in the same POST
-that makes them, so a crash never leaves a port nobody recognises:
+that makes them (or the PUT right after it, where Neutron takes no tags in a
+port's POST), so a crash leaves no port nobody recognises:
 
 =================  =====================================  ==========================
 Placement          after a port is made / before delete   how Kuryr finds its ports
@@ -149,11 +150,16 @@ class TrunkSubports(_OnVM):
             return self._vlans.get(port_id)
 
     def attach(self, ports: Sequence[Port]) -> None:
-        """1 PUT for all ports (2 and a GET when another writer took an id)."""
+        """1 PUT for all ports (2 and a GET when another writer took an id), then
+        1 PUT each: Neutron's trunk driver rewrites a sub-port's device_owner to
+        trunk:subport, and Kuryr's owners say what a port is doing (ready in the
+        pool, reserved, serving a container) after a restart."""
         for last in (False, True):
             subs = self._reserve([p.id for p in ports])
             try:
                 self._neutron.add_subports(self.trunk_id, subs)
+                for port in ports:
+                    self._neutron.update_port(port.id, device_owner=port.device_owner)
                 return
             except errors.Conflict:
                 self._release([s.port_id for s in subs])

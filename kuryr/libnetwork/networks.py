@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kuryr import errors
@@ -44,6 +44,9 @@ class NetworkSettings:
     user_pool_prefix: str = "kuryrPool"  # kuryrPool-<cidr>: subnetpools of --subnet
     # Where this Kuryr's ports are (nested: on a VM); OnHost(host) if None.
     placement: Placement | None = None
+    # The ids of this host's dockerd's networks (None: it cannot be asked): which
+    # of the Docker networks sharing an adopted Neutron network is this host's.
+    docker_networks: Callable[[], set[str] | None] = lambda: None
 
     @property
     def where(self) -> Placement:
@@ -90,8 +93,19 @@ class Networks:
             net = self.neutron.get_network(neutron_id)
         except errors.NotFound:
             return None
-        docker_id = marks.docker_network_id_from_tags(list(net.tags))
+        docker_id = self._docker_id_of(net)
         return self._load(docker_id, net) if docker_id else None
+
+    def _docker_id_of(self, net: Network) -> str | None:
+        """This host's Docker network on ``net``.  One Neutron network adopted by
+        the dockerds of several hosts or VMs carries all their ids: the one this
+        dockerd knows is this host's (1 Docker request, only then)."""
+        candidates = marks.docker_network_ids_from_tags(list(net.tags))
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        known = self.settings.docker_networks() or set()
+        mine = [c for c in candidates if c in known]
+        return mine[0] if len(mine) == 1 else None
 
     def by_pool(self, pool: marks.PoolId) -> NetworkRecord | None:
         """The network behind a pool id: by its token (1 GET after a restart); pool
@@ -102,13 +116,13 @@ class Networks:
             if cached:
                 return cached[0]
             found = self.neutron.networks_tagged([tag])
-            docker_id = marks.docker_network_id_from_tags(list(found[0].tags)) if found else None
+            docker_id = self._docker_id_of(found[0]) if found else None
             return self._load(docker_id, found[0]) if found and docker_id else None
         candidates = self.state.networks_with_cidr(pool.cidr)
         if not candidates:
             for subnet in self.neutron.subnets(cidr=pool.cidr):
                 net = self.neutron.get_network(subnet.network_id)
-                docker_id = marks.docker_network_id_from_tags(list(net.tags))
+                docker_id = self._docker_id_of(net)
                 if docker_id:
                     candidates.append(self._load(docker_id, net))
         if len(candidates) > 1:
@@ -211,6 +225,25 @@ class Networks:
             subnet_pool_id=pending.subnetpool_id if pending else None,
             allocation_pools=allocation)
 
+    def _refuse_second_adoption_here(self, net: Network, ref: str, docker_id: str) -> None:
+        """One dockerd adopts a Neutron network once; the dockerds of other hosts and
+        VMs may too (their containers then share it), each with its own tags."""
+        others = [c for c in marks.docker_network_ids_from_tags(list(net.tags))
+                  if c != docker_id]
+        if not others:
+            return
+        known = self.settings.docker_networks()
+        if known is None:
+            raise errors.Conflict(
+                f"Neutron network {ref!r} is already used by Docker networks, and this "
+                "host's dockerd cannot be asked whether one of them is its own")
+        here = [c for c in others if c in known]
+        if here:
+            raise errors.Conflict(
+                f"Neutron network {ref!r} is already used by Docker network {here[0][:12]}")
+        LOG.info("Neutron network %s is shared with Docker networks of other hosts or VMs",
+                 net.id)
+
     def _refuse_overlap(self, cidr: str, kuryr_pools: tuple[str, ...]) -> None:
         """Two of Kuryr's networks never share addresses (1 GET).  Checked here,
         not by Neutron: each --subnet has a subnetpool of its own."""
@@ -225,10 +258,7 @@ class Networks:
     def _adopt(self, docker_id: str, ref: str, pools: list[models.IPAMData],
                claimed: list[PendingPool | None], extra_tags: list[str]) -> NetworkRecord:
         net = self.neutron.find_network(ref)
-        owner = marks.docker_network_id_from_tags(list(net.tags))
-        if owner and owner != docker_id:
-            raise errors.Conflict(
-                f"Neutron network {ref!r} is already used by Docker network {owner[:12]}")
+        self._refuse_second_adoption_here(net, ref, docker_id)
         existing = {s.cidr: s for s in self.neutron.subnets(network_id=net.id)}
         tags = tuple(sorted({*net.tags, *marks.network_tags(docker_id),
                              marks.existing_network_tag(docker_id), *extra_tags}))

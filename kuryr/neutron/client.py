@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import email.utils
 import ipaddress
@@ -261,6 +262,7 @@ class Neutron:
     def __init__(self, conn: os_connection.Connection, counter: RequestCounter) -> None:
         self.conn = conn
         self.counter = counter
+        self._tags_in_post: bool | None = None  # known after the first port made with tags
 
     @property
     def api(self) -> Any:  # noqa: ANN401 - the raw SDK proxy: kuryr-aio and tests only
@@ -583,14 +585,34 @@ class Neutron:
 
     # -- ports -------------------------------------------------------------
     def create_port(self, port: NewPort) -> Port:
-        """1 POST."""
+        """1 POST (and 1 PUT for its tags where Neutron takes none in a POST)."""
         with translated_errors(f"create port on network {port.network_id}"):
-            return Port.from_sdk(self.api.create_port(**port.body()))
+            made = Port.from_sdk(self.api.create_port(**port.body()))
+        return self._tagged([made], [port])[0]
 
     def create_ports(self, ports: list[NewPort]) -> list[Port]:
-        """1 POST for all ports (bulk)."""
+        """1 POST for all ports (bulk; and 1 PUT each for their tags where Neutron
+        takes none in a POST)."""
         with translated_errors(f"create {len(ports)} ports"):
-            return [Port.from_sdk(p) for p in self.api.create_ports([p.body() for p in ports])]
+            made = [Port.from_sdk(p) for p in self.api.create_ports([p.body() for p in ports])]
+        return self._tagged(made, ports)
+
+    def _tagged(self, made: list[Port], wanted: list[NewPort]) -> list[Port]:
+        """Neutron without the ML2 extension driver tag_ports_during_bulk_creation
+        ignores tags in a port's POST, silently: set them afterwards."""
+        if not any(w.tags for w in wanted):
+            return made
+        if self._tags_in_post is None:
+            self._tags_in_post = "tag-ports-during-bulk-creation" in self.extensions()
+        if self._tags_in_post:
+            return made
+        done = []
+        for port, new in zip(made, wanted, strict=True):
+            tags = sorted({*port.tags, *new.tags})
+            if set(tags) != set(port.tags):
+                self.set_port_tags(port.id, tags)
+            done.append(dataclasses.replace(port, tags=tuple(tags)))
+        return done
 
     def update_port(self, port_id: str, *, device_id: str | None = None,
                     device_owner: str | None = None, binding_host_id: str | None = None,

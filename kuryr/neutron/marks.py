@@ -108,10 +108,20 @@ def subnet_name(cidr: str) -> str:
     return SUBNET_NAME_PREFIX + cidr
 
 
+def docker_network_ids_from_tags(tags: list[str]) -> list[str]:
+    """Every Docker network id the tags may carry.  One Docker network: its id.  A
+    Neutron network adopted by the dockerds of several hosts (or VMs) carries
+    each one's two halves, which cannot be paired by the tags alone: every
+    pairing is returned (the caller asks its own dockerd which one is its)."""
+    lows = sorted(t[len(NET_TAG_LOW):] for t in tags if t.startswith(NET_TAG_LOW))
+    highs = sorted(t[len(NET_TAG_HIGH):] for t in tags if t.startswith(NET_TAG_HIGH))
+    return [low + high for low in lows for high in highs]
+
+
 def docker_network_id_from_tags(tags: list[str]) -> str | None:
-    low = next((t[len(NET_TAG_LOW):] for t in tags if t.startswith(NET_TAG_LOW)), None)
-    high = next((t[len(NET_TAG_HIGH):] for t in tags if t.startswith(NET_TAG_HIGH)), None)
-    return low + high if low and high else None
+    """The Docker network id of tags that carry exactly one."""
+    found = docker_network_ids_from_tags(tags)
+    return found[0] if len(found) == 1 else None
 
 
 def subnetpool_name(prefix: str, cidr: str) -> str:

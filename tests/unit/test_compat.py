@@ -251,3 +251,49 @@ def test_a_kuryrpool_taken_again_meanwhile_does_not_fail_network_rm(driver):  # 
     assert d.state.network(docker_id) is None
     d.neutron.delete_subnetpool = refuse  # type: ignore[method-assign]
     assert pools_named(d, "kuryrPool-10.96.0.0/24"), "kept for whoever took it"
+
+
+def knows(d, *docker_ids: str) -> None:
+    """This driver's dockerd has exactly these networks."""
+    import dataclasses
+
+    d.networks.settings = dataclasses.replace(d.networks.settings,
+                                              docker_networks=lambda: set(docker_ids))
+
+
+def test_the_dockerds_of_two_hosts_share_one_adopted_network(driver):  # noqa: F811
+    """Multi-host and nested: each dockerd adopts the Neutron network with its own
+    Docker network; each finds its own again, and removing one keeps the other's."""
+    import itertools
+
+    a = driver()
+    b = driver(neutron=a.neutron)
+    b._ids = itertools.count(0xB0000000000000000000000000000000B)  # another dockerd's ids
+    net = a.neutron.add_network("shared")
+    a.neutron.add_subnet(net.id, "10.90.0.0/24", "10.90.0.1")
+    on_a, (_pool_a,) = a.create_network(("10.90.0.0/24", ""), options={"neutron.net.uuid": net.id})
+    knows(a, on_a)
+    knows(b)  # B's dockerd has no network on it yet
+    on_b, (_pool_b,) = b.create_network(("10.90.0.0/24", ""), options={"neutron.net.uuid": net.id})
+    knows(b, on_b)
+    assert set(marks.docker_network_ids_from_tags(list(a.neutron.networks[net.id].tags))) >= {
+        on_a, on_b}
+    restarted = driver(neutron=a.neutron)  # B's Kuryr after a restart: nothing in memory
+    knows(restarted, on_b)
+    record = restarted.networks.by_neutron_id(net.id)  # by the tags, and B's dockerd
+    assert record is not None
+    assert record.docker_id == on_b
+    a.networks.delete(models.NetworkRequest(NetworkID=on_a))
+    left = a.neutron.networks[net.id].tags
+    assert set(marks.network_tags(on_b)) <= set(left)
+    assert not set(marks.network_tags(on_a)) & set(left)
+
+
+def test_one_dockerd_adopts_a_neutron_network_once(driver):  # noqa: F811
+    d = driver()
+    net = d.neutron.add_network("once")
+    d.neutron.add_subnet(net.id, "10.91.0.0/24", "10.91.0.1")
+    first, _ = d.create_network(("10.91.0.0/24", ""), options={"neutron.net.uuid": net.id})
+    knows(d, first)
+    with pytest.raises(errors.Conflict, match="already used by Docker network"):
+        d.create_network(("10.91.0.0/24", ""), options={"neutron.net.uuid": net.id})

@@ -28,7 +28,8 @@ VM = Port(id="vm-port-0000", network_id="net", mac_address="fa:16:3e:00:00:aa",
 
 def port(n: int) -> Port:
     return Port(id=f"port-{n:04d}", network_id="net", mac_address=f"fa:16:3e:00:01:{n:02x}",
-                fixed_ips=(FixedIP("sub", f"192.168.250.{100 + n}"),))
+                fixed_ips=(FixedIP("sub", f"192.168.250.{100 + n}"),),
+                device_owner=marks.POOL_DEVICE_OWNER)
 
 
 class TrunkNeutron:
@@ -39,6 +40,7 @@ class TrunkNeutron:
         self.puts = 0
         self.gets = 0
         self.stale = 0  # writers to interleave before the next if_revision PUT
+        self.owners = {}  # port id -> device_owner Kuryr set back after add_subports
 
     # trunks
     def trunk_of(self, parent):
@@ -71,7 +73,12 @@ class TrunkNeutron:
         self.gets += 1
         return self.vm
 
-    def update_port(self, port_id, *, allowed_address_pairs=None, if_revision=None):
+    def update_port(self, port_id, *, allowed_address_pairs=None, if_revision=None,
+                    device_owner=None):
+        if device_owner is not None:  # Kuryr's owner back on a sub-port
+            with self.lock:
+                self.owners[port_id] = device_owner
+            return None
         with self.lock:
             self.puts += 1
             if self.stale:  # someone else wrote it since it was read
@@ -123,7 +130,9 @@ def test_a_pool_fill_adds_all_its_subports_in_one_put():
     trunk = TrunkSubports("vm1", VM, neutron.trunk, neutron)
     trunk.attach([port(n) for n in range(5)])
     assert vlans(neutron) == [1, 2, 3, 4, 5]
-    assert neutron.puts == 1
+    assert neutron.puts == 1  # one add_subports for all
+    # Neutron's trunk driver made them trunk:subport: Kuryr's owner is put back.
+    assert neutron.owners == {port(n).id: marks.POOL_DEVICE_OWNER for n in range(5)}
 
 
 def test_vlan_ids_in_use_come_from_the_trunk_and_freed_ids_are_reused():
