@@ -379,7 +379,7 @@ class PortLifecycle:
         old_vif = vif_of(port, net.mtu, self.settings.default_bridge)
         lease.port = self.neutron.update_port(
             port.id, device_id=endpoint_id, device_owner=self.settings.owners.container,
-            binding_host_id=self.settings.host,
+            binding_host_id=self.settings.where.binding_host_id,
             name=_name_for(port, endpoint_id, lease.adopted),
             security_group_ids=groups if extras.security_group_ids else None,
             description=extras.description, mac_address=mac or None)

@@ -17,7 +17,7 @@ from kuryr import errors
 from kuryr.core import ownership, ranges
 from kuryr.core.background import Background
 from kuryr.core.naming import Naming, NoNames
-from kuryr.core.placement import OnHost
+from kuryr.core.placement import AddressPairs, OnHost, Placement
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
 from kuryr.core.state import State
@@ -40,23 +40,26 @@ class Driver:
 
     def __init__(self, pool_size: int = 0, neutron: FakeNeutron | None = None,
                  binder: FakeBinder | None = None, naming: Naming | None = None,
-                 owners: marks.Owners = marks.DOCKER_OWNERS) -> None:
+                 owners: marks.Owners = marks.DOCKER_OWNERS,
+                 placement: Placement | None = None) -> None:
         self.neutron = neutron or FakeNeutron()
         self.binder = binder or FakeBinder()
         self.state = State()
         self.background = Background()
         self.background.start()
         self.pool = PortPool(self.neutron, self.binder, self.background, HOST, pool_size,
-                             "br-int", owners=owners)
+                             "br-int", owners=owners, placement=placement)
         self.pool.start()
         self.ports = PortLifecycle(self.neutron, self.binder, self.pool, self.background,
                                    self.state, Settings(host=HOST, default_bridge="br-int",
                                                         owners=owners, plug_timeout=1,
-                                                        dns_enabled=naming is not None),
+                                                        dns_enabled=naming is not None,
+                                                        placement=placement),
                                    naming or NoNames())
         floating = FloatingPublisher(self.neutron, HOST, "", "kuryr-publish")
         self.networks = Networks(self.neutron, self.state, self.pool, self.background,
-                                 self.binder, floating, NetworkSettings(HOST, "br-int"))
+                                 self.binder, floating,
+                                 NetworkSettings(HOST, "br-int", placement=placement))
         pools = {4: SubnetPool("p4", "kuryr", ("0.0.0.0/0",), 24),
                  6: SubnetPool("p6", "kuryr6", ("::/0",), 64)}
         self.ipam = Ipam(self.neutron, self.state, self.networks, self.ports,
@@ -110,18 +113,20 @@ class Driver:
                                                                Address=address))
 
     def create_endpoint(self, net: str, v4: str = "", v6: str = "",
-                        prefix4: int = 24, prefix6: int = 64) -> str:
+                        prefix4: int = 24, prefix6: int = 64,
+                        options: dict | None = None) -> str:
         endpoint = self.new_id()
         self.endpoints.create(models.CreateEndpointRequest(
             NetworkID=net, EndpointID=endpoint, Interface=models.EndpointInterface(
                 Address=f"{v4}/{prefix4}" if v4 else "",
-                AddressIPv6=f"{v6}/{prefix6}" if v6 else "")))
+                AddressIPv6=f"{v6}/{prefix6}" if v6 else ""), Options=options or {}))
         return endpoint
 
-    def start(self, net: str, pool_id: str, address: str = "") -> tuple[str, str]:
+    def start(self, net: str, pool_id: str, address: str = "",
+              options: dict | None = None) -> tuple[str, str]:
         """RequestAddress, CreateEndpoint, Join; the container takes the interface."""
         ip = self.request(pool_id, address)
-        endpoint = self.create_endpoint(net, ip)
+        endpoint = self.create_endpoint(net, ip, options=options)
         self.endpoints.join(models.JoinRequest(NetworkID=net, EndpointID=endpoint,
                                                SandboxKey="/var/run/docker/netns/x"))
         self.binder.container_takes(self.port_of(endpoint).id)
@@ -549,3 +554,45 @@ def test_a_recycled_port_still_naming_its_last_container_is_recorded_again(drive
     fresh.settle()
     assert d.neutron.get_port(port_id).device_id == endpoint
     assert fresh.ports.record_lost_endpoints() == 0, "nothing left to record"
+
+
+def test_nested_kuryr_never_asks_for_a_binding(driver):
+    """A VM's credentials have no binding rights: in nested mode no request Kuryr
+    sends names binding:host_id, through a pool fill, a start with --expose
+    (its groups written before Join) and a stop; and the container's address
+    is in the VM port's pairs exactly while its port exists."""
+    neutron = FakeNeutron()
+    vm_net = neutron.add_network("vms")
+    neutron.add_subnet(vm_net.id, "10.93.0.0/24", "10.93.0.1")
+    vm_port = neutron.add_port(vm_net.id, "10.93.0.5", status="ACTIVE",
+                               device_owner="compute:nova", revision_number=1)
+    bindings: list[object] = []
+    create, update = neutron.create_port, neutron.update_port
+
+    def recording_create(new):
+        bindings.append(new.binding_host_id)
+        return create(new)
+
+    def recording_update(port_id, **attrs):
+        bindings.append(attrs.get("binding_host_id"))
+        return update(port_id, **attrs)
+    neutron.create_port = recording_create  # type: ignore[method-assign]
+    neutron.update_port = recording_update  # type: ignore[method-assign]
+    d = driver(pool_size=1, neutron=neutron,
+               placement=AddressPairs("vm1", vm_port, neutron))  # type: ignore[arg-type]
+    net, (pool_id,) = d.create_network(("10.93.0.0/24", ""),
+                                       options={"neutron.net.uuid": vm_net.id})
+    endpoint, ip = d.start(net, pool_id, options={
+        models.EXPOSED_PORTS_OPTION: [{"Proto": 6, "Port": 9999}]})
+    d.settle()
+    pairs = {a for a, _ in neutron.get_port(vm_port.id).allowed_address_pairs}
+    assert ip in pairs
+    assert marks.vm_tag(vm_port.id) in d.port_of(endpoint).tags
+    port_id = d.port_of(endpoint).id
+    d.stop(net, endpoint)
+    d.release(pool_id, ip)
+    d.settle()
+    assert port_id not in neutron.ports_  # its own groups: deleted, not pooled
+    assert ip not in {a for a, _ in neutron.get_port(vm_port.id).allowed_address_pairs}
+    assert bindings
+    assert set(bindings) == {None}, "a nested request asked for a binding"
