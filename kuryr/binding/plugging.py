@@ -188,6 +188,16 @@ def _link_failure() -> Iterator[None]:
 
 # -- how each VIF type joins the host's switch ------------------------------------------------
 
+# A sub-port is wired by the hypervisor's OVN as soon as it is on the trunk of a
+# bound VM port (ovn-controller claims a child port of a port it already has in
+# well under a second).  Neutron's status cannot say: Neutron 29's OVN trunk
+# driver sets a new sub-port to the parent's status at once, and under
+# concurrent trunk changes a sub-port stayed DOWN in Neutron for minutes while
+# OVN had bound it and carried its traffic (seen here with 10 concurrent starts).
+# Nothing in a VM can see OVN, so a nested container starts once its interface is
+# plugged; a ready (pooled) sub-port was added long before.
+SUBPORT_WIRED = True
+
 class _Wiring(Protocol):
     """The attachment of a veth's host end for one family of VIF types."""
 
@@ -269,8 +279,8 @@ class _LinuxBridgeWiring:
 class _VlanAccessWiring(_OvsWiring):
     """nested-vlan tagged by the VM's own OVS bridge: the veth's VM end is an
     access port of the sub-port's VLAN; the VM's NIC, a port of the same bridge
-    with no tag, carries every VLAN to the trunk.  That OVS is no OVN chassis:
-    nothing local says when the sub-port is wired (Neutron's status does)."""
+    with no tag, carries every VLAN to the trunk.  Wired once plugged (see
+    SUBPORT_WIRED)."""
 
     def __init__(self, switch: Switch, vlans: Callable[[str], int | None]) -> None:
         super().__init__(switch)
@@ -286,8 +296,8 @@ class _VlanAccessWiring(_OvsWiring):
                           f"into bridge {vif.bridge}"):
             self._switch.plug(vif, endpoint_id=endpoint_id, record=record, tag=vlan)
 
-    def wait(self, vif: VIF, timeout: float) -> None:
-        return None
+    def wait(self, vif: VIF, timeout: float) -> bool:
+        return SUBPORT_WIRED
 
 
 class _RoutedWiring:
@@ -462,10 +472,10 @@ class ChildDeviceBinder:
             LOG.warning("could not delete %s (port %s): %s", vif.container_ifname,
                         vif.port_id, exc)
 
-    def wait_wired(self, vif: VIF, timeout: float) -> bool | None:
+    def wait_wired(self, vif: VIF, timeout: float) -> bool:
         if self.kind == "ipvlan":
             return True  # the VM port's pairs admitted the address before it was handed out
-        return None  # a sub-port: the hypervisor's switch wires it, Neutron's status says
+        return SUBPORT_WIRED
 
     def forget_endpoint(self, vif: VIF) -> None:
         """Nothing is recorded in the VM."""
