@@ -428,6 +428,8 @@ class VethBinder:
         return self._wiring_of(vif).endpoint_record_of(vif)
 
     def port_of_endpoint(self, endpoint_id: str) -> str | None:
+        if isinstance(self._ovs, _RoutedWiring):
+            return None  # nothing is recorded in the VM: no switch to ask
         with _ovs_failure(f"cannot look up endpoint {endpoint_id[:12]}"):
             return self._switch.port_of_endpoint(endpoint_id)
 

@@ -236,7 +236,7 @@ class AddressPairs(_OnVM):
 
     def _change(self, change: _PairChange, what: str) -> None:
         """1 PUT, plus 1 GET and 1 PUT per writer that came in between."""
-        vm = self._last_read()
+        vm, fresh = self._last_read(), False
         for _ in range(CAS_ATTEMPTS):
             current = {ip for ip, mac in vm.allowed_address_pairs
                        if not mac or mac == vm.mac_address}
@@ -244,7 +244,15 @@ class AddressPairs(_OnVM):
                       if mac and mac != vm.mac_address]  # a user's VRRP pairs: kept as they are
             wanted = change(current)
             if wanted == current:
-                return
+                if fresh:
+                    return
+                # "Nothing to do" is only true of the port as it is now: a remembered
+                # copy may still list an address an earlier container had (Neutron
+                # hands a freed address out again), and then the new one's pair would
+                # never be written.  Read it (1 GET, only in this case).
+                vm, fresh = self._neutron.get_port(vm.id), True
+                self._remember(vm)
+                continue
             try:
                 vm = self._neutron.update_port(
                     vm.id, allowed_address_pairs=[*others, *((ip, "") for ip in sorted(wanted))],
@@ -252,7 +260,7 @@ class AddressPairs(_OnVM):
                 self._remember(vm)
                 return
             except errors.StaleRevision:
-                vm = self._neutron.get_port(vm.id)
+                vm, fresh = self._neutron.get_port(vm.id), True
                 self._remember(vm)
         raise errors.BackendUnavailable(
             f"VM port {self.vm_port.id}: could not {what} in its allowed address pairs: "

@@ -224,3 +224,16 @@ def test_start_up_refuses_a_vm_port_that_is_down_or_has_no_trunk():
         nested_placement("nested-vlan", "vm1", neutron, lonely)  # type: ignore[arg-type]
     assert isinstance(nested_placement("nested-macvlan", "vm1", neutron, lonely),  # type: ignore[arg-type]
                       AddressPairs)
+
+
+def test_an_address_handed_out_again_gets_its_pair_though_a_stale_copy_listed_it():
+    """Neutron hands a freed address out again: the remembered VM port may still
+    list it from the container that had it before; its pair must be written."""
+    neutron = TrunkNeutron()
+    pairs = AddressPairs("vm1", VM, neutron)
+    pairs.attach([port(1)])
+    stale = neutron.vm  # lists 192.168.250.101
+    pairs.detach([port(1)])
+    pairs._latest = stale
+    pairs.attach([port(1)])  # the same address, a new container
+    assert {ip for ip, _ in neutron.vm.allowed_address_pairs} == {"192.168.250.101"}
