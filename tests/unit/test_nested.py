@@ -237,3 +237,30 @@ def test_an_address_handed_out_again_gets_its_pair_though_a_stale_copy_listed_it
     pairs._latest = stale
     pairs.attach([port(1)])  # the same address, a new container
     assert {ip for ip, _ in neutron.vm.allowed_address_pairs} == {"192.168.250.101"}
+
+
+def test_concurrent_starts_lose_no_pair_where_neutrons_if_match_does_not_serialize():
+    """Neutron 29 let 8 of 10 concurrent PUTs with the same If-Match revision
+    succeed: Kuryr must not rely on it against its own concurrent writers."""
+    import time
+
+    neutron = TrunkNeutron()
+    racy_update = neutron.update_port
+
+    def update_port(port_id, **attrs):
+        # Neutron's check and write are not one step: writers that checked the same
+        # revision all write.
+        revision = neutron.vm.revision_number
+        time.sleep(0.01)
+        if attrs.get("if_revision") not in (None, revision):
+            raise errors.StaleRevision("412")
+        attrs["if_revision"] = None
+        neutron.vm = dataclasses.replace(neutron.vm, revision_number=revision)
+        return racy_update(port_id, **attrs)
+    neutron.update_port = update_port
+    pairs = AddressPairs("vm1", VM, neutron)
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda n: pairs.attach([port(n)]), range(10)))
+    assert sorted(ip for ip, _ in neutron.vm.allowed_address_pairs) == sorted(
+        f"192.168.250.{100 + n}" for n in range(10))
+    assert neutron.puts < 10
