@@ -14,8 +14,9 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
+
+from kuryr.binding import netlink
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -24,7 +25,6 @@ MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
-THREAD_NETNS = "/proc/thread-self/ns/net"
 # ethtool's ioctl (linux/sockios.h, linux/ethtool.h): the netlink interface of
 # ethtool has no Python binding here, and Debian's ethtool is not installed.
 SIOCETHTOOL = 0x8946
@@ -65,32 +65,10 @@ def umount(target: str | Path, flags: int = 0) -> None:
     _check(_libc().umount2(os.fsencode(target), flags), f"umount {target}")
 
 
-@contextlib.contextmanager
-def netns_entered(netns_path: str | Path) -> Iterator[None]:
+def netns_entered(netns_path: str | Path) -> contextlib.AbstractContextManager[None]:
     """This thread in the network namespace at ``netns_path`` for the ``with``
     block, then back in its own: sockets made inside stay in that namespace."""
-    target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(target, CLONE_NEWNET)
-            try:
-                yield
-            finally:
-                _return_to(own)
-        finally:
-            os.close(own)
-    finally:
-        os.close(target)
-
-
-def _return_to(own: int) -> None:
-    try:
-        setns(own, CLONE_NEWNET)
-    except OSError:
-        # Cannot happen (this thread left that very namespace a moment ago),
-        # and must not go on: the rest of the process would act in the VM.
-        os._exit(70)
+    return netlink.thread_in_netns(netns_path)
 
 
 def socket_in(netns_path: str | Path, family: int = socket.AF_INET,

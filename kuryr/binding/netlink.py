@@ -52,20 +52,8 @@ def in_netns(netns_path: str) -> Iterator[IPRoute]:
     CPU per call in a small process, more in a daemon with a large heap, twice
     per pod ADD, on the CPU a burst of pods needs."""
     path = netns_path if os.sep in netns_path else f"{NAMED_NETNS}/{netns_path}"
-    target = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                     socket.NETLINK_ROUTE)
-            finally:
-                _return_to(own)
-        finally:
-            os.close(own)
-    finally:
-        os.close(target)
+    with thread_in_netns(path):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
     try:
         ipr = IPRoute(fileno=sock.fileno())
     except Exception:
@@ -74,6 +62,25 @@ def in_netns(netns_path: str) -> Iterator[IPRoute]:
     sock.detach()  # the IPRoute owns the descriptor now
     with ipr:
         yield ipr
+
+
+@contextlib.contextmanager
+def thread_in_netns(path: str | os.PathLike[str]) -> Iterator[None]:
+    """This thread in the network namespace at ``path`` for the ``with`` block,
+    then back in its own (sockets made inside stay in that namespace)."""
+    target = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _return_to(own)
+        finally:
+            os.close(own)
+    finally:
+        os.close(target)
 
 
 def _return_to(own: int) -> None:
