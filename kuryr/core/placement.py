@@ -159,9 +159,7 @@ class TrunkSubports(_OnVM):
             subs = self._reserve([p.id for p in ports])
             try:
                 self._neutron.add_subports(self.trunk_id, subs)
-                for port in ports:
-                    self._neutron.update_port(port.id, device_owner=port.device_owner)
-                return
+                break
             except errors.Conflict:
                 self._release([s.port_id for s in subs])
                 if last:
@@ -171,6 +169,16 @@ class TrunkSubports(_OnVM):
             except Exception:
                 self._release([s.port_id for s in subs])
                 raise
+        for port in ports:
+            self._put_owner_back(port)
+
+    def _put_owner_back(self, port: Port) -> None:
+        """The sub-port is on the trunk whatever happens here: a failure only
+        leaves Neutron's trunk:subport as its owner (logged)."""
+        try:
+            self._neutron.update_port(port.id, device_owner=port.device_owner)
+        except errors.KuryrError as exc:
+            LOG.warning("sub-port %s keeps device_owner trunk:subport: %s", port.id, exc)
 
     def detach(self, ports: Sequence[Port]) -> None:
         """1 PUT.  The VLAN ids are free again only once Neutron let go of them."""

@@ -264,3 +264,15 @@ def test_concurrent_starts_lose_no_pair_where_neutrons_if_match_does_not_seriali
     assert sorted(ip for ip, _ in neutron.vm.allowed_address_pairs) == sorted(
         f"192.168.250.{100 + n}" for n in range(10))
     assert neutron.puts < 10
+
+
+def test_a_failed_owner_write_leaves_the_subport_on_the_trunk_and_its_vlan_taken():
+    neutron = TrunkNeutron()
+    trunk = TrunkSubports("vm1", VM, neutron.trunk, neutron)
+
+    def refuse(port_id, **attrs):
+        raise errors.Conflict("port changed")
+    neutron.update_port = refuse
+    trunk.attach([port(1)])  # on the trunk all the same
+    assert vlans(neutron) == [1]
+    assert trunk.vlan_of(port(1).id) == 1
