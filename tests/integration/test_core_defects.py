@@ -753,18 +753,21 @@ def test_item7_network_rm_leaves_other_hosts_ports_alone(
     assert still.device_owner == marks.DEVICE_OWNER
 
 
-# -- item 8: a port_driver that is not built -----------------------------------------------
+# -- item 8: a nested port_driver where there is no VM ---------------------------------------
 @pytest.mark.parametrize("driver", ["nested-vlan", "nested-macvlan"])
-def test_item8_unbuilt_port_driver_is_refused_at_start(stack, tmp_path, unique, driver):
-    """`kuryr serve` with port_driver = nested-vlan / nested-macvlan must exit non-zero
-    within seconds naming port_driver, not serve (today: it serves and plugs veths).
+def test_item8_nested_driver_without_its_vm_is_refused_at_start(stack, tmp_path, unique,
+                                                                 driver):
+    """`kuryr serve` with port_driver = nested-vlan / nested-macvlan on a host whose
+    [binding] link_iface is no VM's port must exit non-zero within seconds naming
+    link_iface, not serve (the anchor served, then failed every container start).
     Run on its own socket, state dir and host name, so it touches nothing of the
     running daemon (its start-up garbage collection looks at that host name only)."""
     sock = tmp_path / "kuryr.sock"
     path = helpers.stack_kuryr_conf_with(stack, tmp_path / "kuryr.conf", {
         ("DEFAULT", "port_driver"): driver, ("DEFAULT", "kuryr_uri"): f"unix://{sock}",
         ("DEFAULT", "state_dir"): str(tmp_path / "state"),
-        ("DEFAULT", "host"): f"kuryr-test-{unique}", ("pool", "size"): "0"})
+        ("DEFAULT", "host"): f"kuryr-test-{unique}", ("pool", "size"): "0",
+        ("binding", "link_iface"): "lo"})  # no Neutron port has its MAC
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "kuryr"), "serve",
@@ -795,7 +798,7 @@ def test_item8_unbuilt_port_driver_is_refused_at_start(stack, tmp_path, unique, 
         f"kuryr serve with port_driver = {driver} started serving ({took:.1f} s):\n{output[-800:]}"
     assert proc.returncode not in (0, None), f"kuryr serve exited {proc.returncode}"
     assert took < 20, f"kuryr serve took {took:.1f} s to exit:\n{output[-800:]}"
-    assert "port_driver" in output, output[-800:]
+    assert "[binding] link_iface lo" in output, output[-800:]
 
 
 def test_sigterm_stops_every_thread_in_order(stack, docker, make_network, run_container):
