@@ -299,3 +299,18 @@ def stack_kuryr_with(stack, tmp_path: Path, overrides: dict[tuple[str, str], str
         proc.wait(30)
         up = subprocess.run([aio_command(), "up"], capture_output=True, text=True, check=False)
         assert up.returncode == 0, up.stderr
+
+
+def outsider_namespace(neutron, ovs, host: str, network_id: str, cleanup, unique: str) -> str:
+    """A namespace on ``network_id`` through a Neutron port bound to ``host`` in a
+    security group of its own: a client outside any container's groups."""
+    group = neutron.create_security_group(f"outsider-{unique}")
+    cleanup(lambda: neutron.delete_security_group(group.id))
+    client = neutron.api.create_port(network_id=network_id, binding_host_id=host,
+                                     device_owner="compute:kuryr-test",
+                                     security_group_ids=[group.id])
+    cleanup(lambda: neutron.delete_port(client.id))
+    ns = make_netns(f"out-{unique}", cleanup)
+    vif = plug_port_into_netns(neutron, ovs, client, ns, cleanup)
+    assert ovs.wait_installed(vif.host_ifname, 15), f"client port {client.id} not installed"
+    return ns

@@ -130,17 +130,8 @@ def test_exposed_port_open_and_others_closed(neutron, ovs, stack, docker, net, r
     (port,) = neutron.api.ports(fixed_ips=[f"ip_address={ip}"])
     assert any(g.startswith("kuryr-expose-") for g in expose_groups(neutron))
     assert len(port.security_group_ids) == 2
-    # A client outside the container's security groups.
-    group = neutron.create_security_group(f"outsider-{unique}")
-    cleanup(lambda: neutron.delete_security_group(group.id))
     net_id = neutron.networks_tagged(marks.network_tags(docker.network_id(net)))[0].id
-    client = neutron.api.create_port(network_id=net_id, binding_host_id=stack.host,
-                                 device_owner="compute:kuryr-test",
-                                 security_group_ids=[group.id])
-    cleanup(lambda: neutron.delete_port(client.id))
-    ns = helpers.make_netns(f"out-{unique}", cleanup)
-    vif = helpers.plug_port_into_netns(neutron, ovs, client, ns, cleanup)
-    assert ovs.wait_installed(vif.host_ifname, 15)
+    ns = helpers.outsider_namespace(neutron, ovs, stack.host, net_id, cleanup, unique)
     assert helpers.wait_until(lambda: helpers.tcp_connects(ns, ip, 9999), 10), \
         "exposed port 9999 refused a client outside the container's groups"
     assert not helpers.tcp_connects(ns, ip, 8888), "port 8888 was reachable without --expose"

@@ -181,15 +181,8 @@ def test_exposed_port_of_a_nested_container_is_enforced(vms, neutron, ovs, stack
     web = start(vm.docker, "--expose", "9999", "-e", "PORTS=9999 8888", cmd=HTTPD)
     ip = vm.docker.ip_of(web, "vms")
     assert len(port_of(neutron, ip).security_group_ids) == 2
-    group = neutron.create_security_group(f"outsider-{unique}")
-    cleanup(lambda: neutron.delete_security_group(group.id))
-    client = neutron.api.create_port(network_id=vm.port.network_id, binding_host_id=stack.host,
-                                     device_owner="compute:kuryr-test",
-                                     security_group_ids=[group.id])
-    cleanup(lambda: neutron.delete_port(client.id))
-    ns = helpers.make_netns(f"out-{unique}", cleanup)
-    vif = helpers.plug_port_into_netns(neutron, ovs, client, ns, cleanup)
-    assert ovs.wait_installed(vif.host_ifname, 15)
+    ns = helpers.outsider_namespace(neutron, ovs, stack.host, vm.port.network_id, cleanup,
+                                    unique)
     assert helpers.wait_until(lambda: helpers.tcp_connects(ns, ip, 9999), 15), \
         "exposed port 9999 of a nested container refused a client outside its groups"
     assert not helpers.tcp_connects(ns, ip, 8888), "port 8888 was reachable without --expose"
