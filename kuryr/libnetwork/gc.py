@@ -3,7 +3,9 @@ are gone (Kuryr or dockerd killed mid-operation, a Neutron write abandoned).
 
 Only what this host's Kuryr for Docker made is ever looked at:
   * Neutron ports with one of Docker's Kuryr device_owners (marks.DOCKER_OWNERS,
-    never the CNI daemon's marks.K8S_OWNERS) bound to this host (binding:host_id);
+    never the CNI daemon's marks.K8S_OWNERS) bound to this host (binding:host_id),
+    or, nested in a VM, tagged kuryr.vm:<the VM's port> (Scope.placement; taken
+    off the VM's trunk or pairs before they are deleted);
     the CNI daemon runs its own collector with Scope.owners = marks.K8S_OWNERS,
     which finds pods' ports whose veth is gone (a pod sandbox removed without a
     CNI DEL takes its veth with its namespace);
