@@ -188,6 +188,31 @@ def test_exposed_port_of_a_nested_container_is_enforced(vms, neutron, ovs, stack
     assert not helpers.tcp_connects(ns, ip, 8888), "port 8888 was reachable without --expose"
 
 
+@pytest.mark.parametrize(("mode", "port"), [("vlan", 18181), ("macvlan", 18182)])
+def test_published_port_of_a_nested_container_is_served_in_the_vm(vms, start, mode, port):
+    """-p in a VM: nested Kuryr's forwarder serves it on the VM's own address
+    (here its loopback), and stops when the container goes."""
+    vm = vms[mode]
+    web = start(vm.docker, "-p", f"127.0.0.1:{port}:80", "-e", "PORTS=80", cmd=HTTPD)
+
+    netns = vm.env["KURYR_VM_NETNS"]
+
+    def fetch_in_vm() -> str:
+        # (busybox wget crashes with -T; the connect check below bounds it)
+        proc = subprocess.run(["ip", "netns", "exec", netns, "busybox", "wget", "-q", "-O", "-",
+                               f"http://127.0.0.1:{port}/"],
+                              capture_output=True, text=True, timeout=10, check=False)
+        return proc.stdout.strip()
+
+    assert helpers.wait_until(lambda: helpers.tcp_connects(netns, "127.0.0.1", port), 15), \
+        f"{mode}: published port {port} not served in the VM"
+    assert fetch_in_vm() == f"hello-{vm.docker.out('inspect', '-f', '{{.Config.Hostname}}', web)}"
+    vm.docker.run("rm", "-f", web)
+    assert helpers.wait_until(
+        lambda: not helpers.tcp_connects(netns, "127.0.0.1", port, timeout=1), 10), \
+        f"{mode}: still served after the container went"
+
+
 # -- concurrency and clean-up -------------------------------------------------------------
 
 def start_many(vm: VM, unique: str, count: int = STARTS) -> list[str]:
