@@ -65,6 +65,21 @@ def neutron_section_of(layout: Layout) -> tuple[str, str]:
         "auth_type": "none", "endpoint": layout.neutron_url, **own}})
 
 
+def config_differs(path: Path, text: str) -> bool:
+    """Whether a Kuryr was (or would be) started from another kuryr.conf than ``text``."""
+    try:
+        return path.read_text() != text
+    except FileNotFoundError:
+        return True
+
+
+def write_config(path: Path, text: str) -> None:
+    """kuryr.conf holds Kuryr's Keystone password in keystone mode: root only."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def plugin_answers(path: Path = PLUGIN_SOCKET) -> bool:
     conn = UnixHTTPConnection(str(path), timeout=5)
     try:
@@ -125,16 +140,10 @@ class KuryrPlugin:
 
     def config_outdated(self) -> bool:
         """Whether the running plugin was started from another kuryr.conf."""
-        try:
-            return self.layout.kuryr_conf.read_text() != self.kuryr_conf()
-        except FileNotFoundError:
-            return True
+        return config_differs(self.layout.kuryr_conf, self.kuryr_conf())
 
     def write_config(self) -> None:
-        # Holds Kuryr's Keystone password in keystone mode: root only.
-        self.layout.kuryr_conf.touch(mode=0o600)
-        self.layout.kuryr_conf.chmod(0o600)
-        self.layout.kuryr_conf.write_text(self.kuryr_conf())
+        write_config(self.layout.kuryr_conf, self.kuryr_conf())
 
     def forget_keystone_singletons(self) -> list[str]:
         """Delete the unused one-per-project resources a keystone-mode Kuryr made in

@@ -46,7 +46,7 @@ from kuryr.aio.layout import (
 )
 from kuryr.aio.neutron_server import NeutronServer
 from kuryr.aio.outside import stack_neutron
-from kuryr.aio.plugin import neutron_section_of, plugin_answers
+from kuryr.aio.plugin import config_differs, neutron_section_of, plugin_answers, write_config
 from kuryr.aio.vm_exec import init_expect
 from kuryr.aio.vm_neutron import VmPort
 from kuryr.binding import netlink
@@ -289,18 +289,12 @@ class VmKuryr(_VmProcess):
         return kuryr_conf_text(self.layout, self.vm, self.mode)
 
     def prepare(self) -> None:
-        # Holds Kuryr's Keystone password in keystone mode: root only.
-        self.vm.kuryr_conf.touch(mode=0o600)
-        self.vm.kuryr_conf.chmod(0o600)
-        self.vm.kuryr_conf.write_text(self.config_text())
+        write_config(self.vm.kuryr_conf, self.config_text())
         # A socket left by a killed Kuryr refuses connections until replaced.
         self.vm.plugin_socket.unlink(missing_ok=True)
 
     def outdated(self) -> bool:
-        try:
-            return self.vm.kuryr_conf.read_text() != self.config_text()
-        except FileNotFoundError:
-            return True
+        return config_differs(self.vm.kuryr_conf, self.config_text())
 
     def answers(self) -> bool:
         return plugin_answers(self.vm.plugin_socket)

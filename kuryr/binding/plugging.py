@@ -249,7 +249,20 @@ class _OvsWiring:
         return {k[len(RECORD_PREFIX):]: v for k, v in ids.items() if k.startswith(RECORD_PREFIX)}
 
 
-class _LinuxBridgeWiring:
+class _RecordsNothing:
+    """A wiring with nowhere to keep an endpoint's record (no OVS interface)."""
+
+    def forget_endpoint(self, vif: VIF) -> None:
+        """Nothing was recorded."""
+
+    def endpoint_of(self, vif: VIF) -> None:
+        return None
+
+    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
+        return {}
+
+
+class _LinuxBridgeWiring(_RecordsNothing):
     """A port of a Linux bridge (ML2/linuxbridge): nothing local says when it is wired."""
 
     def __init__(self, links: Links) -> None:
@@ -265,15 +278,6 @@ class _LinuxBridgeWiring:
 
     def wait(self, vif: VIF, timeout: float) -> None:
         return None
-
-    def forget_endpoint(self, vif: VIF) -> None:
-        """No endpoint is recorded on a Linux bridge port."""
-
-    def endpoint_of(self, vif: VIF) -> None:
-        return None
-
-    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
-        return {}
 
 
 class _VlanAccessWiring(_OvsWiring):
@@ -300,7 +304,7 @@ class _VlanAccessWiring(_OvsWiring):
         return SUBPORT_WIRED
 
 
-class _RoutedWiring:
+class _RoutedWiring(_RecordsNothing):
     """nested-macvlan, routed: the VM routes the container's addresses to the veth
     and answers ARP for them on its NIC.  Nothing else is kept in the VM."""
 
@@ -321,15 +325,6 @@ class _RoutedWiring:
         # the address before the port was handed out.  (The container's own port is
         # never bound: its status says nothing.)
         return True
-
-    def forget_endpoint(self, vif: VIF) -> None:
-        """No endpoint is recorded in the VM."""
-
-    def endpoint_of(self, vif: VIF) -> None:
-        return None
-
-    def endpoint_record_of(self, vif: VIF) -> dict[str, str]:
-        return {}
 
 
 # -- the veth Binder -------------------------------------------------------------------------
