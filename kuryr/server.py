@@ -145,6 +145,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Service:
     ovs = OVS(conf.binding.ovsdb_connection)
     neutron = neutron or connect(conf)
     placement = placement_for(conf, neutron, host)
+    if conf.port_driver == "veth" and (problem := ovs.chassis_problem(host)):
+        raise SystemExit(f"kuryr: {problem}")
     try:
         binder = build_binder(conf.port_driver, ovs, host, Nested(
             conf.binding.link_iface, conf.binding.vlan_tagging, placement.vlan_of,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -330,6 +332,39 @@ def create_child_link(ifname: str, parent: str, kind: str, *, vlan_id: int | Non
             raise LinkError(f"cannot create {kind} device {ifname} on {parent}: {exc}") \
                 from exc
         return True
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GTXCSUM = 0x16
+ETHTOOL_STXCSUM = 0x17
+IFNAMSIZ = 16
+
+
+def ethtool_value(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+    """One ethtool_value ioctl (get or set, by ``cmd``) on ``sock``'s namespace."""
+    value = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
+    ifreq = struct.pack(f"{IFNAMSIZ}sP", ifname.encode(), ctypes.addressof(value))
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack("II", value.raw)[1])
+
+
+def send_full_checksums(ifname: str) -> bool:
+    """`ethtool -K IFNAME tx off` in this namespace (TSO goes with it): what
+    leaves ``ifname`` carries full TCP/UDP checksums.  False when there is no
+    such link (a container already took its end).
+
+    Why: the Open vSwitch userspace datapath reads the other end of a veth and
+    gets "checksum later" frames from it; OVS 3.1 drops those at a tunnel
+    ("Tunneling packets with HW offload flags is not supported"), so TCP and UDP
+    between hosts fail while ping works."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            ethtool_value(sock, ifname, ETHTOOL_STXCSUM, 0)
+        except OSError as exc:
+            if exc.errno == ENODEV:
+                return False
+            raise LinkError(f"cannot turn tx checksum offload off on {ifname}: {exc}") from exc
+    return True
 
 
 def interface_mac(ifname: str) -> str | None:

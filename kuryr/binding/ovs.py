@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ from kuryr.binding.vif import VIF
 if TYPE_CHECKING:
     from ovs.db import idl as ovs_idl  # type: ignore[import-untyped]
 
+LOG = logging.getLogger(__name__)
 ENDPOINT_KEY = "kuryr-endpoint-id"
 # What a restarted Kuryr serves again for the endpoint's published ports, kept
 # where only root writes (a Neutron port description is the tenant's to edit):
@@ -31,6 +34,27 @@ PUBLISH_KEYS = (NETNS_KEY, TARGET_KEY, PUBLISHED_KEY)
 RECORD_PREFIX = "kuryr-record-"
 # Set on the Interface by ovn-controller once the port's flows are installed.
 INSTALLED_KEY = "ovn-installed"
+
+
+def chassis_mismatch(host: str, external_ids: Mapping[str, str],
+                     system_hostname: str) -> str | None:
+    """Why Neutron could not bind ports for ``host`` to this OVN chassis, or None.
+
+    ML2/OVN binds a port to the chassis whose hostname equals the port's
+    binding:host_id; ovn-controller reports external_ids:hostname, or the
+    system's host name when that is unset.  An Open vSwitch with no ovn-remote
+    is no OVN chassis (ML2/OVS agents bind by their own host option): nothing
+    to compare."""
+    if not external_ids.get("ovn-remote"):
+        return None
+    chassis_hostname = external_ids.get("hostname") or system_hostname
+    if chassis_hostname == host:
+        return None
+    return (f"[DEFAULT] host is {host!r}, but this host's OVN chassis "
+            f"{external_ids.get('system-id', '?')!r} is known to OVN as {chassis_hostname!r}: "
+            "Neutron would bind every port to that other name and none would come up "
+            f"here. Set [DEFAULT] host = {chassis_hostname} (or the chassis' "
+            "external_ids:hostname to this host's name)")
 
 
 class OVSError(Exception):
@@ -144,8 +168,32 @@ class OVS:
         if handler is not None:
             handler.shutdown()
 
+    def switch_external_ids(self) -> dict[str, str]:
+        """The Open_vSwitch row's external_ids (system-id, hostname, ovn-*)."""
+        rows = self.api.db_list("Open_vSwitch", columns=["external_ids"]).execute(
+            check_error=True)
+        return dict(rows[0]["external_ids"]) if rows else {}
+
+    def chassis_problem(self, host: str) -> str | None:
+        """chassis_mismatch for this host's Open vSwitch; None (logged) when it
+        cannot be read: Kuryr still starts, and plugging reports OVS's state."""
+        try:
+            ids = self.switch_external_ids()
+        except Exception as exc:  # noqa: BLE001 - any failure: cannot check
+            LOG.warning("cannot check that [DEFAULT] host %s is this host's OVN chassis: %s",
+                        host, exc)
+            return None
+        return chassis_mismatch(host, ids, socket.gethostname())
+
     def bridge_exists(self, bridge: str) -> bool:
         return bool(self.api.br_exists(bridge).execute(check_error=True))
+
+    def datapath_type(self, bridge: str) -> str:
+        """"netdev" (userspace), "system" or "" (the kernel's); OVSError when
+        there is no such bridge."""
+        if not self.bridge_exists(bridge):
+            raise OVSError(f"OVS bridge {bridge} does not exist")
+        return str(self.api.db_get("Bridge", bridge, "datapath_type").execute(check_error=True))
 
     def plug(self, vif: VIF, ifname: str | None = None, endpoint_id: str = "",
              record: Mapping[str, str] | None = None, tag: int | None = None) -> None:

@@ -112,6 +112,9 @@ class Links(Protocol):
     def route_to_container(self, ifname: str, addresses: tuple[str, ...],
                            link_iface: str) -> None: ...
 
+    def send_full_checksums(self, ifname: str) -> bool:
+        """Turn tx checksum offload off on ``ifname``; False when it is not here."""
+
 
 class Switch(Protocol):
     """What a Binder needs of Open vSwitch (kuryr.binding.ovs.OVS); failures raise."""
@@ -128,6 +131,9 @@ class Switch(Protocol):
     def port_of_endpoint(self, endpoint_id: str) -> str | None: ...
 
     def wait_installed(self, ifname: str, timeout: float) -> bool: ...
+
+    def datapath_type(self, bridge: str) -> str:
+        """The bridge's datapath_type ("netdev": the userspace datapath)."""
 
 
 class HostLinks:
@@ -153,6 +159,10 @@ class HostLinks:
                            link_iface: str) -> None:
         with _as_link_error(f"cannot route {', '.join(addresses)} to {ifname}"):
             netlink.route_to_container(ifname, addresses, link_iface)
+
+    def send_full_checksums(self, ifname: str) -> bool:
+        with _as_link_error(f"cannot turn tx checksum offload off on {ifname}"):
+            return netlink.send_full_checksums(ifname)
 
 
 @contextlib.contextmanager
@@ -215,12 +225,27 @@ class _Wiring(Protocol):
 
     def endpoint_record_of(self, vif: VIF) -> dict[str, str]: ...
 
+    def needs_full_checksums(self, vif: VIF) -> bool:
+        """Whether frames from the container must carry full checksums."""
+
 
 class _OvsWiring:
     """A port on an OVS bridge that OVN (or the OVS agent) binds by its external_ids."""
 
     def __init__(self, switch: Switch) -> None:
         self._switch = switch
+        # bridge -> datapath_type; a bridge does not change datapath under a
+        # running Kuryr (OVS would have to recreate all its ports).
+        self._datapaths: dict[str, str] = {}
+
+    def needs_full_checksums(self, vif: VIF) -> bool:
+        """The userspace datapath (see netlink.send_full_checksums)."""
+        datapath = self._datapaths.get(vif.bridge)
+        if datapath is None:
+            with _ovs_failure(f"cannot read the datapath of bridge {vif.bridge}"):
+                datapath = self._switch.datapath_type(vif.bridge)
+            self._datapaths[vif.bridge] = datapath
+        return datapath == "netdev"
 
     def attach(self, vif: VIF, endpoint_id: str,
                record: Mapping[str, str] | None = None) -> None:
@@ -250,7 +275,11 @@ class _OvsWiring:
 
 
 class _RecordsNothing:
-    """A wiring with nowhere to keep an endpoint's record (no OVS interface)."""
+    """A wiring with nowhere to keep an endpoint's record (no OVS interface),
+    whose frames the kernel forwards (checksum offload is the kernel's business)."""
+
+    def needs_full_checksums(self, vif: VIF) -> bool:
+        return False
 
     def forget_endpoint(self, vif: VIF) -> None:
         """Nothing was recorded."""
@@ -365,6 +394,11 @@ class VethBinder:
         with _link_failure():
             made = self._links.create_veth(vif)
         try:
+            if wiring.needs_full_checksums(vif):
+                # Also on a pair an older Kuryr made (free ends only: a
+                # container's end is in its namespace).
+                with _link_failure():
+                    self._links.send_full_checksums(vif.container_ifname)
             wiring.attach(vif, endpoint_id, record)
         except BaseException:
             if made:

@@ -68,6 +68,8 @@ def build(conf: cfg.ConfigOpts, neutron: Neutron | None = None) -> Node:
         binder = build_binder(conf.port_driver, ovs, host)
     except UnsupportedDriver as exc:
         raise SystemExit(f"kuryr cni-daemon: {exc}") from None
+    if problem := ovs.chassis_problem(host):
+        raise SystemExit(f"kuryr cni-daemon: {problem}")
     neutron = neutron or connect(conf)
     daemon = Daemon()
     daemon.start("Open vSwitch connection", lambda: None, ovs.close)  # stopped last

@@ -129,6 +129,12 @@ class FloatingPublisher:
             return
         router_id, _ = self._setup()
         for subnet_id in subnet_ids:
-            self.neutron.remove_router_interface(router_id, subnet_id)
+            try:
+                self.neutron.remove_router_interface(router_id, subnet_id)
+            except errors.Conflict as exc:
+                # The router is every host's: on a network the dockerds of several
+                # hosts share, another host's forwardings may still need it.
+                LOG.info("subnet %s stays on router %s (still used): %s",
+                         subnet_id, router_id, exc)
             with self._lock:
                 self._subnets.discard(subnet_id)

@@ -3,6 +3,7 @@ resources made by either implementation are recognised by the other."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -69,8 +70,6 @@ def pod_tag(namespace: str, name: str) -> str:
     """kuryr.k8s.pod:<namespace>/<name>, or, when that passes Neutron's 60 characters,
     its first characters, "~" and 8 hex characters of the sha256 of <namespace>/<name>:
     still unique for a pod (the port name carries the rest), and searchable."""
-    import hashlib
-
     whole = f"{namespace}/{name}"
     tag = K8S_POD_TAG + whole
     if len(tag) <= TAG_MAX:
@@ -184,10 +183,23 @@ def parse_pool_id(value: str) -> PoolId:
 
 
 HOST_TAG = "kuryr.host:"  # on networks Kuryr created: which host's Docker owns them
+HOST_DIGEST_TAG = "kuryr.host-sha256:"  # the same, for a name too long for a tag
 
 
 def host_tag(host: str) -> str:
-    return (HOST_TAG + host)[:60]  # Neutron tags are at most 60 characters
+    """kuryr.host:<host>, or, when that passes Neutron's 60 characters,
+    kuryr.host-sha256:<the first 42 hex characters of the sha256 of <host>>.
+
+    Never a cut name: two hosts whose names share a long prefix (node names of
+    one cluster often do) would share the tag, and each one's garbage collector
+    would take the other's networks for its own.  The two forms cannot equal
+    each other (':' against '-' after "kuryr.host"), plain tags are one per
+    name, and digests collide only as SHA-256 does (168 bits kept)."""
+    tag = HOST_TAG + host
+    if len(tag) <= TAG_MAX:
+        return tag
+    digest = hashlib.sha256(host.encode()).hexdigest()
+    return HOST_DIGEST_TAG + digest[:TAG_MAX - len(HOST_DIGEST_TAG)]
 
 
 def host_mark(host: str) -> str:

@@ -14,7 +14,7 @@ from ovsdbapp import event as ovsdb_event
 
 from kuryr import config, errors
 from kuryr.binding import UnsupportedDriver, netlink
-from kuryr.binding.ovs import ENDPOINT_KEY, OVS, OVSError, _InterfaceInstalled
+from kuryr.binding.ovs import ENDPOINT_KEY, OVS, OVSError, _InterfaceInstalled, chassis_mismatch
 from kuryr.binding.plugging import DRIVERS, ChildDeviceBinder, Nested, VethBinder, build_binder
 from kuryr.binding.vif import VIF
 
@@ -59,14 +59,19 @@ class FakeLinks:
     def attach_to_linux_bridge(self, ifname, bridge):
         self._op("attach_to_linux_bridge", ifname, bridge)
 
+    def send_full_checksums(self, ifname):
+        self._op("send_full_checksums", ifname)
+        return ifname in self.links
+
 
 class FakeSwitch:
     """Open vSwitch as a dict of interface -> external_ids."""
 
-    def __init__(self, fail=(), installed=True):
+    def __init__(self, fail=(), installed=True, datapath="netdev"):
         self.ports = {}
         self.fail = set(fail)
         self.installed = installed
+        self.datapath = datapath
         self.calls = []
 
     def _op(self, name, *args):
@@ -102,6 +107,13 @@ class FakeSwitch:
     def wait_installed(self, ifname, timeout):
         self._op("wait_installed", ifname, timeout)
         return self.installed
+
+    def datapath_type(self, bridge):
+        # Kept apart from calls: the plug tests compare those.
+        self.datapath_asked = [*getattr(self, "datapath_asked", []), bridge]
+        if "datapath_type" in self.fail:
+            raise RuntimeError("ovsdb: datapath_type failed")
+        return self.datapath
 
 
 @pytest.fixture
@@ -239,6 +251,47 @@ def test_replug_is_idempotent(binder, links, switch):
     assert v.host_ifname in links.links
     assert names(switch.calls) == ["plug", "plug"]
     assert "delete_link" not in names(links.calls)
+
+
+# -- plug: checksums on the userspace datapath ------------------------------------------------
+
+def test_userspace_datapath_gets_full_checksums_from_the_container_end(binder, links, switch):
+    v, w = vif(bridge="br-int"), VIF(port_id="other-port", mac="fa:16:3e:00:00:02",
+                                      vif_type="ovs", bridge="br-int")
+    binder.plug(v)
+    binder.plug(w)
+    assert ("send_full_checksums", v.container_ifname) in links.calls
+    assert ("send_full_checksums", w.container_ifname) in links.calls
+    assert switch.datapath_asked == ["br-int"]  # once per bridge
+
+
+def test_kernel_datapath_and_linux_bridges_keep_checksum_offload(links):
+    switch = FakeSwitch(datapath="system")
+    binder = VethBinder(HOST, switch, links)
+    binder.plug(vif(bridge="br-int"))
+    binder.plug(VIF(port_id="lb-port", mac="fa:16:3e:00:00:03", vif_type="bridge",
+                    bridge="brq1"))
+    assert "send_full_checksums" not in names(links.calls)
+
+
+def test_checksum_failure_removes_the_veth_it_made(switch):
+    links = FakeLinks(fail={"send_full_checksums"})
+    binder = VethBinder(HOST, switch, links)
+    with pytest.raises(errors.KuryrError, match="send_full_checksums failed"):
+        binder.plug(vif())
+    assert links.links == set()
+    assert "plug" not in names(switch.calls)
+
+
+def test_unreadable_datapath_is_backend_unavailable_and_leaves_nothing(links):
+    binder = VethBinder(HOST, FakeSwitch(fail={"datapath_type"}), links)
+    with pytest.raises(errors.BackendUnavailable, match="datapath of bridge"):
+        binder.plug(vif(bridge="br-int"))
+    assert links.links == set()
+
+
+def test_send_full_checksums_of_a_missing_link_is_false():
+    assert netlink.send_full_checksums("kuryr-nosuch0") is False
 
 
 # -- plug: rollback ---------------------------------------------------------------------------
@@ -507,3 +560,29 @@ def test_many_concurrent_waits_all_wake(handler):
 def test_unreachable_ovsdb_is_an_ovs_error():
     with pytest.raises(OVSError, match="cannot reach OVSDB"):
         OVS("unix:/nonexistent.sock", timeout=1).bridge_exists("br-int")
+
+
+# -- [DEFAULT] host against the OVN chassis -----------------------------------------------------
+
+OVN_IDS = {"ovn-remote": "unix:/run/ovn/ovnsb_db.sock", "system-id": "c0ffee"}
+
+
+def test_host_matching_the_chassis_hostname_is_fine():
+    assert chassis_mismatch("node-7", {**OVN_IDS, "hostname": "node-7"}, "other") is None
+
+
+def test_chassis_without_hostname_is_known_by_the_systems_name():
+    assert chassis_mismatch("node-7", OVN_IDS, "node-7") is None
+    problem = chassis_mismatch("node-7", OVN_IDS, "node-8")
+    assert "[DEFAULT] host is 'node-7'" in problem
+    assert "'node-8'" in problem
+
+
+def test_host_differing_from_the_chassis_hostname_names_both_and_the_fix():
+    problem = chassis_mismatch("node-7", {**OVN_IDS, "hostname": "node-7.example"}, "node-7")
+    assert "'c0ffee'" in problem
+    assert "Set [DEFAULT] host = node-7.example" in problem
+
+
+def test_open_vswitch_that_is_no_ovn_chassis_is_not_judged():
+    assert chassis_mismatch("node-7", {"hostname": "x"}, "y") is None

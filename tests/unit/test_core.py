@@ -538,6 +538,32 @@ def test_floating_ip_publishing_is_set_up_once_and_no_lock_waits_on_neutron():
     assert results == [("r1", "f1")] * 3
 
 
+def test_a_subnet_another_hosts_forwardings_still_use_stays_on_the_shared_router():
+    """Network shared by several hosts' dockerds: the router is every host's, and
+    Neutron refuses to detach a subnet that floating IPs still reach."""
+    from types import SimpleNamespace
+
+    from kuryr.neutron.types import FloatingIP, Network, Router
+
+    removed: list[str] = []
+
+    def remove_router_interface(router: str, subnet: str) -> None:
+        removed.append(subnet)
+        if subnet == "s-shared":
+            raise errors.Conflict("Router interface for subnet s-shared on router r1 "
+                                  "cannot be deleted, as it is required by one or more "
+                                  "floating IPs.")
+
+    neutron = SimpleNamespace(
+        find_network=lambda ref: Network(id="ext"),
+        find_router=lambda name: Router(id="r1", name=name),
+        floating_ips=lambda description, network: [FloatingIP("f1", "198.51.100.9")],
+        remove_router_interface=remove_router_interface)
+    publisher = FloatingPublisher(neutron, HOST, "public", "kuryr-publish")  # type: ignore[arg-type]
+    publisher.detach_subnets(["s-shared", "s-own"], known_only=False)
+    assert removed == ["s-shared", "s-own"]
+
+
 def test_a_recycled_port_still_naming_its_last_container_is_recorded_again(driver):
     """kill -9 right after a pooled port moved from one container to the next: its
     return to the pool and the next container's record were both still queued, so

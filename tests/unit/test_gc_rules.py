@@ -118,3 +118,18 @@ def test_a_pods_port_whose_veth_is_gone_is_only_the_cni_daemons_garbage():
     found = gc._ports([pod, pooled], links=links, grace=GRACE, now=NOW,
                       owners=marks.K8S_OWNERS)
     assert [(g.kind, g.name) for g in found] == [("port", pod.id)]
+
+
+def test_hosts_sharing_a_long_name_prefix_never_collect_each_others_networks():
+    prefix = "kuryr-aio-compute-host-of-the-same-rack-with-a-long-name-"
+    host_a, host_b = prefix + "a", prefix + "b"
+    mine, theirs = network("a" * 64, host=host_a), network("b" * 64, host=host_b)
+
+    def networks_tagged(tags):  # Neutron: networks carrying every tag asked for
+        return [n for n in (mine, theirs) if set(tags) <= set(n.tags)]
+
+    scope = gc.Scope(neutron=SimpleNamespace(networks_tagged=networks_tagged), ovs=None,
+                     host=host_a, bridge="br-int", docker_networks=lambda: {"f" * 64},
+                     trust_docker=True)
+    # host A's dockerd knows neither network: only A's own may be judged forgotten.
+    assert [g.name for g in gc._networks(scope, GRACE, NOW)] == [mine.id]

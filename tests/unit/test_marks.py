@@ -34,3 +34,26 @@ def test_foreign_pool_ids_are_rejected(bad):
     with pytest.raises(ValueError,
                        match=r"not issued by Kuryr|does not appear to be an IP|malformed"):
         marks.parse_pool_id(bad)
+
+
+# -- the host tag -------------------------------------------------------------------------------
+
+def test_host_tag_carries_a_name_that_fits():
+    assert marks.host_tag("node-7") == "kuryr.host:node-7"
+    name = "n" * (marks.TAG_MAX - len(marks.HOST_TAG))
+    assert marks.host_tag(name) == marks.HOST_TAG + name
+
+
+def test_hosts_sharing_a_long_prefix_get_different_tags_that_fit():
+    prefix = "compute-rack-0042-availability-zone-east-1-cluster-a."
+    tags = {marks.host_tag(prefix + tail) for tail in ("1", "2", "example.org", "1" * 80)}
+    assert len(tags) == 4
+    assert all(len(tag) <= marks.TAG_MAX for tag in tags)
+    assert all(tag.startswith(marks.HOST_DIGEST_TAG) for tag in tags)
+
+
+def test_a_digest_tag_is_stable_and_never_a_plain_one():
+    long_name = "x" * 61
+    assert marks.host_tag(long_name) == marks.host_tag(long_name)
+    assert not marks.host_tag(long_name).startswith(marks.HOST_TAG)
+    assert len(marks.host_tag(long_name)) == marks.TAG_MAX
