@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import random
 import re
 import threading
 from collections.abc import Callable
@@ -285,15 +286,27 @@ def run_once(scope: Scope, grace: float, dry_run: bool = False) -> list[Garbage]
     return garbage
 
 
-class Collector:
-    """Collects periodically in a daemon thread (every ``interval`` seconds)."""
+# Each period is the interval +- this share of it, drawn anew: hosts started
+# together (a cloud-wide restart, a DaemonSet rollout) would otherwise list
+# Neutron in lockstep, every host's queries landing in the same second.
+PERIOD_JITTER = 0.2
 
-    def __init__(self, scope: Scope, interval: float, grace: float) -> None:
+
+class Collector:
+    """Collects periodically in a daemon thread (every ``interval`` seconds,
+    jittered)."""
+
+    def __init__(self, scope: Scope, interval: float, grace: float,
+                 uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.scope = scope
         self.interval = interval
         self.grace = grace
+        self._uniform = uniform
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gc", daemon=True)
+
+    def next_period(self) -> float:
+        return self.interval * self._uniform(1 - PERIOD_JITTER, 1 + PERIOD_JITTER)
 
     def start(self) -> None:
         if self.interval > 0:
@@ -303,7 +316,7 @@ class Collector:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.next_period()):
             try:
                 run_once(self.scope, self.grace)
             except Exception as exc:  # noqa: BLE001 - try again next interval

@@ -23,6 +23,26 @@ def aio_command() -> str:
     return shutil.which("kuryr-aio") or str(Path(sys.executable).parent / "kuryr-aio")
 
 
+def aio(*args: str, timeout: float = 600) -> str:
+    """`kuryr-aio ARGS`, which must succeed; its standard output."""
+    proc = subprocess.run([aio_command(), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, f"kuryr-aio {' '.join(args)}: {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def aio_env(*args: str) -> dict[str, str]:
+    """The variables `kuryr-aio ARGS` exports (`vm env NAME`, `host env NAME`)."""
+    import shlex
+
+    env = {}
+    for line in aio(*args).splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:

@@ -37,20 +37,11 @@ VLAN_VM, PAIRS_VM = "nv1", "nm1"
 STARTS = 10  # concurrent container starts of the concurrency tests
 
 
-def aio(*args: str, timeout: float = 600) -> str:
-    proc = subprocess.run([helpers.aio_command(), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    assert proc.returncode == 0, f"kuryr-aio {' '.join(args)}: {proc.stderr.strip()}"
-    return proc.stdout
+aio = helpers.aio
 
 
 def vm_env(name: str) -> dict[str, str]:
-    env = {}
-    for line in aio("vm", "env", name).splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = value.strip("'\"")
-    return env
+    return helpers.aio_env("vm", "env", name)
 
 
 class VM:

@@ -133,3 +133,18 @@ def test_hosts_sharing_a_long_name_prefix_never_collect_each_others_networks():
                      trust_docker=True)
     # host A's dockerd knows neither network: only A's own may be judged forgotten.
     assert [g.name for g in gc._networks(scope, GRACE, NOW)] == [mine.id]
+
+
+def test_collection_periods_are_jittered_around_the_interval():
+    drawn = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    collector = gc.Collector(scope_with([], set()), interval=60, grace=120, uniform=uniform)
+    assert collector.next_period() == 60 * (1 + gc.PERIOD_JITTER)
+    assert drawn == [(1 - gc.PERIOD_JITTER, 1 + gc.PERIOD_JITTER)]
+    periods = {gc.Collector(scope_with([], set()), 60, 120).next_period() for _ in range(20)}
+    assert len(periods) > 1
+    assert all(48 <= period <= 72 for period in periods)
