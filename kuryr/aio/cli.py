@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kuryr.aio import kubernetes_build
-from kuryr.aio.layout import VM_MODES, Layout, check_vm_name
+from kuryr.aio.layout import VM_MODES, Layout, check_host_name, check_hostname, check_vm_name
 from kuryr.aio.procs import StackError
 
 
@@ -35,17 +35,26 @@ def parser() -> argparse.ArgumentParser:
     down.add_argument("--purge", action="store_true", help="also wipe the stack's state")
     _vm_parser(sub.add_parser("vm", help="simulated OpenStack VMs whose containers Kuryr "
                               "networks in nested mode"))
+    _host_parser(sub.add_parser("host", help="simulated compute hosts: more OVN chassis on "
+                                "this machine, each with its own Open vSwitch, Kuryr and "
+                                "dockerd"))
     sub.add_parser("build-k8s", help="build kube-apiserver, kube-controller-manager, "
                    "kube-scheduler and kubelet from Debian's source package, once "
                    "(cached under /var/cache/kuryr-aio; ~13 min on 2 cores, 3 GB)")
     return p
 
 
-def _vm_name(text: str) -> str:
-    try:
-        return check_vm_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a checker that raises ValueError."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return parse
+
+
+_vm_name = _checked(check_vm_name)
 
 
 def _vm_parser(p: argparse.ArgumentParser) -> None:
@@ -67,25 +76,60 @@ def _vm_parser(p: argparse.ArgumentParser) -> None:
                       "networks of its Docker networks")
 
 
+def _host_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="host_command", required=True)
+    up = sub.add_parser("up", help="make the host (namespaces, underlay veth) and start its "
+                        "relay, Open vSwitch, ovn-controller, Kuryr and dockerd; restarts "
+                        "what is dead")
+    up.add_argument("name", type=_checked(check_host_name))
+    up.add_argument("--hostname", type=_checked(check_hostname),
+                    help="its chassis name and Kuryr's [DEFAULT] host (default: NAME); "
+                    "kept for the host's life")
+    env = sub.add_parser("env", help="print shell exports for the host: "
+                         "eval \"$(kuryr-aio host env NAME)\"")
+    env.add_argument("name", type=_checked(check_host_name))
+    down = sub.add_parser("down", help="delete the host: stop it, remove its namespace and "
+                          "underlay veth, delete its chassis (its files stay)")
+    down.add_argument("name", type=_checked(check_host_name))
+    down.add_argument("--purge", action="store_true",
+                      help="also wipe its files (Docker's data, hostname, underlay address)")
+
+
+def _machine_main(what: str, action: Callable[[], object]) -> int:
+    """A `vm` or `host` command that makes or deletes a machine: as root, a
+    StackError reported in one line."""
+    if os.geteuid() != 0:
+        print(f"kuryr-aio: must run as root (a {what} is made of namespaces and daemons)",
+              file=sys.stderr)
+        return 2
+    try:
+        action()
+    except StackError as exc:
+        print(f"kuryr-aio: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _host_main(args: argparse.Namespace, layout: Layout) -> int:
+    from kuryr.aio.host import SimulatedHost
+    host = SimulatedHost(layout, args.name)
+    if args.host_command == "env":
+        # Root too: the host's state directory (its hostname) is root's.
+        return _machine_main("host", lambda: sys.stdout.write(host.env_exports()))
+    if args.host_command == "up":
+        return _machine_main("host", lambda: host.up(args.hostname))
+    return _machine_main("host", lambda: host.delete(purge=args.purge))
+
+
 def _vm_main(args: argparse.Namespace, layout: Layout) -> int:
     from kuryr.aio.vm import VirtualMachine
     machine = VirtualMachine(layout, args.name)
     if args.vm_command == "env":
         sys.stdout.write(machine.env_exports())
         return 0
-    if os.geteuid() != 0:
-        print("kuryr-aio: must run as root (a VM is made of namespaces and daemons)",
-              file=sys.stderr)
-        return 2
-    try:
-        if args.vm_command == "up":
-            machine.up(args.mode)
-        else:
-            machine.delete(purge=args.purge)
-    except StackError as exc:
-        print(f"kuryr-aio: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.vm_command == "up":
+        return _machine_main("VM", lambda: machine.up(args.mode))
+    return _machine_main("VM", lambda: machine.delete(purge=args.purge))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _build_k8s(layout)
     if args.command == "vm":
         return _vm_main(args, layout)
+    if args.command == "host":
+        return _host_main(args, layout)
     # Imported here: it loads pyroute2 and openstacksdk (~0.5 s), which
     # `build-k8s` on a built cache, a no-op, does not wait for.
     from kuryr.aio import stack

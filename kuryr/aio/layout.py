@@ -254,9 +254,22 @@ class Layout:
     def vm(self, name: str) -> VmLayout:
         return VmLayout(self, name)
 
+    @property
+    def hosts_state(self) -> Path:
+        """The simulated hosts' own state (`kuryr-aio host up`), one directory each."""
+        return self.base / "hosts"
 
-# A VM's name becomes part of interface names (kvm-NAME: 15 bytes at most) and
-# paths: lower case letters, digits and dashes, 10 at most.
+    @property
+    def hosts_run(self) -> Path:
+        return self.run / "hosts"
+
+    def sim_host(self, name: str) -> HostLayout:
+        return HostLayout(self, name)
+
+
+# A machine's (VM's or host's) name becomes part of interface names (kvm-NAME,
+# kul-NAME: 15 bytes at most) and paths: lower case letters, digits and dashes,
+# 10 at most.
 VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
 VM_MODES = ("vlan", "macvlan")
 NAMED_NETNS = Path("/run/netns")  # where `ip netns` (and pyroute2) keep named ones
@@ -266,57 +279,166 @@ NAMED_NETNS = Path("/run/netns")  # where `ip netns` (and pyroute2) keep named o
 # (its shims' sockets).  A VM's init process binds its own directory over each.
 VM_PRIVATE_PATHS = ("/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins",
                     "/run/openvswitch", "/run/containerd")
+# The kinds of simulated machines: each has a network namespace kuryr-KIND-NAME.
+MACHINE_KINDS = ("vm", "host")
+MACHINE_NETNS = re.compile(
+    rf"kuryr-(?P<kind>{'|'.join(MACHINE_KINDS)})-(?P<name>{VM_NAME.pattern})")
+# A simulated host's hostname (its OVN chassis, Kuryr's [DEFAULT] host, ports'
+# binding:host_id): may be long, as real FQDNs are; Neutron keeps 255.
+HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+# The simulated hosts' underlay (Geneve between chassis): a documentation
+# prefix (RFC 5737 TEST-NET-3) on a Linux bridge with no uplink.  Not
+# TEST-NET-1: a machine may have that on its real NIC.
+UNDERLAY_CIDR = "203.0.113.0/24"
+UNDERLAY_MTU = 1600  # a 1500-byte inner frame plus Geneve's headers
+UNDERLAY_BRIDGE = "kuryr-ul"  # the Linux bridge in the root namespace
+UNDERLAY_OVS_BRIDGE = "br-phy"  # each machine's netdev bridge holding its underlay IP
+MAIN_UNDERLAY_INDEX = 1  # the main host's address in UNDERLAY_CIDR; hosts get the next
 
 
-def check_vm_name(name: str) -> str:
+def check_machine_name(name: str, kind: str = "vm") -> str:
     if not VM_NAME.fullmatch(name):
-        raise ValueError(f"bad VM name {name!r}: 1 to 10 of a-z, 0-9 and '-', "
+        what = "VM" if kind == "vm" else kind
+        raise ValueError(f"bad {what} name {name!r}: 1 to 10 of a-z, 0-9 and '-', "
                          "not starting with '-'")
     return name
 
 
+def check_vm_name(name: str) -> str:
+    return check_machine_name(name, "vm")
+
+
+def check_host_name(name: str) -> str:
+    return check_machine_name(name, "host")
+
+
+def check_hostname(hostname: str) -> str:
+    """A simulated host's hostname: letters, digits, '-' and '.'."""
+    if not HOSTNAME.fullmatch(hostname):
+        raise ValueError(f"bad hostname {hostname!r}: 1 to 253 of letters, digits, '-' "
+                         "and '.', starting and ending with a letter or digit")
+    return hostname
+
+
+def machine_netns(kind: str, name: str) -> str:
+    return f"kuryr-{kind}-{name}"
+
+
 def vm_netns(name: str) -> str:
-    return f"kuryr-vm-{name}"
+    return machine_netns("vm", name)
+
+
+def check_machine_netns(netns: str) -> str:
+    """The name of a simulated machine's network namespace (kuryr-vm-NAME,
+    kuryr-host-NAME), which identifies the machine to its init and relay."""
+    if not MACHINE_NETNS.fullmatch(netns):
+        raise ValueError(f"bad machine namespace {netns!r}: kuryr-KIND-NAME, KIND one of "
+                         f"{', '.join(MACHINE_KINDS)}")
+    return netns
+
+
+def machine_label(netns: str) -> str:
+    """"vm t1" for kuryr-vm-t1: what messages call the machine."""
+    match = MACHINE_NETNS.fullmatch(netns)
+    return f"{match['kind']} {match['name']}" if match else netns
 
 
 def vm_private_mounts(run_dir: Path) -> dict[Path, Path]:
-    """Path seen inside the VM -> the VM's own directory bound over it."""
+    """Path seen inside the machine -> the machine's own directory bound over it."""
     return {Path(path): run_dir / "mounts" / path.strip("/").replace("/", "-")
             for path in VM_PRIVATE_PATHS}
 
 
 def vm_init_ready(run_dir: Path) -> Path:
-    """Written by the VM's init (its PID) once its mount namespace is complete."""
+    """Written by the machine's init (its PID) once its mount namespace is complete."""
     return run_dir / "init.ready"
 
 
 @dataclass(frozen=True)
-class VmLayout:
-    """Where one simulated VM keeps its files, and the names it has on the host."""
+class MachineLayout:
+    """Where one simulated machine (VM or host) keeps its files, and the names
+    it has on the host: its own namespaces, Open vSwitch, Kuryr and dockerd."""
 
     stack: Layout
     name: str
+    kind = "vm"  # a class constant of each kind
 
     def __post_init__(self) -> None:
-        check_vm_name(self.name)
+        check_machine_name(self.name, self.kind)
+
+    @property
+    def label(self) -> str:
+        """What messages and status lines call it: "vm t1", "host h1"."""
+        return f"{self.kind} {self.name}"
 
     @property
     def state(self) -> Path:
-        """Kept by `vm down`, wiped by `vm down --purge`: Docker's data, kuryr.conf."""
-        return self.stack.vms_state / self.name
+        """Kept by `KIND down`, wiped by `KIND down --purge`: Docker's data, kuryr.conf."""
+        return self.stack.base / f"{self.kind}s" / self.name
 
     @property
     def run(self) -> Path:
         """PID files, sockets and the directories bound over VM_PRIVATE_PATHS."""
-        return self.stack.vms_run / self.name
+        return self.stack.run / f"{self.kind}s" / self.name
 
     @property
     def netns(self) -> str:
-        return vm_netns(self.name)
+        return machine_netns(self.kind, self.name)
 
     @property
     def netns_path(self) -> Path:
         return NAMED_NETNS / self.netns
+
+    def pidfile(self, process: str) -> Path:
+        return self.run / f"{process}.pid"
+
+    def log(self, process: str) -> Path:
+        return self.stack.log(f"{self.kind}-{self.name}-{process}")
+
+    @property
+    def init_ready(self) -> Path:
+        return vm_init_ready(self.run)
+
+    def private_mounts(self) -> dict[Path, Path]:
+        return vm_private_mounts(self.run)
+
+    @property
+    def ovs_run(self) -> Path:
+        """The machine's /run/openvswitch."""
+        return self.private_mounts()[Path("/run/openvswitch")]
+
+    @property
+    def plugin_socket(self) -> Path:
+        """The machine's Kuryr: /run/docker/plugins/kuryr.sock inside it."""
+        return self.private_mounts()[Path("/run/docker/plugins")] / "kuryr.sock"
+
+    @property
+    def docker_exec_root(self) -> Path:
+        return self.run / "docker"
+
+    @property
+    def docker_netns_dir(self) -> Path:
+        """Where the machine's dockerd keeps its containers' network namespaces."""
+        return self.docker_exec_root / "netns"
+
+    @property
+    def docker_sock(self) -> Path:
+        return self.run / "docker.sock"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.docker_sock}"
+
+    @property
+    def kuryr_conf(self) -> Path:
+        return self.state / "kuryr.conf"
+
+
+@dataclass(frozen=True)
+class VmLayout(MachineLayout):
+    """A simulated VM: its NIC and Neutron port besides the machine's own."""
+
+    kind = "vm"
 
     @property
     def host_ifname(self) -> str:
@@ -338,46 +460,30 @@ class VmLayout:
         """Written by `vm up`: the VM exists (and in which mode) until `vm down`."""
         return self.state / "mode"
 
-    def pidfile(self, process: str) -> Path:
-        return self.run / f"{process}.pid"
 
-    def log(self, process: str) -> Path:
-        return self.stack.log(f"vm-{self.name}-{process}")
+@dataclass(frozen=True)
+class HostLayout(MachineLayout):
+    """A simulated compute host: a chassis of the stack's OVN, not a Neutron port."""
 
-    @property
-    def init_ready(self) -> Path:
-        return vm_init_ready(self.run)
-
-    def private_mounts(self) -> dict[Path, Path]:
-        return vm_private_mounts(self.run)
+    kind = "host"
 
     @property
-    def ovs_run(self) -> Path:
-        """The VM's /run/openvswitch."""
-        return self.private_mounts()[Path("/run/openvswitch")]
+    def underlay_ifname(self) -> str:
+        """The root namespace's end of its underlay veth (on UNDERLAY_BRIDGE)."""
+        return f"kul-{self.name}"
 
     @property
-    def plugin_socket(self) -> Path:
-        """The VM's Kuryr: /run/docker/plugins/kuryr.sock inside the VM."""
-        return self.private_mounts()[Path("/run/docker/plugins")] / "kuryr.sock"
+    def up_file(self) -> Path:
+        """Written by `host up`, removed by `host down`: the host exists (status
+        lists it, `kuryr-aio down` powers it off)."""
+        return self.state / "up"
 
     @property
-    def docker_exec_root(self) -> Path:
-        return self.run / "docker"
+    def hostname_file(self) -> Path:
+        """Its hostname, chosen at creation, kept until `host down --purge`."""
+        return self.state / "hostname"
 
     @property
-    def docker_netns_dir(self) -> Path:
-        """Where the VM's dockerd keeps its containers' network namespaces."""
-        return self.docker_exec_root / "netns"
-
-    @property
-    def docker_sock(self) -> Path:
-        return self.run / "docker.sock"
-
-    @property
-    def docker_host(self) -> str:
-        return f"unix://{self.docker_sock}"
-
-    @property
-    def kuryr_conf(self) -> Path:
-        return self.state / "kuryr.conf"
+    def underlay_file(self) -> Path:
+        """Its underlay address, allocated at creation, kept until --purge."""
+        return self.state / "underlay-ip"

@@ -9,7 +9,9 @@ so a `down` after a crash or a reboot still knows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import fcntl
+from collections.abc import Callable, Iterable, Iterator
 
 from pyroute2 import IPRoute
 
@@ -38,13 +40,23 @@ def created(layout: Layout) -> list[str]:
 
 
 def _write(layout: Layout, names: Iterable[str]) -> None:
-    layout.base.mkdir(parents=True, exist_ok=True)
     layout.links_file.write_text("".join(f"{name}\n" for name in sorted(set(names))))
+
+
+@contextlib.contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    """The record to oneself while it is read and rewritten: `up`, `vm up` and
+    `host up` (several at once) each add and remove their own names."""
+    layout.base.mkdir(parents=True, exist_ok=True)
+    with layout.links_file.with_name(layout.links_file.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def record(layout: Layout, names: Iterable[str]) -> None:
     """Note ``names`` as made by the stack (writes the record even when empty)."""
-    _write(layout, [*created(layout), *names])
+    with _locked(layout):
+        _write(layout, [*created(layout), *names])
 
 
 def record_new(layout: Layout, names: Iterable[str], before: set[str],
@@ -59,8 +71,9 @@ def delete_created(layout: Layout, names: Iterable[str],
 
     Names the stack did not make are left alone, whatever they are.
     """
-    ours = set(created(layout))
-    mine = [name for name in names if name in ours]
-    deleted = [name for name in mine if delete(name)]
-    _write(layout, ours - set(mine))
+    with _locked(layout):
+        ours = set(created(layout))
+        mine = [name for name in names if name in ours]
+        deleted = [name for name in mine if delete(name)]
+        _write(layout, ours - set(mine))
     return deleted

@@ -121,3 +121,15 @@ def write_sysctls(netns_path: str | Path, values: dict[str, str]) -> None:
             path = Path("/proc/sys") / key
             if path.exists():
                 path.write_text(value)
+
+
+def bridge_port_sysctls(ifname: str) -> dict[str, str]:
+    """A machine's kernel must ignore what arrives on a port of its userspace
+    switch: ovs-vswitchd reads the port through a packet socket, and the kernel
+    gets every frame as well.  A VM's eth0 has the VM's MAC (Kuryr finds the
+    VM's port by it), so without this the kernel answers on eth0 too what
+    reaches its address on br-vm: two replies to every ping (weak host model),
+    two ARP replies, and an IPv6 link-local address twice."""
+    return {f"net/ipv4/conf/{ifname}/rp_filter": "1",  # its sources route via the bridge
+            f"net/ipv4/conf/{ifname}/arp_ignore": "1",  # the port has no address to answer for
+            f"net/ipv6/conf/{ifname}/disable_ipv6": "1"}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pyroute2 import netns
 
-from kuryr.aio import links, vm
+from kuryr.aio import host, links, vm
 from kuryr.aio.components import Component, bring_up, safe_problems, say
 from kuryr.aio.debian_services import stop_debian_services
 from kuryr.aio.docker import DEFAULT_BRIDGE, Docker
@@ -144,6 +144,9 @@ def down(layout: Layout, purge: bool = False, log: Callable[[str], None] = say) 
     # The VMs' dockerds stop their containers through the VMs' Kuryrs, which
     # still reach Neutron then; the VMs' NICs leave br-int before it goes.
     vm.stop_all(layout, purge=purge, log=log)
+    # Hosts' chassis leave the SB, their underlay veths the bridge, before OVN
+    # and the main Open vSwitch (which removes the underlay) stop.
+    host.stop_all(layout, purge=purge, log=log)
     # Keystone is stopped in either mode: one left by an interrupted switch is ours too.
     for component in reversed(components(layout, keystone=True, kubernetes=True)):
         try:
@@ -212,10 +215,11 @@ def main_status(layout: Layout) -> int:
                 print(f"DOWN  {name}: {problem}")
         else:
             print(f"OK    {name}")
-    for machine in vm.status(layout):
-        what = f"vm {machine.name} ({machine.mode})"
+    for machine in [*vm.status(layout), *host.status(layout)]:
+        what = machine.what
         if machine.powered_off:
-            print(f"OFF   {what}: powered off; `kuryr-aio vm up {machine.name}` starts it")
+            print(f"OFF   {what}: powered off; `kuryr-aio {machine.kind} up {machine.name}` "
+                  "starts it")
         elif machine.problems:
             bad += 1
             for problem in machine.problems:

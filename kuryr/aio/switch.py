@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuryr.aio import links, procs
-from kuryr.aio.layout import PHYSNET, Layout
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kuryr.aio import links, procs, underlay
+from kuryr.aio.layout import PHYSNET, UNDERLAY_MTU, UNDERLAY_OVS_BRIDGE, Layout
+from kuryr.binding import netlink
 
 OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
 SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
 # Tap devices the OVS userspace datapath creates and leaves behind on exit.
-DATAPATH_TAPS = ("ovs-netdev", "br-int", "br-ex", "genev_sys_6081")
+DATAPATH_TAPS = ("ovs-netdev", "br-int", "br-ex", UNDERLAY_OVS_BRIDGE, "genev_sys_6081")
 
 
 def vsctl(*args: str, timeout: int = 10, db: Path | None = None) -> str:
@@ -44,6 +50,63 @@ def ensure_netdev_bridge(bridge: str, *extra: str, db: Path | None = None) -> No
         raise procs.StackError(f"OVS bridge {bridge} failed: {error} (an interface named "
                                f"{bridge} that kuryr-aio did not make is left alone: "
                                "`ip -d link show` it)")
+
+
+def delete_taps(netns_path: Path, names: tuple[str, ...]) -> None:
+    """Tap devices a dead userspace datapath left in a simulated machine's
+    namespace (all of that namespace is the stack's)."""
+    with netlink.in_netns(str(netns_path)) as ns:
+        for name in names:
+            for idx in ns.link_lookup(ifname=name):
+                with contextlib.suppress(NetlinkError):
+                    ns.link("del", index=idx)
+
+
+def address_on(netns_path: Path | str, ifname: str, address: str, timeout: float = 10) -> None:
+    """``address`` (CIDR form) on ``ifname`` of that namespace, up; idempotent.
+    Waits for the device: ovs-vswitchd makes a bridge's tap a moment after the
+    bridge."""
+    ip, prefixlen = address.split("/")
+    deadline = time.monotonic() + timeout
+    with netlink.in_netns(str(netns_path)) as ns:
+        while not (idx := ns.link_lookup(ifname=ifname)):
+            if time.monotonic() > deadline:
+                raise procs.StackError(f"{ifname} did not appear in {netns_path} "
+                                       f"within {timeout:.0f} s")
+            time.sleep(0.05)
+        ns.link("set", index=idx[0], state="up")
+        if not ns.get_addr(index=idx[0], address=ip):
+            ns.addr("add", index=idx[0], address=ip, prefixlen=int(prefixlen))
+
+
+def chassis_ids(layout: Layout, system_id: str, encap_ip: str,
+                gateway: bool = False) -> dict[str, str]:
+    """external_ids that make an Open vSwitch a chassis of the stack's OVN
+    (ovn-controller reads them).  Only the main host is a gateway: it has the
+    external network's bridge."""
+    ids = {
+        "system-id": system_id,
+        "hostname": system_id,
+        "ovn-remote": f"unix:{layout.sb_sock}",
+        "ovn-encap-type": "geneve",
+        "ovn-encap-ip": encap_ip,
+        "ovn-bridge": "br-int",
+        "ovn-bridge-datapath-type": "netdev",
+    }
+    if gateway:
+        ids |= {"ovn-bridge-mappings": f"{PHYSNET}:br-ex",
+                "ovn-cms-options": "enable-chassis-as-gw"}
+    return ids
+
+
+def underlay_mac(address: str) -> str:
+    """The MAC of the tunnel endpoint at ``address`` (CIDR form): one per
+    address, whichever host has it.  The userspace datapath keeps a learned
+    endpoint's MAC for 15 minutes; a host made again on a freed address with a
+    new random MAC got no tunnelled packet from the others until then (seen:
+    the main host could not reach a re-made host's containers)."""
+    packed = ipaddress.IPv4Interface(address).ip.packed
+    return "02:00:" + ":".join(f"{byte:02x}" for byte in packed)
 
 
 @dataclass(frozen=True)
@@ -122,6 +185,25 @@ class SwitchFiles:
     def ensure_netdev_bridge(self, bridge: str, *extra: str) -> None:
         ensure_netdev_bridge(bridge, *extra, db=self.db_sock)
 
+    def set_chassis(self, ids: dict[str, str]) -> None:
+        self.vsctl("--no-wait", "set", "Open_vSwitch", ".",
+                   *(f'external_ids:{key}="{value}"' for key, value in ids.items()))
+
+    def ensure_integration_bridge(self) -> None:
+        """br-int as OVN wants it: no flows but OVN's, no in-band control."""
+        self.ensure_netdev_bridge("br-int", "fail-mode=secure",
+                                  "other-config:disable-in-band=true")
+
+    def plug_underlay(self, netns_path: Path | str, port: str, address: str) -> None:
+        """The machine's end of its underlay veth on br-phy, and its underlay
+        address on br-phy's own tap: the userspace datapath sends a tunnel's
+        packets out of the OVS bridge its route to the remote goes through."""
+        self.ensure_netdev_bridge(UNDERLAY_OVS_BRIDGE,
+                                  f'other-config:hwaddr="{underlay_mac(address)}"')
+        self.vsctl("--may-exist", "add-port", UNDERLAY_OVS_BRIDGE, port, "--",
+                   "set", "Interface", UNDERLAY_OVS_BRIDGE, f"mtu_request={UNDERLAY_MTU}")
+        address_on(netns_path, UNDERLAY_OVS_BRIDGE, address)
+
     def stop(self) -> None:
         procs.stop(self.switch_pid, "ovs-vswitchd")
         procs.stop(self.db_pid, "ovsdb-server")
@@ -147,11 +229,18 @@ class OpenVSwitch:
         found = self.files.process_problems()
         if self.files.switch_running() and bridge_datapath("br-int") != "netdev":
             found.append("OVS bridge br-int is missing or not on the netdev datapath")
+        if not found and not underlay.main_present():
+            found.append(f"the simulated hosts' underlay ({underlay.main_address()} on "
+                         f"{UNDERLAY_OVS_BRIDGE}) is missing")
         return found
 
     def up(self) -> None:
         self.files.start_database()
-        self._configure_chassis()
+        # The main host is on the underlay from the start (whether or not a
+        # simulated host exists): its tunnel endpoint never changes.
+        self.files.set_chassis(chassis_ids(self.layout, self.layout.host,
+                                           underlay.main_address().split("/")[0],
+                                           gateway=True))
         if not self.files.switch_running():
             # A killed userspace datapath leaves its tap devices; a new one
             # cannot create its bridges while they exist.  Only the stack's
@@ -160,29 +249,17 @@ class OpenVSwitch:
             links.delete_created(self.layout, DATAPATH_TAPS)
         before = links.existing(DATAPATH_TAPS)
         self.files.start_switch()
-        ensure_netdev_bridge("br-int", "fail-mode=secure",
-                             "other-config:disable-in-band=true")
+        self.files.ensure_integration_bridge()
         ensure_netdev_bridge("br-ex")
+        self.files.ensure_netdev_bridge(UNDERLAY_OVS_BRIDGE)
         links.record_new(self.layout, DATAPATH_TAPS, before)
-
-    def _configure_chassis(self) -> None:
-        host = self.layout.host
-        ids = {
-            "system-id": host,
-            "hostname": host,
-            "ovn-remote": f"unix:{self.layout.sb_sock}",
-            "ovn-encap-type": "geneve",
-            "ovn-encap-ip": "127.0.0.1",
-            "ovn-bridge": "br-int",
-            "ovn-bridge-datapath-type": "netdev",
-            "ovn-bridge-mappings": f"{PHYSNET}:br-ex",
-            "ovn-cms-options": "enable-chassis-as-gw",
-        }
-        vsctl("--no-wait", "set", "Open_vSwitch", ".",
-              *(f'external_ids:{key}="{value}"' for key, value in ids.items()))
+        underlay.plug_main(self.layout)
+        self.files.plug_underlay(underlay.ROOT_NETNS, underlay.MAIN_OVS_END,
+                                 underlay.main_address())
 
     def down(self) -> None:
         self.files.stop()
+        underlay.unplug_main(self.layout)
 
 
 class OVN:

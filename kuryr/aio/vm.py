@@ -24,13 +24,12 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 from kuryr.aio import docker, keystone, links, namespaces, procs, switch, vm_neutron
 from kuryr.aio.components import Component, bring_up, safe_problems, say
@@ -41,6 +40,7 @@ from kuryr.aio.layout import (
     RUN_DIR_MODE,
     VM_MODES,
     Layout,
+    MachineLayout,
     VmLayout,
     make_dir,
 )
@@ -63,16 +63,16 @@ PORT_DRIVERS = {"vlan": "nested-vlan", "macvlan": "nested-macvlan"}
 START_TIMEOUT = 60.0
 
 
-# -- what each process of a VM runs (argv lists, no shell) -----------------
+# -- what each process of a machine (VM, host) runs (argv lists, no shell) --
 
-def launcher(vm: VmLayout) -> list[str]:
-    """The prefix that runs a command inside the VM (its init's namespaces)."""
-    return [sys.executable, "-m", "kuryr.aio.vm_exec", "run", vm.name,
+def launcher(vm: MachineLayout) -> list[str]:
+    """The prefix that runs a command inside the machine (its init's namespaces)."""
+    return [sys.executable, "-m", "kuryr.aio.vm_exec", "run", vm.netns,
             "--run-dir", str(vm.run), "--"]
 
 
-def init_argv(vm: VmLayout) -> list[str]:
-    return [sys.executable, "-m", "kuryr.aio.vm_exec", "hold", vm.name, "--run-dir", str(vm.run)]
+def init_argv(vm: MachineLayout) -> list[str]:
+    return [sys.executable, "-m", "kuryr.aio.vm_exec", "hold", vm.netns, "--run-dir", str(vm.run)]
 
 
 def relay_ports(layout: Layout) -> list[int]:
@@ -81,35 +81,35 @@ def relay_ports(layout: Layout) -> list[int]:
     return [NEUTRON_PORT, *([KEYSTONE_PORT] if layout.keystone_mode else [])]
 
 
-def relay_argv(vm: VmLayout, ports: list[int]) -> list[str]:
-    """Started in the host's namespaces: it listens in the VM's."""
-    return [sys.executable, "-m", "kuryr.aio.vm_relay", vm.name,
+def relay_argv(vm: MachineLayout, ports: list[int]) -> list[str]:
+    """Started in the host's namespaces: it listens in the machine's."""
+    return [sys.executable, "-m", "kuryr.aio.vm_relay", vm.netns,
             "--netns", str(vm.netns_path), *(f"--port={port}" for port in ports)]
 
 
-def kuryr_argv(vm: VmLayout) -> list[str]:
+def kuryr_argv(vm: MachineLayout) -> list[str]:
     return [*launcher(vm), sys.executable, "-m", "kuryr.cli", "serve",
             "--config-file", str(vm.kuryr_conf)]
 
 
-def dockerd_argv(vm: VmLayout) -> list[str]:
-    # No default bridge: the VM's containers are on Kuryr's networks only.  Its
-    # own exec-root: its containers' namespaces, runc's state and (as
-    # /run/containerd is the VM's, empty) its own containerd are under it.
+def dockerd_argv(vm: MachineLayout) -> list[str]:
+    # No default bridge: the machine's containers are on Kuryr's networks only.
+    # Its own exec-root: its containers' namespaces, runc's state and (as
+    # /run/containerd is the machine's, empty) its own containerd are under it.
     return [*launcher(vm), *docker.dockerd_argv(
         data_root=vm.state / "docker", pidfile=vm.run / "dockerd.docker.pid",
         docker_host=vm.docker_host, exec_root=vm.docker_exec_root, bridge="none")]
 
 
-def switch_files(vm: VmLayout) -> switch.SwitchFiles:
+def switch_files(vm: MachineLayout) -> switch.SwitchFiles:
     return switch.SwitchFiles(db=vm.state / "ovs" / "conf.db", run_dir=vm.ovs_run,
                               db_log=vm.log("ovsdb-server"), switch_log=vm.log("ovs-vswitchd"),
                               launcher=tuple(launcher(vm)))
 
 
 KURYR_CONF = """\
-# Written by kuryr-aio: the Kuryr of simulated VM {name} ({driver}), against the
-# stack's {against} through the VM's API relay (127.0.0.1 in the VM).
+# Written by kuryr-aio: the Kuryr of simulated {title}, against the
+# stack's {against} through the {word}'s API relay (127.0.0.1 in the {word}).
 [DEFAULT]
 port_driver = {driver}
 host = {host}
@@ -120,8 +120,7 @@ docker_netns_dir = {netns}
 
 {neutron_section}
 [binding]
-link_iface = {nic}
-{mode_options}"""
+{binding}"""
 
 VLAN_OPTIONS = """\
 # The VM's own Open vSwitch tags each container's frames (this kernel has no
@@ -144,27 +143,36 @@ def binding_options(mode: str) -> str:
     return MACVLAN_OPTIONS.format(nic=NIC)
 
 
-def kuryr_conf_text(layout: Layout, vm: VmLayout, mode: str) -> str:
+def machine_kuryr_conf(layout: Layout, machine: MachineLayout, *, title: str, driver: str,
+                       host: str, binding: str) -> str:
+    """kuryr.conf of a machine's Kuryr: its own Docker and state, the stack's
+    Neutron through the machine's relay; ``binding`` is [binding]'s body."""
     against, neutron_section = neutron_section_of(layout)
     return KURYR_CONF.format(
-        name=vm.name, host=vm_neutron.kuryr_host(vm), driver=PORT_DRIVERS[mode],
-        against=against,
-        docker_host=vm.docker_host, state=vm.state / "kuryr", netns=vm.docker_netns_dir,
-        neutron_section=neutron_section, nic=NIC,
-        mode_options=binding_options(mode))
+        title=title, word="VM" if machine.kind == "vm" else machine.kind, against=against,
+        driver=driver, host=host, docker_host=machine.docker_host,
+        state=machine.state / "kuryr", netns=machine.docker_netns_dir,
+        neutron_section=neutron_section, binding=binding)
 
 
-# -- the VM's processes -----------------------------------------------------
+def kuryr_conf_text(layout: Layout, vm: VmLayout, mode: str) -> str:
+    driver = PORT_DRIVERS[mode]
+    return machine_kuryr_conf(layout, vm, title=f"VM {vm.name} ({driver})", driver=driver,
+                              host=vm_neutron.kuryr_host(vm),
+                              binding=f"link_iface = {NIC}\n{binding_options(mode)}")
 
-class _VmProcess:
-    """One foreground process of the VM, started by `vm up`, stopped by PID."""
+
+# -- a machine's processes (a VM's, a host's) -------------------------------
+
+class MachineProcess:
+    """One foreground process of a machine, started by `KIND up`, stopped by PID."""
 
     part = ""
     stop_timeout = 20.0
 
-    def __init__(self, vm: VmLayout) -> None:
+    def __init__(self, vm: MachineLayout) -> None:
         self.vm = vm
-        self.name = f"vm {vm.name} {self.part}"
+        self.name = f"{vm.label} {self.part}"
         self.pidfile = vm.pidfile(self.part)
 
     @property
@@ -185,6 +193,10 @@ class _VmProcess:
     def prepare(self) -> None:
         """Files it needs, before it starts."""
 
+    def env(self) -> dict[str, str]:
+        """Its environment, past kuryr-aio's."""
+        return {}
+
     def outdated(self) -> bool:
         """Whether it runs with a configuration the stack no longer has."""
         return False
@@ -201,7 +213,8 @@ class _VmProcess:
         except Exception as exc:  # noqa: BLE001 - any failure is the answer
             return [f"{self.part} does not answer: {exc}"]
         if self.outdated():
-            return [f"{self.part} runs with an outdated configuration (`vm up` restarts it)"]
+            return [(f"{self.part} runs with an outdated configuration "
+                     f"(`{self.vm.kind} up` restarts it)")]
         return []
 
     def up(self) -> None:
@@ -209,7 +222,7 @@ class _VmProcess:
             self.down()
         if not self.running():
             self.prepare()
-            procs.spawn(self.argv(), pidfile=self.pidfile, log=self.logs[0])
+            procs.spawn(self.argv(), pidfile=self.pidfile, log=self.logs[0], env=self.env())
         if not procs.wait_for(procs.answers_or_died(self.pidfile, self._answers),
                               START_TIMEOUT):
             raise procs.StackError(f"{self.part} did not answer in {START_TIMEOUT:.0f} s "
@@ -227,14 +240,14 @@ class _VmProcess:
         return procs.stop(self.pidfile, self.expect, timeout=self.stop_timeout)
 
 
-class VmInit(_VmProcess):
-    """Holds the VM's namespaces; every other VM process enters them."""
+class VmInit(MachineProcess):
+    """Holds the machine's namespaces; every other process of it enters them."""
 
     part = "init"
 
     @property
     def expect(self) -> str:
-        return init_expect(self.vm.name)
+        return init_expect(self.vm.netns)
 
     def argv(self) -> list[str]:
         return init_argv(self.vm)
@@ -247,16 +260,16 @@ class VmInit(_VmProcess):
         return self.vm.init_ready.read_text().split() == [str(procs.read_pid(self.pidfile))]
 
 
-class VmRelay(_VmProcess):
+class VmRelay(MachineProcess):
     part = "relay"
 
-    def __init__(self, vm: VmLayout, ports: list[int]) -> None:
+    def __init__(self, vm: MachineLayout, ports: list[int]) -> None:
         super().__init__(vm)
         self.ports = ports
 
     @property
     def expect(self) -> str:
-        return f"kuryr.aio.vm_relay {self.vm.name} "
+        return f"kuryr.aio.vm_relay {self.vm.netns} "
 
     def argv(self) -> list[str]:
         return relay_argv(self.vm, self.ports)
@@ -269,14 +282,11 @@ class VmRelay(_VmProcess):
         return procs.cmdline(self.pidfile) != " ".join(self.argv()) + " "
 
 
-class VmKuryr(_VmProcess):
+class MachineKuryr(MachineProcess):
+    """The machine's Kuryr; what its kuryr.conf says is the kind's."""
+
     part = "kuryr"
     stop_timeout = 15.0
-
-    def __init__(self, layout: Layout, vm: VmLayout, mode: str) -> None:
-        super().__init__(vm)
-        self.layout = layout
-        self.mode = mode
 
     @property
     def expect(self) -> str:
@@ -286,7 +296,7 @@ class VmKuryr(_VmProcess):
         return kuryr_argv(self.vm)
 
     def config_text(self) -> str:
-        return kuryr_conf_text(self.layout, self.vm, self.mode)
+        raise NotImplementedError
 
     def prepare(self) -> None:
         write_config(self.vm.kuryr_conf, self.config_text())
@@ -300,9 +310,20 @@ class VmKuryr(_VmProcess):
         return plugin_answers(self.vm.plugin_socket)
 
 
-class VmDockerd(_VmProcess):
+class VmKuryr(MachineKuryr):
+    def __init__(self, layout: Layout, vm: VmLayout, mode: str) -> None:
+        super().__init__(vm)
+        self.layout = layout
+        self.mode = mode
+        self.vm_layout = vm
+
+    def config_text(self) -> str:
+        return kuryr_conf_text(self.layout, self.vm_layout, self.mode)
+
+
+class VmDockerd(MachineProcess):
     part = "dockerd"
-    stop_timeout = 40.0  # it stops its containers first (through the VM's Kuryr)
+    stop_timeout = 40.0  # it stops its containers first (through the machine's Kuryr)
 
     @property
     def expect(self) -> str:
@@ -327,40 +348,42 @@ class VmDockerd(_VmProcess):
             docker.import_busybox(self.vm.docker_host, self.vm.state)
 
 
-class VmSwitch:
-    """vlan mode: the VM's own Open vSwitch; eth0 on br-vm with no tag (a trunk
-    port: every VLAN), the VM's address on br-vm, which has the port's MAC."""
+class MachineSwitch:
+    """A machine's own Open vSwitch (userspace datapath in its namespaces):
+    started, then its bridges made by the kind (``make_bridges``)."""
 
-    def __init__(self, vm: VmLayout, port: VmPort | None = None) -> None:
+    # Tap devices its datapath makes (in the machine's namespace) and leaves
+    # behind when it dies; a new ovs-vswitchd cannot make its bridges then.
+    taps: tuple[str, ...] = ()
+
+    def __init__(self, vm: MachineLayout) -> None:
         self.vm = vm
-        self.port = port
-        self.name = f"vm {vm.name} openvswitch"
+        self.name = f"{vm.label} openvswitch"
         self.files = switch_files(vm)
 
     @property
     def logs(self) -> list[Path]:
         return self.files.logs
 
+    def bridge_problems(self) -> list[str]:
+        raise NotImplementedError
+
     def problems(self) -> list[str]:
-        found = self.files.process_problems()
-        if not found and switch.bridge_datapath(BRIDGE, db=self.files.db_sock) != "netdev":
-            found.append(f"OVS bridge {BRIDGE} is missing or not on the netdev datapath")
-        return found
+        return self.files.process_problems() or self.bridge_problems()
+
+    def configure(self) -> None:
+        """What must be in its database before ovs-vswitchd starts."""
+
+    def make_bridges(self) -> None:
+        raise NotImplementedError
 
     def up(self) -> None:
-        if self.port is None:
-            raise procs.StackError("the VM's Neutron port is not known")
         self.files.start_database()
+        self.configure()
         if not self.files.switch_running():
-            delete_taps(self.vm, VM_DATAPATH_TAPS)
+            switch.delete_taps(self.vm.netns_path, self.taps)
         self.files.start_switch()
-        # The bridge's own interface speaks for the VM: the port's MAC, or port
-        # security drops its frames.
-        self.files.ensure_netdev_bridge(BRIDGE, f'other-config:hwaddr="{self.port.mac}"')
-        self.files.vsctl("--may-exist", "add-port", BRIDGE, NIC, "--",
-                         "set", "Interface", BRIDGE, f"mtu_request={self.port.mtu}")
-        namespaces.write_sysctls(self.vm.netns_path, bridge_port_sysctls(NIC))
-        address_in_vm(self.vm, BRIDGE, self.port.address)
+        self.make_bridges()
 
     def running(self) -> bool:
         return (procs.pid_alive(self.files.db_pid, "ovsdb-server")
@@ -370,48 +393,45 @@ class VmSwitch:
         self.files.stop()
 
 
-VmPart = _VmProcess | VmSwitch
+class VmSwitch(MachineSwitch):
+    """vlan mode: the VM's own Open vSwitch; eth0 on br-vm with no tag (a trunk
+    port: every VLAN), the VM's address on br-vm, which has the port's MAC."""
+
+    taps = VM_DATAPATH_TAPS
+
+    def __init__(self, vm: VmLayout, port: VmPort | None = None) -> None:
+        super().__init__(vm)
+        self.port = port
+
+    def bridge_problems(self) -> list[str]:
+        if switch.bridge_datapath(BRIDGE, db=self.files.db_sock) != "netdev":
+            return [f"OVS bridge {BRIDGE} is missing or not on the netdev datapath"]
+        return []
+
+    def _port(self) -> VmPort:
+        if self.port is None:
+            raise procs.StackError("the VM's Neutron port is not known")
+        return self.port
+
+    def up(self) -> None:
+        self._port()  # before anything starts
+        super().up()
+
+    def make_bridges(self) -> None:
+        port = self._port()
+        # The bridge's own interface speaks for the VM: the port's MAC, or port
+        # security drops its frames.
+        self.files.ensure_netdev_bridge(BRIDGE, f'other-config:hwaddr="{port.mac}"')
+        self.files.vsctl("--may-exist", "add-port", BRIDGE, NIC, "--",
+                         "set", "Interface", BRIDGE, f"mtu_request={port.mtu}")
+        namespaces.write_sysctls(self.vm.netns_path, namespaces.bridge_port_sysctls(NIC))
+        switch.address_on(self.vm.netns_path, BRIDGE, port.address)
 
 
-def bridge_port_sysctls(ifname: str) -> dict[str, str]:
-    """The VM's kernel must ignore what arrives on a port of its userspace
-    switch: ovs-vswitchd reads the port through a packet socket, and the kernel
-    gets every frame as well.  eth0 has the VM's MAC (Kuryr finds the VM's port
-    by it), so without this the kernel answers on eth0 too what reaches its
-    address on br-vm: two replies to every ping (weak host model), two ARP
-    replies, and an IPv6 link-local address twice."""
-    return {f"net/ipv4/conf/{ifname}/rp_filter": "1",  # its sources route via br-vm
-            f"net/ipv4/conf/{ifname}/arp_ignore": "1",  # eth0 has no address to answer for
-            f"net/ipv6/conf/{ifname}/disable_ipv6": "1"}
+VmPart = MachineProcess | MachineSwitch
 
 
 # -- the VM's NIC -----------------------------------------------------------
-
-def delete_taps(vm: VmLayout, names: tuple[str, ...]) -> None:
-    """Tap devices a dead userspace datapath left in the VM's namespace (all of
-    that namespace is the stack's)."""
-    with netlink.in_netns(str(vm.netns_path)) as ns:
-        for name in names:
-            for idx in ns.link_lookup(ifname=name):
-                with contextlib.suppress(NetlinkError):
-                    ns.link("del", index=idx)
-
-
-def address_in_vm(vm: VmLayout, ifname: str, address: str, timeout: float = 10) -> None:
-    """``address`` (CIDR form) on the VM's ``ifname``, up; idempotent.  Waits for
-    the device: ovs-vswitchd makes a bridge's tap a moment after the bridge."""
-    ip, prefixlen = address.split("/")
-    deadline = time.monotonic() + timeout
-    with netlink.in_netns(str(vm.netns_path)) as ns:
-        while not (idx := ns.link_lookup(ifname=ifname)):
-            if time.monotonic() > deadline:
-                raise procs.StackError(f"{ifname} did not appear in {vm.netns} "
-                                       f"within {timeout:.0f} s")
-            time.sleep(0.05)
-        ns.link("set", index=idx[0], state="up")
-        if not ns.get_addr(index=idx[0], address=ip):
-            ns.addr("add", index=idx[0], address=ip, prefixlen=int(prefixlen))
-
 
 class VmNic:
     """A veth pair: kvm-NAME on the host's br-int, bound to the VM's Neutron
@@ -455,7 +475,7 @@ class VmNic:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         namespaces.disable_tx_checksum(self.vm.netns_path, NIC)
         if address:
-            address_in_vm(self.vm, NIC, port.address)
+            switch.address_on(self.vm.netns_path, NIC, port.address)
         self._plug(port)
 
     def discard_half_made(self) -> None:
@@ -521,6 +541,10 @@ class VirtualMachine:
         except FileNotFoundError:
             return None
 
+    @property
+    def exists(self) -> bool:
+        return self.mode is not None
+
     def processes(self, mode: str, port: VmPort | None = None) -> list[VmPart]:
         """In start order: the VM's Kuryr before its dockerd, which asks the
         plugin about its networks at start and while stopping containers."""
@@ -548,15 +572,7 @@ class VirtualMachine:
             log(f"vm {self.name}: Neutron port {port.id} ({port.address}, {port.mac})")
             took = self._plug(api, port, mode)
             log(f"vm {self.name}: NIC {self.vm.host_ifname} plugged, port ACTIVE ({took:.1f} s)")
-        kuryr_failed: procs.StackError | None = None
-        for part in self.processes(mode, port):
-            try:
-                bring_up(part, log)
-            except procs.StackError as exc:
-                if not isinstance(part, VmKuryr):
-                    raise
-                kuryr_failed = exc  # the rest still comes up: its dockerd can be tried
-                log(f"{exc}; going on without it")
+        kuryr_failed = bring_up_parts(self.processes(mode, port), log)
         log(f"vm {self.name} ({mode}) is up in {time.monotonic() - started:.1f} s; "
             f'use it with: eval "$(kuryr-aio vm env {self.name})"')
         if kuryr_failed is not None:
@@ -593,11 +609,7 @@ class VirtualMachine:
         return mode
 
     def _check_stack(self) -> None:
-        needed = stack_parts(self.layout)
-        found = [f"{part.name}: {problem}" for part in needed for problem in safe_problems(part)]
-        if found:
-            raise procs.StackError("the stack is not up (`kuryr-aio up` first): "
-                                   + "; ".join(found))
+        check_stack(self.layout)
 
     @contextlib.contextmanager
     def _neutron(self) -> Iterator[NetworkProxy]:
@@ -632,20 +644,11 @@ class VirtualMachine:
             self.nic.down()
 
     def _stop_processes(self, mode: str, log: Callable[[str], None]) -> None:
-        for part in reversed(self.processes(mode)):
-            try:
-                part.down()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-                log(f"{part.name}: stop failed: {exc}")
+        stop_parts(self.processes(mode), log)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        """One VM at a time finds-or-makes the shared Neutron network and group,
-        and rewrites the record of the links the stack made."""
-        self.layout.vms_state.mkdir(parents=True, exist_ok=True)
-        with (self.layout.vms_state / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        """One VM at a time finds-or-makes the shared Neutron network and group."""
+        return state_lock(self.layout.vms_state)
 
     def delete(self, purge: bool = False, log: Callable[[str], None] = say) -> None:
         """Power off, then delete it from Neutron (as Nova's delete, and what its
@@ -708,17 +711,65 @@ class VirtualMachine:
 
 def stack_parts(layout: Layout) -> list[Component]:
     """What a VM needs of the stack: Neutron makes its port, Open vSwitch and
-    OVN bind it."""
+    OVN bind it.  (A simulated host: its OVN, Neutron for its Kuryr, the
+    underlay that the main Open vSwitch joins.)"""
     return [switch.OpenVSwitch(layout), switch.OVN(layout), NeutronServer(layout)]
+
+
+def check_stack(layout: Layout) -> None:
+    found = [f"{part.name}: {problem}" for part in stack_parts(layout)
+             for problem in safe_problems(part)]
+    if found:
+        raise procs.StackError("the stack is not up (`kuryr-aio up` first): " + "; ".join(found))
+
+
+def bring_up_parts(parts: list[VmPart],
+                   log: Callable[[str], None]) -> procs.StackError | None:
+    """A machine's parts up in order; Kuryr failing to start is returned (to be
+    reported last), the rest (its dockerd too) still comes up."""
+    kuryr_failed: procs.StackError | None = None
+    for part in parts:
+        try:
+            bring_up(part, log)
+        except procs.StackError as exc:
+            if not isinstance(part, MachineKuryr):
+                raise
+            kuryr_failed = exc
+            log(f"{exc}; going on without it")
+    return kuryr_failed
+
+
+def stop_parts(parts: list[VmPart], log: Callable[[str], None]) -> None:
+    """A machine's parts stopped in reverse start order (dockerd first: its
+    containers end through the machine's Kuryr, still running)."""
+    for part in reversed(parts):
+        try:
+            part.down()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            log(f"{part.name}: stop failed: {exc}")
+
+
+@contextlib.contextmanager
+def state_lock(directory: Path) -> Iterator[None]:
+    """One `KIND up` / `KIND down` at a time in what machines of a kind share."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # -- every VM of the stack --------------------------------------------------
 
-def names(layout: Layout) -> list[str]:
-    """VMs with files (existing or deleted without --purge, or half made)."""
-    found = {path.name for base in (layout.vms_state, layout.vms_run) if base.is_dir()
+def machine_names(*bases: Path) -> list[str]:
+    """Machines with files under ``bases`` (existing or deleted without
+    --purge, or half made)."""
+    found = {path.name for base in bases if base.is_dir()
              for path in base.iterdir() if path.is_dir()}
     return sorted(found)
+
+
+def names(layout: Layout) -> list[str]:
+    return machine_names(layout.vms_state, layout.vms_run)
 
 
 def existing(layout: Layout) -> list[VirtualMachine]:
@@ -727,36 +778,69 @@ def existing(layout: Layout) -> list[VirtualMachine]:
     return [vm for vm in vms if vm.mode is not None]
 
 
-def stop_all(layout: Layout, purge: bool, log: Callable[[str], None] = say) -> None:
-    """`kuryr-aio down`: every VM powered off (before the host's Kuryr and
-    dockerd stop); with ``purge`` deleted and wiped."""
-    for name in names(layout):
-        machine = VirtualMachine(layout, name)
+class Machine(Protocol):
+    """What `kuryr-aio down` and `status` do with a simulated machine."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def exists(self) -> bool: ...
+
+    def powered_off(self) -> bool: ...
+
+    def power_off(self, log: Callable[[str], None] = say) -> None: ...
+
+    def delete(self, purge: bool = False, log: Callable[[str], None] = say) -> None: ...
+
+    def problems(self) -> list[str]: ...
+
+
+def stop_machines(kind: str, machines: Iterable[Machine], purge: bool,
+                  log: Callable[[str], None], dirs: Iterable[Path]) -> None:
+    """`kuryr-aio down`: every machine of a kind powered off (before the host's
+    Kuryr and dockerd stop); with ``purge`` deleted, and ``dirs`` wiped."""
+    for machine in machines:
         try:
             if purge:
                 machine.delete(purge=True, log=log)
-            elif machine.mode is not None and not machine.powered_off():
+            elif machine.exists and not machine.powered_off():
                 machine.power_off(log)
-                log(f"vm {name} powered off (`kuryr-aio vm up {name}` starts it again)")
+                log(f"{kind} {machine.name} powered off (`kuryr-aio {kind} up "
+                    f"{machine.name}` starts it again)")
         except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-            log(f"vm {name}: stop failed: {exc}")
+            log(f"{kind} {machine.name}: stop failed: {exc}")
     if purge:
-        shutil.rmtree(layout.vms_state, ignore_errors=True)
-        shutil.rmtree(layout.vms_run, ignore_errors=True)
+        for directory in dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop_all(layout: Layout, purge: bool, log: Callable[[str], None] = say) -> None:
+    stop_machines("vm", (VirtualMachine(layout, name) for name in names(layout)), purge, log,
+                  (layout.vms_state, layout.vms_run))
 
 
 @dataclass(frozen=True)
 class VmStatus:
+    """A status line's worth of a machine (the VM's; HostStatus for hosts)."""
+
+    kind: ClassVar[str] = "vm"
     name: str
-    mode: str
+    detail: str  # a VM's mode, a host's hostname
     powered_off: bool  # by `kuryr-aio down`: not a fault
     problems: list[str]
 
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.name} ({self.detail})"
+
+
+def machine_status(machine: Machine, detail: str) -> tuple[str, str, bool, list[str]]:
+    """VmStatus's fields of an existing machine."""
+    off = machine.powered_off()
+    return machine.name, detail, off, [] if off else machine.problems()
+
 
 def status(layout: Layout) -> list[VmStatus]:
-    found = []
-    for machine in existing(layout):
-        off = machine.powered_off()
-        found.append(VmStatus(machine.name, machine.mode or "?", off,
-                              [] if off else machine.problems()))
-    return found
+    return [VmStatus(*machine_status(machine, machine.mode or "?"))
+            for machine in existing(layout)]

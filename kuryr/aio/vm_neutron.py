@@ -209,19 +209,47 @@ def kuryr_host(vm: VmLayout) -> str:
 
 
 def delete_vm_networks(api: NetworkProxy, vm: VmLayout) -> list[str]:
-    """The Neutron networks of the VM's Docker networks (tagged with its Kuryr's
-    host) and the ports Kuryr left on them (its pool's): wiping the VM's Docker
-    state leaves nobody who could remove them.  A network with a port of
-    someone else's stays, whole.  Subnet pools stay (Kuryr finds them by CIDR,
-    others may share one)."""
+    return delete_kuryr_networks(api, kuryr_host(vm))
+
+
+def delete_kuryr_networks(api: NetworkProxy, kuryr_host: str) -> list[str]:
+    """The Neutron networks of the Docker networks of a VM's or a host's Kuryr
+    (tagged with its [DEFAULT] host) and the ports Kuryr left on them (its
+    pool's): wiping that machine's Docker state leaves nobody who could remove
+    them.  A network with a port of someone else's stays, whole.  Subnet pools
+    stay (Kuryr finds them by CIDR, others may share one)."""
     deleted = []
-    for net in api.networks(tags=marks.host_tag(kuryr_host(vm))):
+    for net in api.networks(tags=marks.host_tag(kuryr_host)):
         ports = list(api.ports(network_id=net.id))
         if not all(is_kuryrs(port) for port in ports):
             continue
         for port in ports:
             api.delete_port(port, ignore_missing=True)
-            deleted.append(f"port {port.id} ({port.device_owner}, nested Kuryr's)")
+            deleted.append(f"port {port.id} ({port.device_owner}, Kuryr's)")
         api.delete_network(net, ignore_missing=True)
         deleted.append(f"network {net.name}")
+    return deleted
+
+
+def delete_host_leftovers(api: NetworkProxy, hostname: str) -> list[str]:
+    """What a simulated host's Kuryr left in Neutron once the host is wiped:
+    Docker's ports bound to it, its networks, its expose groups and the
+    floating IP it publishes on.  Another host's are never matched: ports by
+    their exact binding:host_id, the rest by the exact host tag or mark."""
+    deleted = []
+    for port in api.ports(binding_host_id=hostname):
+        if port.binding_host_id == hostname and \
+                (port.device_owner or "") in marks.DOCKER_OWNERS.all:
+            api.delete_port(port, ignore_missing=True)
+            deleted.append(f"port {port.id} ({port.device_owner})")
+    deleted += delete_kuryr_networks(api, hostname)
+    mark = marks.host_mark(hostname)
+    for group in api.security_groups():
+        if (group.name or "").startswith(marks.EXPOSE_GROUP_PREFIX) and \
+                (group.description or "").startswith(mark):
+            api.delete_security_group(group, ignore_missing=True)
+            deleted.append(f"security group {group.name}")
+    for fip in api.ips(description=marks.publishing_ip_description(hostname)):
+        api.delete_ip(fip, ignore_missing=True)
+        deleted.append(f"floating IP {fip.floating_ip_address}")
     return deleted

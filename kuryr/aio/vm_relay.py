@@ -1,11 +1,14 @@
-"""The OpenStack APIs inside a simulated VM, as on the host: 127.0.0.1:PORT.
+"""The OpenStack APIs inside a simulated machine (a VM, a host), as on the
+host: 127.0.0.1:PORT.
 
-A real VM reaches Neutron (and Keystone) over its network; the simulated VM's
-namespace has no route to the host.  This process runs in the host's
-namespace, listens inside the VM's (its sockets are made there and stay
-there), and relays each connection to the same port on the host's loopback.
+A real VM (or compute host) reaches Neutron (and Keystone) over its network;
+the simulated machine's namespace has no route to the host.  This process
+runs in the host's namespace, listens inside the machine's (its sockets are
+made there and stay there), and relays each connection to the same port on
+the host's loopback.
 
-``python -m kuryr.aio.vm_relay NAME --netns PATH --port 9696 [--port 5000]``
+``python -m kuryr.aio.vm_relay MACHINE_NETNS --netns PATH --port 9696 [--port 5000]``
+(MACHINE_NETNS, kuryr-vm-NAME or kuryr-host-NAME, names the machine)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kuryr.aio import namespaces
-from kuryr.aio.layout import check_vm_name
+from kuryr.aio.layout import check_machine_netns, machine_label
 
 MAX_CONNECTIONS = 256  # a misbehaving client in the VM cannot exhaust the host's sockets
 CONNECT_TIMEOUT = 10.0
@@ -123,9 +126,11 @@ class Relay:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kuryr.aio.vm_relay",
-                                description="relay a simulated VM's 127.0.0.1:PORT to the host's")
-    p.add_argument("name", type=check_vm_name)
-    p.add_argument("--netns", type=Path, required=True, help="the VM's network namespace")
+                                description="relay a simulated machine's 127.0.0.1:PORT to "
+                                "the host's")
+    p.add_argument("machine", type=check_machine_netns,
+                   help="the machine's namespace name (kuryr-vm-NAME, kuryr-host-NAME)")
+    p.add_argument("--netns", type=Path, required=True, help="the machine's network namespace")
     p.add_argument("--port", type=int, action="append", required=True)
     return p
 
@@ -133,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     listeners = listen_in(args.netns, args.port)
-    print(f"vm {args.name}: relaying 127.0.0.1:{','.join(map(str, args.port))} "
+    print(f"{machine_label(args.machine)}: relaying 127.0.0.1:{','.join(map(str, args.port))} "
           "to the host's", flush=True)
     asyncio.run(Relay().serve(listeners))
     return 0

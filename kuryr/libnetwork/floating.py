@@ -17,6 +17,7 @@ import logging
 import threading
 
 from kuryr import errors
+from kuryr.neutron import marks
 from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import Port
 from kuryr.publish.spec import Published
@@ -72,7 +73,7 @@ class FloatingPublisher:
         router = self.neutron.find_router(self.router_name)
         if router is None:
             router = self.neutron.create_router(self.router_name, external.id)
-        description = f"kuryr-publish:{self.host}"
+        description = marks.publishing_ip_description(self.host)
         fips = self.neutron.floating_ips(description, external.id)
         fip = fips[0] if fips else self.neutron.create_floating_ip(external.id, description)
         LOG.info("publishing through floating IP %s (router %s)", fip.floating_ip_address,

@@ -202,6 +202,12 @@ def host_tag(host: str) -> str:
     return HOST_DIGEST_TAG + digest[:TAG_MAX - len(HOST_DIGEST_TAG)]
 
 
+def publishing_ip_description(host: str) -> str:
+    """The description of the floating IP one host's Kuryr publishes ports on
+    (found again by it: exact match)."""
+    return f"kuryr-publish:{host}"
+
+
 def host_mark(host: str) -> str:
     """Starts the description of what Kuryr makes for one host without a port to
     carry binding:host_id (security groups), so its garbage collector finds them."""

@@ -82,28 +82,29 @@ def test_private_mounts_cover_what_a_second_dockerd_and_ovs_share(t1):
 # -- argv of each process ---------------------------------------------------
 
 def test_launcher_and_init_name_the_vm_and_its_run_dir(t1):
-    prefix = [sys.executable, "-m", "kuryr.aio.vm_exec", "run", "t1", "--run-dir", str(t1.run),
-              "--"]
+    prefix = [sys.executable, "-m", "kuryr.aio.vm_exec", "run", "kuryr-vm-t1", "--run-dir",
+              str(t1.run), "--"]
     assert vm.launcher(t1) == prefix
     init = vm.init_argv(t1)
-    assert init == [sys.executable, "-m", "kuryr.aio.vm_exec", "hold", "t1", "--run-dir",
-                    str(t1.run)]
+    assert init == [sys.executable, "-m", "kuryr.aio.vm_exec", "hold", "kuryr-vm-t1",
+                    "--run-dir", str(t1.run)]
     # The init is recognised by its command line (a whole argument: t1 is not t10).
-    assert vm_exec.init_expect("t1") in " ".join(init) + " "
-    assert vm_exec.init_expect("t1") not in " ".join(vm.init_argv(VmLayout(t1.stack, "t10")))
+    assert vm_exec.init_expect("kuryr-vm-t1") in " ".join(init) + " "
+    assert vm_exec.init_expect("kuryr-vm-t1") not in " ".join(
+        vm.init_argv(VmLayout(t1.stack, "t10")))
 
 
 def test_vm_exec_parses_what_the_launcher_builds(t1):
     args = vm_exec.parser().parse_args([*vm.launcher(t1)[3:], "ip", "-br", "a"])
-    assert (args.command, args.name, args.run_dir, args.argv) == (
-        "run", "t1", t1.run, ["ip", "-br", "a"])
+    assert (args.command, args.netns, args.run_dir, args.argv) == (
+        "run", "kuryr-vm-t1", t1.run, ["ip", "-br", "a"])
     args = vm_exec.parser().parse_args(vm.init_argv(t1)[3:])
-    assert (args.command, args.name, args.run_dir) == ("hold", "t1", t1.run)
+    assert (args.command, args.netns, args.run_dir) == ("hold", "kuryr-vm-t1", t1.run)
 
 
 def test_launcher_refuses_a_vm_without_init(t1):
     with pytest.raises(SystemExit, match="vm t1 is not running"):
-        vm_exec.enter("t1", t1.run)
+        vm_exec.enter("kuryr-vm-t1", t1.run)
 
 
 def test_relay_listens_for_keystone_too_in_keystone_mode(layout, t1):
@@ -111,13 +112,13 @@ def test_relay_listens_for_keystone_too_in_keystone_mode(layout, t1):
     layout.set_auth_mode("keystone")
     assert vm.relay_ports(layout) == [9696, 5000]
     argv = vm.relay_argv(t1, vm.relay_ports(layout))
-    assert argv == [sys.executable, "-m", "kuryr.aio.vm_relay", "t1", "--netns",
+    assert argv == [sys.executable, "-m", "kuryr.aio.vm_relay", "kuryr-vm-t1", "--netns",
                     "/run/netns/kuryr-vm-t1", "--port=9696", "--port=5000"]
     # Started in the host's namespaces, not through the launcher.
     assert "kuryr.aio.vm_exec" not in argv
     args = vm_relay.parser().parse_args(argv[3:])
-    assert (args.name, args.netns, args.port) == ("t1", Path("/run/netns/kuryr-vm-t1"),
-                                                  [9696, 5000])
+    assert (args.machine, args.netns, args.port) == (
+        "kuryr-vm-t1", Path("/run/netns/kuryr-vm-t1"), [9696, 5000])
 
 
 def test_relay_restarts_when_its_ports_change(layout, t1, monkeypatch):
@@ -183,7 +184,7 @@ def test_vm_vsctl_names_the_vm_database(t1, monkeypatch):
 
 
 def test_the_vm_kernel_ignores_its_switch_port():
-    assert vm.bridge_port_sysctls("eth0") == {
+    assert namespaces.bridge_port_sysctls("eth0") == {
         "net/ipv4/conf/eth0/rp_filter": "1", "net/ipv4/conf/eth0/arp_ignore": "1",
         "net/ipv6/conf/eth0/disable_ipv6": "1"}
 
@@ -470,7 +471,7 @@ def test_purging_a_vm_deletes_its_kuryrs_empty_networks(t1):
     others = api.create_network(name="kuryr-net-4")
     others.tags.append(marks.host_tag("h1"))
     assert vm_neutron.delete_vm_networks(api, t1) == [
-        "network kuryr-net-1", f"port {left.id} (kuryr:pool, nested Kuryr's)",
+        "network kuryr-net-1", f"port {left.id} (kuryr:pool, Kuryr's)",
         "network kuryr-net-2"]
     assert set(api.nets) == {used.id, others.id}
     assert users.id in api.port_rows
