@@ -658,7 +658,13 @@ class Neutron:
             else list(device_owner)
         filters: dict[str, object] = _filters(
             network_id=network_id, device_id=device_id, device_owner=owners,
-            binding_host_id=binding_host_id, tags=tags, mac_address=mac_address)
+            tags=tags, mac_address=mac_address)
+        if binding_host_id is not None:
+            # openstacksdk knows this filter only by Neutron's own name: given
+            # as binding_host_id it lists every port of the cloud and filters
+            # them here (measured: 99 KB for a host's 5 ports with 150 in the
+            # cloud; each host's collector did so every pass).
+            filters["binding:host_id"] = binding_host_id
         if ip_address is not None:
             filters["fixed_ips"] = [f"ip_address={ip_address}"]
         with translated_errors("list ports"):

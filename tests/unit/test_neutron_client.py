@@ -22,6 +22,10 @@ class FakeNeutron(BaseHTTPRequestHandler):
                 {"rel": "self", "href": f"http://127.0.0.1:{port}/v2.0/"}]}]}
         elif self.path.startswith("/v2.0/networks"):
             body = {"networks": [{"id": "n1", "name": "one"}]}
+        elif self.path.startswith("/v2.0/ports"):
+            self.server.paths.append(self.path)
+            body = {"ports": [{"id": "p1", "network_id": "n1", "mac_address": "fa:16:3e:0:0:1",
+                               "binding:host_id": "node-7"}]}
         else:
             self.send_response(404)
             self.end_headers()
@@ -40,13 +44,15 @@ class FakeNeutron(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_neutron():
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeNeutron)
+    server.paths = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}", server.paths
     server.shutdown()
 
 
 def test_requests_are_counted_per_operation(tmp_path, fake_neutron):
+    fake_neutron, _ = fake_neutron
     path = tmp_path / "kuryr.conf"
     path.write_text(f"[neutron]\nauth_type = none\nendpoint = {fake_neutron}\n")
     neutron = connect(config.load([], [str(path)]))
@@ -60,7 +66,22 @@ def test_requests_are_counted_per_operation(tmp_path, fake_neutron):
     assert neutron.counter.total["GET"] >= 3
 
 
+def test_a_hosts_ports_are_filtered_by_neutron_not_here(tmp_path, fake_neutron):
+    """Every host's collector lists its ports each pass: the filter must be in
+    the request, or each pass downloads every port of the cloud."""
+    endpoint, paths = fake_neutron
+    path = tmp_path / "kuryr.conf"
+    path.write_text(f"[neutron]\nauth_type = none\nendpoint = {endpoint}\n")
+    neutron = connect(config.load([], [str(path)]))
+    ports = neutron.ports(binding_host_id="node-7", device_owner="compute:kuryr")
+    assert [p.binding_host_id for p in ports] == ["node-7"]
+    (sent,) = paths
+    assert "binding%3Ahost_id=node-7" in sent or "binding:host_id=node-7" in sent
+    assert "device_owner=compute%3Akuryr" in sent
+
+
 def test_tallies_are_separate_per_thread(tmp_path, fake_neutron):
+    fake_neutron, _ = fake_neutron
     path = tmp_path / "kuryr.conf"
     path.write_text(f"[neutron]\nauth_type = none\nendpoint = {fake_neutron}\n")
     neutron = connect(config.load([], [str(path)]))
