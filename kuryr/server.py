@@ -97,7 +97,9 @@ def gc_scope(conf: cfg.ConfigOpts, neutron: Neutron, ovs: OVS, host: str,
                     bridge=conf.binding.ovs_bridge,
                     docker_networks=lambda: gc.docker_network_ids(conf.docker_uri),
                     held=in_use, user_pool_prefix=conf.subnetpool_name_prefix,
-                    placement=placement, host_ends=keeps_host_ends(conf))
+                    placement=placement, host_ends=keeps_host_ends(conf),
+                    publish_router=conf.publish.router_name
+                    if conf.publish.floating_ip_network else "")
 
 
 def placement_for(conf: cfg.ConfigOpts, neutron: Neutron, host: str) -> Placement:
@@ -282,7 +284,11 @@ def serve(conf: cfg.ConfigOpts) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)
     listen = listen_args(conf)  # first: an insecure listener is refused before any work
-    service = build(conf)
+    try:
+        service = build(conf)
+    except BaseException:
+        _discard_listener(conf, listen)
+        raise
     LOG.info("kuryr serving %s for host %s", conf.kuryr_uri, service.host)
     # uvicorn answers the calls in flight on SIGTERM, then raises the signal again
     # with the handler it found: this one, so the threads are stopped in order
@@ -296,6 +302,15 @@ def serve(conf: cfg.ConfigOpts) -> int:
     finally:
         service.daemon.stop()
     return 0
+
+
+def _discard_listener(conf: cfg.ConfigOpts, listen: dict) -> None:
+    """Kuryr could not start: its socket goes, so that dockerd finds no plugin
+    there rather than one that never answers."""
+    if "fd" not in listen:
+        return
+    os.close(listen["fd"])
+    Path(urlparse(conf.kuryr_uri).path).unlink(missing_ok=True)
 
 
 class _Stopping(Exception):

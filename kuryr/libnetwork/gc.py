@@ -49,6 +49,7 @@ from kuryr.neutron.client import Neutron
 from kuryr.neutron.types import Port
 
 LOG = logging.getLogger(__name__)
+ROUTER_INTERFACE_OWNER = "network:router_interface"
 HOST_IFNAME = re.compile(rf"^{HOST_PREFIX}([0-9a-f-]{{11}})$")
 
 
@@ -91,6 +92,9 @@ class Scope:
     # has the port; False (nested kernel devices): nothing stays to look at, so a
     # container's port is never judged by local evidence.
     host_ends: bool = True
+    # [publish] router_name when published ports are forwarded on a floating
+    # IP: a collected network's subnets may still be its interfaces.
+    publish_router: str = ""
 
     @property
     def where(self) -> Placement:
@@ -250,9 +254,28 @@ def _remove_network(scope: Scope, network_id: str) -> None:
             netlink.delete_link(host_ifname)
             scope.where.detach([port])
             scope.neutron.delete_port(port.id)
+    _detach_from_publish_router(scope, network_id)
     subnets = scope.neutron.subnets(network_id=network_id)
     scope.neutron.delete_network(network_id)
     delete_emptied_user_pools(scope.neutron, subnets, scope.user_pool_prefix)
+
+
+def _detach_from_publish_router(scope: Scope, network_id: str) -> None:
+    """The network's interfaces on Kuryr's publishing router (left when the
+    Docker network was forgotten with published containers on it), which keep
+    Neutron from deleting it.  Another router's interface is someone else's:
+    it stays, and so does the network (Conflict)."""
+    if not scope.publish_router:
+        return
+    interfaces = scope.neutron.ports(network_id=network_id,
+                                     device_owner=ROUTER_INTERFACE_OWNER)
+    if not interfaces:
+        return
+    router = scope.neutron.find_router(scope.publish_router)
+    for port in interfaces:
+        if router is not None and port.device_id == router.id:
+            for subnet_id in {fixed.subnet_id for fixed in port.fixed_ips}:
+                scope.neutron.remove_router_interface(router.id, subnet_id)
 
 
 def _remove_one(scope: Scope, item: Garbage) -> None:

@@ -148,3 +148,32 @@ def test_collection_periods_are_jittered_around_the_interval():
     periods = {gc.Collector(scope_with([], set()), 60, 120).next_period() for _ in range(20)}
     assert len(periods) > 1
     assert all(48 <= period <= 72 for period in periods)
+
+
+def test_a_collected_network_leaves_kuryrs_publishing_router_first():
+    """A Docker network forgotten with published containers on it: its subnet is
+    still an interface of Kuryr's router, which keeps Neutron from deleting it.
+    Another router's interface is not Kuryr's to remove."""
+    from kuryr.neutron.types import FixedIP, Port, Router
+
+    calls = []
+    interfaces = [
+        Port(id="if-kuryr", network_id="n1", mac_address="", device_id="r-kuryr",
+             device_owner=gc.ROUTER_INTERFACE_OWNER, fixed_ips=(FixedIP("s1", "10.0.0.1"),)),
+        Port(id="if-user", network_id="n1", mac_address="", device_id="r-user",
+             device_owner=gc.ROUTER_INTERFACE_OWNER, fixed_ips=(FixedIP("s2", "10.1.0.1"),))]
+
+    def ports(network_id, device_owner=None, **_):
+        return interfaces if device_owner == gc.ROUTER_INTERFACE_OWNER else []
+
+    neutron = SimpleNamespace(
+        ports=ports, find_router=lambda name: Router(id="r-kuryr", name=name),
+        remove_router_interface=lambda router, subnet: calls.append((router, subnet)),
+        subnets=lambda network_id: [], delete_network=lambda nid: calls.append(("delete", nid)))
+    scope = gc.Scope(neutron=neutron, ovs=None, host="h1", bridge="br-int",
+                     publish_router="kuryr-publish")
+    gc._remove_network(scope, "n1")
+    assert calls == [("r-kuryr", "s1"), ("delete", "n1")]
+    calls.clear()
+    gc._remove_network(gc.Scope(neutron=neutron, ovs=None, host="h1", bridge="br-int"), "n1")
+    assert calls == [("delete", "n1")]  # publishing off: no router is Kuryr's

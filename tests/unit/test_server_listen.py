@@ -222,3 +222,16 @@ def test_a_non_socket_at_the_socket_path_is_named_and_kept(tmp_path, make, kind)
     with pytest.raises(SystemExit, match=f"{path} is {kind}, not a socket"):
         listen_args(conf_with(kuryr_uri=f"unix://{path}"))
     assert path.is_symlink() or path.exists(), "someone's file was removed"
+
+
+def test_a_kuryr_that_cannot_start_leaves_no_socket(tmp_path, monkeypatch):
+    from kuryr import server
+
+    def refuse(conf, neutron=None):
+        raise SystemExit("kuryr: [DEFAULT] host is not this host's OVN chassis")
+
+    monkeypatch.setattr(server, "build", refuse)
+    path = tmp_path / "kuryr.sock"
+    with pytest.raises(SystemExit, match="OVN chassis"):
+        server.serve(conf_with(kuryr_uri=f"unix://{path}"))
+    assert not path.exists()
