@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import socket
-import struct
 from pathlib import Path
 
 from kuryr.binding import netlink
@@ -25,12 +23,6 @@ MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
-# ethtool's ioctl (linux/sockios.h, linux/ethtool.h): the netlink interface of
-# ethtool has no Python binding here, and Debian's ethtool is not installed.
-SIOCETHTOOL = 0x8946
-ETHTOOL_GTXCSUM = 0x16
-ETHTOOL_STXCSUM = 0x17
-IFNAMSIZ = 16
 
 
 def _libc() -> ctypes.CDLL:
@@ -90,17 +82,10 @@ def connects(netns_path: str | Path, port: int, host: str = "127.0.0.1",
         return True
 
 
-def _ethtool_value(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
-    value = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
-    ifreq = struct.pack(f"{IFNAMSIZ}sP", ifname.encode(), ctypes.addressof(value))
-    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
-    return int(struct.unpack("II", value.raw)[1])
-
-
 def tx_checksum(netns_path: str | Path, ifname: str) -> bool:
     """Whether ``ifname`` (in that namespace) leaves TCP/UDP checksums to the NIC."""
     with socket_in(netns_path, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        return bool(_ethtool_value(sock, ifname, ETHTOOL_GTXCSUM))
+        return bool(netlink.ethtool_value(sock, ifname, netlink.ETHTOOL_GTXCSUM))
 
 
 def disable_tx_checksum(netns_path: str | Path, ifname: str) -> None:
@@ -109,7 +94,7 @@ def disable_tx_checksum(netns_path: str | Path, ifname: str) -> None:
     reads passes "checksum later" frames on, which OVS 3.1 mishandles (TCP fails
     while ping works; across a tunnel such frames are dropped)."""
     with socket_in(netns_path, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        _ethtool_value(sock, ifname, ETHTOOL_STXCSUM, 0)
+        netlink.ethtool_value(sock, ifname, netlink.ETHTOOL_STXCSUM, 0)
 
 
 def write_sysctls(netns_path: str | Path, values: dict[str, str]) -> None:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from kuryr.aio import keystone, links, switch
+from kuryr.aio import keystone, links, namespaces, switch
 from kuryr.aio.layout import (
+    NAMED_NETNS,
     OUTSIDE_NETNS,
     PHYSNET,
     PUBLIC_CIDR,
@@ -50,6 +51,9 @@ class Outside:
         found = []
         if OUTSIDE_NETNS not in netns.listnetns():
             found.append(f"network namespace {OUTSIDE_NETNS} is missing")
+        elif self._offloads_checksums():
+            found.append(f"{VETH_NS_END} leaves checksums to the NIC (Geneve to simulated "
+                         "hosts drops its frames): `up` turns that off")
         try:
             neutron = stack_neutron(self.layout)
             try:
@@ -83,7 +87,16 @@ class Outside:
             ns.link("set", index=idx, state="up")
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
+        # Its frames reach containers of other hosts through a Geneve tunnel of
+        # the userspace datapath, which drops frames carrying offload flags.
+        namespaces.disable_tx_checksum(NAMED_NETNS / OUTSIDE_NETNS, VETH_NS_END)
         switch.vsctl("--may-exist", "add-port", "br-ex", VETH_BRIDGE_END)
+
+    def _offloads_checksums(self) -> bool:
+        try:
+            return namespaces.tx_checksum(NAMED_NETNS / OUTSIDE_NETNS, VETH_NS_END)
+        except OSError:
+            return False  # no such interface: up makes it
 
     def _ensure_neutron_network(self) -> None:
         neutron = stack_neutron(self.layout)

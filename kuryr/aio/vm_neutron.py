@@ -31,6 +31,9 @@ VM_DEVICE_OWNER = "compute:nova"
 # device_owner prefixes of the ports Kuryr makes (compute:kuryr, kuryr:pool,
 # compute:kuryr-k8s, kuryr-k8s:pool, ...).
 KURYR_OWNER_PREFIXES = ("compute:kuryr", "kuryr")
+# Ports Neutron makes on a network and deletes with it.
+NEUTRON_NETWORK_OWNERS = ("network:distributed", "network:dhcp")
+PUBLISH_ROUTER = "kuryr-publish"  # [publish] router_name: its default, kuryr-aio's
 PORT_ACTIVE_TIMEOUT = 30.0
 
 
@@ -216,19 +219,35 @@ def delete_kuryr_networks(api: NetworkProxy, kuryr_host: str) -> list[str]:
     """The Neutron networks of the Docker networks of a VM's or a host's Kuryr
     (tagged with its [DEFAULT] host) and the ports Kuryr left on them (its
     pool's): wiping that machine's Docker state leaves nobody who could remove
-    them.  A network with a port of someone else's stays, whole.  Subnet pools
-    stay (Kuryr finds them by CIDR, others may share one)."""
+    them.  Neutron's own ports (metadata, DHCP) go with the network; an
+    interface of Kuryr's publishing router is detached first.  A network with a
+    port of anyone else's stays, whole.  Subnet pools stay (Kuryr finds them by
+    CIDR, others may share one)."""
     deleted = []
     for net in api.networks(tags=marks.host_tag(kuryr_host)):
         ports = list(api.ports(network_id=net.id))
-        if not all(is_kuryrs(port) for port in ports):
+        interfaces = [port for port in ports if _publishing_interface(api, port)]
+        others = [port for port in ports if not is_kuryrs(port) and port not in interfaces
+                  and port.device_owner not in NEUTRON_NETWORK_OWNERS]
+        if others:
             continue
+        for port in interfaces:
+            api.remove_interface_from_router(port.device_id, port=port.id)
+            deleted.append(f"interface of router {PUBLISH_ROUTER} on {net.name}")
         for port in ports:
-            api.delete_port(port, ignore_missing=True)
-            deleted.append(f"port {port.id} ({port.device_owner}, Kuryr's)")
+            if is_kuryrs(port):
+                api.delete_port(port, ignore_missing=True)
+                deleted.append(f"port {port.id} ({port.device_owner}, Kuryr's)")
         api.delete_network(net, ignore_missing=True)
         deleted.append(f"network {net.name}")
     return deleted
+
+
+def _publishing_interface(api: NetworkProxy, port: Port) -> bool:
+    if port.device_owner != "network:router_interface":
+        return False
+    router = api.find_router(port.device_id)
+    return router is not None and router.name == PUBLISH_ROUTER
 
 
 def delete_host_leftovers(api: NetworkProxy, hostname: str) -> list[str]:
@@ -237,11 +256,15 @@ def delete_host_leftovers(api: NetworkProxy, hostname: str) -> list[str]:
     floating IP it publishes on.  Another host's are never matched: ports by
     their exact binding:host_id, the rest by the exact host tag or mark."""
     deleted = []
-    for port in api.ports(binding_host_id=hostname):
+    for port in api.ports(**{"binding:host_id": hostname}):  # the SDK's name for it
         if port.binding_host_id == hostname and \
                 (port.device_owner or "") in marks.DOCKER_OWNERS.all:
             api.delete_port(port, ignore_missing=True)
             deleted.append(f"port {port.id} ({port.device_owner})")
+    # Its floating IP before its networks: forwardings keep a subnet on the router.
+    for fip in api.ips(description=marks.publishing_ip_description(hostname)):
+        api.delete_ip(fip, ignore_missing=True)
+        deleted.append(f"floating IP {fip.floating_ip_address}")
     deleted += delete_kuryr_networks(api, hostname)
     mark = marks.host_mark(hostname)
     for group in api.security_groups():
@@ -249,7 +272,4 @@ def delete_host_leftovers(api: NetworkProxy, hostname: str) -> list[str]:
                 (group.description or "").startswith(mark):
             api.delete_security_group(group, ignore_missing=True)
             deleted.append(f"security group {group.name}")
-    for fip in api.ips(description=marks.publishing_ip_description(hostname)):
-        api.delete_ip(fip, ignore_missing=True)
-        deleted.append(f"floating IP {fip.floating_ip_address}")
     return deleted
