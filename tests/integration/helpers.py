@@ -71,6 +71,7 @@ def plug_port_into_netns(neutron, ovs, port, ns: str, cleanup, mtu: int | None =
     vif = VIF(port_id=port.id, mac=port.mac_address, mtu=mtu)
     netlink.create_veth(vif)
     cleanup(lambda: netlink.delete_link(vif.host_ifname))
+    netlink.send_full_checksums(vif.container_ifname)  # as Kuryr's binder on the netdev datapath
     ovs.plug(vif)
     cleanup(lambda: ovs.unplug(vif.host_ifname))
     subnet_prefix = {}
@@ -149,6 +150,26 @@ class Docker:
 
     def network_id(self, name: str) -> str:
         return self.out("network", "inspect", "-f", "{{.Id}}", name)
+
+
+def container_starter(cleanup, prefix: str, network: str):
+    """docker run -d on any dockerd (the host's, a VM's, a simulated host's) on
+    ``network`` unless told otherwise; each container removed at teardown."""
+    counter = iter(range(1000))
+
+    def run(where: Docker, *args: str, net: str = network, cmd=("sleep", "600")) -> str:
+        name = f"{prefix}-{next(counter)}"
+        where.run("run", "-d", "--name", name, "--net", net, *args, "busybox", *cmd)
+        cleanup(lambda: where.run("rm", "-f", name, check=False))
+        return name
+
+    return run
+
+
+def pings(where: Docker, container: str, address: str) -> bool:
+    """One ping from a container (2 s)."""
+    return where.run("exec", container, "ping", "-c", "1", "-W", "2", address,
+                     check=False).returncode == 0
 
 
 def kuryr_leftovers(neutron, ovs) -> dict:

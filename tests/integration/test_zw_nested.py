@@ -84,22 +84,12 @@ def remove_network_vms(docker: helpers.Docker) -> None:
 
 
 @pytest.fixture
-def start(docker, cleanup, unique):
+def start(cleanup, unique):
     """docker run -d on the host or in a VM, removed at the end of the test."""
-    counter = iter(range(1000))
-
-    def run(where: helpers.Docker, *args: str, cmd=("sleep", "600")) -> str:
-        name = f"kv-{unique}-{next(counter)}"
-        where.run("run", "-d", "--name", name, "--net", "vms", *args, "busybox", *cmd)
-        cleanup(lambda: where.run("rm", "-f", name, check=False))
-        return name
-
-    return run
+    return helpers.container_starter(cleanup, f"kv-{unique}", "vms")
 
 
-def pings(where: helpers.Docker, container: str, address: str) -> bool:
-    return where.run("exec", container, "ping", "-c", "1", "-W", "2", address,
-                     check=False).returncode == 0
+pings = helpers.pings
 
 
 def port_of(neutron, address: str):
