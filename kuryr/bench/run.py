@@ -71,6 +71,18 @@ def _services(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _hosts(text: str) -> int:
+    from kuryr.bench.hosts import MAX_HOSTS
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of hosts") from None
+    if not 1 <= count <= MAX_HOSTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: 1 to {MAX_HOSTS} hosts")
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kuryr-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -88,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="containers in VMs instead: docker run on the host against "
                              "nested-vlan and nested-macvlan VMs (kuryr-aio vm up), in one "
                              "run; --runs defaults to 10 (5 with --quick)")
+    parser.add_argument("--hosts", type=_hosts, metavar="N",
+                        help="per-host costs instead: simulated hosts bh1..bhN of its own "
+                             "(kuryr-aio host up), measured with 1, 2, ... N of them up: "
+                             "Neutron requests and CPU per container, GC listing, pool "
+                             "refill, a burst on all hosts; --runs (cycles per host and "
+                             "phase) defaults to 10 (3 with --quick), --bursts to 5 per host")
     parser.add_argument("--services", type=_services, metavar="N",
                         help=f"with --k8s: N Services (ClusterIP, Octavia load balancers; "
                              f"1 to {MAX_SERVICES}): create -> first connection, endpoint "
@@ -97,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--services needs --k8s")
     if args.nested and (args.k8s or args.no_peer):
         parser.error("--nested goes alone (with --quick, --runs, --bursts, --json)")
+    if args.hosts is not None and (args.k8s or args.no_peer or args.nested):
+        parser.error("--hosts goes alone (with --quick, --runs, --bursts, --json)")
+    if args.hosts is not None:
+        from kuryr.bench import hosts
+
+        return hosts.main(args)
     if args.nested:
         from kuryr.bench import nested
 
