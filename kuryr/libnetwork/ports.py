@@ -86,8 +86,7 @@ class Publishing:
         if exposed:
             group = self.neutron.create_security_group(
                 marks.EXPOSE_GROUP_PREFIX + endpoint_id[:12],
-                description=marks.host_mark(self.host) + " exposed "
-                + ", ".join(f"{e.port}/{e.proto}" for e in exposed))
+                description=marks.expose_group_description(self.host))
             group_id = group.id
             versions: set[int] = {ipaddress.ip_address(a).version for a in addresses} or {4}
             try:

@@ -445,9 +445,10 @@ class Neutron:
         with translated_errors("create security group rules"):
             self.api.create_security_group_rules(data=rules)
 
-    def security_groups(self, fields: list[str] | None = None) -> list[SecurityGroup]:
-        """1 GET."""
-        filters = {"fields": fields} if fields else {}
+    def security_groups(self, fields: list[str] | None = None,
+                        description: str | None = None) -> list[SecurityGroup]:
+        """1 GET (``description``: exactly that one, filtered by Neutron)."""
+        filters = _filters(fields=fields or None, description=description)
         with translated_errors("list security groups"):
             return [SecurityGroup.from_sdk(g) for g in self.api.security_groups(**filters)]
 

@@ -214,6 +214,28 @@ def host_mark(host: str) -> str:
     return f"kuryr@{host}:"
 
 
+DESCRIPTION_MAX = 255  # Neutron's limit on a description
+EXPOSED = " ports a container exposes"
+
+
+def expose_group_description(host: str) -> str:
+    """The description of every expose group one host's Kuryr makes: one text
+    per host, so its collector asks Neutron for exactly those groups (an exact
+    filter) instead of listing every group it can see; the rules say which
+    ports.  A name too long to fit is replaced by its sha256."""
+    text = host_mark(host) + EXPOSED
+    if len(text) <= DESCRIPTION_MAX:
+        return text
+    return f"kuryr@sha256-{hashlib.sha256(host.encode()).hexdigest()}:{EXPOSED}"
+
+
+def is_hosts_expose_group(name: str, description: str, host: str) -> bool:
+    """An expose group this host's Kuryr made: today's description, or an older
+    build's (host_mark, then the ports)."""
+    return name.startswith(EXPOSE_GROUP_PREFIX) and (
+        description == expose_group_description(host) or description.startswith(host_mark(host)))
+
+
 VM_TAG = "kuryr.vm:"  # nested: on every port Kuryr inside a VM made (<the VM's port id>)
 
 

@@ -264,6 +264,12 @@ class FakeNeutron:
     def create_security_group_rules(self, rules: list[dict[str, object]]) -> None:
         pass
 
+    def security_groups(self, fields: list[str] | None = None,
+                        description: str | None = None) -> list[SecurityGroup]:
+        self.group_listings = [*getattr(self, "group_listings", []), description]
+        return [g for g in self.groups.values()
+                if description is None or g.description == description]
+
     def delete_security_group(self, group_id: str) -> None:
         self.groups.pop(group_id, None)
 

@@ -177,3 +177,36 @@ def test_a_collected_network_leaves_kuryrs_publishing_router_first():
     calls.clear()
     gc._remove_network(gc.Scope(neutron=neutron, ovs=None, host="h1", bridge="br-int"), "n1")
     assert calls == [("delete", "n1")]  # publishing off: no router is Kuryr's
+
+
+def test_periodic_passes_ask_neutron_for_this_hosts_groups_only():
+    from kuryr.neutron.types import SecurityGroup
+
+    host, other = "node-7", "node-77"
+    mine = SecurityGroup("g1", marks.EXPOSE_GROUP_PREFIX + "a",
+                         marks.expose_group_description(host), OLD, OLD)
+    older_build = SecurityGroup("g2", marks.EXPOSE_GROUP_PREFIX + "b",
+                                marks.host_mark(host) + " exposed 80/tcp", OLD, OLD)
+    theirs = SecurityGroup("g3", marks.EXPOSE_GROUP_PREFIX + "c",
+                           marks.expose_group_description(other), OLD, OLD)
+    asked = []
+
+    def security_groups(fields=None, description=None):
+        asked.append(description)
+        return [g for g in (mine, older_build, theirs)
+                if description is None or g.description == description]
+
+    neutron = SimpleNamespace(security_groups=security_groups)
+    scope = gc.Scope(neutron=neutron, ovs=None, host=host, bridge="br-int")
+    # At start and in `kuryr gc`: every group, an older build's too.
+    assert [g.name for g in gc._security_groups(scope, [], GRACE, NOW)] == ["g1", "g2"]
+    periodic = gc.Collector(scope, 60, 120).scope
+    assert [g.name for g in gc._security_groups(periodic, [], GRACE, NOW)] == ["g1"]
+    assert asked == [None, marks.expose_group_description(host)]
+
+
+def test_expose_group_descriptions_fit_and_differ_per_host():
+    long_a, long_b = "a" * 250, "a" * 249 + "b"
+    assert marks.expose_group_description("node-7").startswith(marks.host_mark("node-7"))
+    assert len(marks.expose_group_description(long_a)) <= marks.DESCRIPTION_MAX
+    assert marks.expose_group_description(long_a) != marks.expose_group_description(long_b)
