@@ -311,7 +311,7 @@ class SimulatedHost:
                 raise procs.StackError(f"host {self.name}: hostname taken ({conflict})")
             self.host.hostname_file.write_text(f"{hostname}\n")
         address = self.address
-        if address is None:
+        if address is None or not underlay.within(address):  # made on an older prefix
             address = underlay.allocate(other.address for other in others.values()
                                         if other.address)
             self.host.underlay_file.write_text(f"{address}\n")

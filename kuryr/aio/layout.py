@@ -286,10 +286,12 @@ MACHINE_NETNS = re.compile(
 # A simulated host's hostname (its OVN chassis, Kuryr's [DEFAULT] host, ports'
 # binding:host_id): may be long, as real FQDNs are; Neutron keeps 255.
 HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-# The simulated hosts' underlay (Geneve between chassis): a documentation
-# prefix (RFC 5737 TEST-NET-3) on a Linux bridge with no uplink.  Not
-# TEST-NET-1: a machine may have that on its real NIC.
-UNDERLAY_CIDR = "203.0.113.0/24"
+# The simulated hosts' underlay (Geneve between chassis), on a Linux bridge with
+# no uplink: a prefix of RFC 2544's benchmarking range.  Not the documentation
+# prefixes of RFC 5737: this very machine has TEST-NET-1 on its NIC and reaches
+# its package registries at a TEST-NET-3 address (an underlay there took the
+# route to them).  kuryr.aio.underlay refuses a prefix the machine uses.
+UNDERLAY_CIDR = "198.18.0.0/24"
 UNDERLAY_MTU = 1600  # a 1500-byte inner frame plus Geneve's headers
 UNDERLAY_BRIDGE = "kuryr-ul"  # the Linux bridge in the root namespace
 UNDERLAY_OVS_BRIDGE = "br-phy"  # each machine's netdev bridge holding its underlay IP

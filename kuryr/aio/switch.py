@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ def delete_taps(netns_path: Path, names: tuple[str, ...]) -> None:
                     ns.link("del", index=idx)
 
 
-def address_on(netns_path: Path | str, ifname: str, address: str, timeout: float = 10) -> None:
+def address_on(netns_path: Path | str, ifname: str, address: str, timeout: float = 10,
+               only: bool = False) -> None:
     """``address`` (CIDR form) on ``ifname`` of that namespace, up; idempotent.
     Waits for the device: ovs-vswitchd makes a bridge's tap a moment after the
-    bridge."""
+    bridge.  ``only``: any other IPv4 address of it goes (a device of the
+    stack's own, whose address moved)."""
     ip, prefixlen = address.split("/")
     deadline = time.monotonic() + timeout
     with netlink.in_netns(str(netns_path)) as ns:
@@ -77,6 +80,11 @@ def address_on(netns_path: Path | str, ifname: str, address: str, timeout: float
         ns.link("set", index=idx[0], state="up")
         if not ns.get_addr(index=idx[0], address=ip):
             ns.addr("add", index=idx[0], address=ip, prefixlen=int(prefixlen))
+        if only:
+            for old in ns.get_addr(index=idx[0], family=socket.AF_INET):
+                if old.get_attr("IFA_ADDRESS") != ip:
+                    ns.addr("del", index=idx[0], address=old.get_attr("IFA_ADDRESS"),
+                            prefixlen=old["prefixlen"])
 
 
 def chassis_ids(layout: Layout, system_id: str, encap_ip: str,
@@ -202,7 +210,7 @@ class SwitchFiles:
                                   f'other-config:hwaddr="{underlay_mac(address)}"')
         self.vsctl("--may-exist", "add-port", UNDERLAY_OVS_BRIDGE, port, "--",
                    "set", "Interface", UNDERLAY_OVS_BRIDGE, f"mtu_request={UNDERLAY_MTU}")
-        address_on(netns_path, UNDERLAY_OVS_BRIDGE, address)
+        address_on(netns_path, UNDERLAY_OVS_BRIDGE, address, only=True)
 
     def stop(self) -> None:
         procs.stop(self.switch_pid, "ovs-vswitchd")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -60,6 +61,61 @@ def allocate(taken: Iterable[str]) -> str:
     raise procs.StackError(f"the underlay {UNDERLAY_CIDR} has no free address left")
 
 
+def within(address: str) -> bool:
+    return ipaddress.ip_interface(address).ip in ipaddress.ip_network(UNDERLAY_CIDR)
+
+
+def used_addresses_inside(addresses: Iterable[str]) -> list[str]:
+    """Those of ``addresses`` (the machine's gateways, name servers and
+    /etc/hosts entries) that fall into the underlay's prefix: routing the
+    prefix to the underlay would cut the machine off from them."""
+    prefix = ipaddress.ip_network(UNDERLAY_CIDR)
+    found = []
+    for text in addresses:
+        try:
+            if ipaddress.ip_address(text) in prefix:
+                found.append(text)
+        except ValueError:
+            continue
+    return sorted(set(found))
+
+
+def _addresses_the_machine_uses() -> list[str]:
+    """Default gateways, name servers, every address /etc/hosts names, and the
+    peers of its open TCP connections: what it reaches through its default
+    route has no route of its own to show it (this machine's package registries
+    resolve into TEST-NET-3).  A heuristic: hence also a prefix from a range
+    reserved for benchmarking."""
+    found = _tcp_peers()
+    with IPRoute() as ipr:
+        found += [route.get_attr("RTA_GATEWAY") for route in ipr.get_default_routes()
+                  if route.get_attr("RTA_GATEWAY")]
+    for path, keep in (("/etc/resolv.conf", lambda f: f[0] == "nameserver" and f[1:]),
+                       ("/etc/hosts", lambda f: bool(f) and not f[0].startswith("#"))):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for fields in (line.split() for line in lines):
+            if fields and keep(fields):
+                found.append(fields[1] if fields[0] == "nameserver" else fields[0])
+    return found
+
+
+def _tcp_peers() -> list[str]:
+    """Remote IPv4 addresses in /proc/net/tcp (little-endian hex)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    peers = []
+    for line in lines:
+        remote = line.split()[2].split(":")[0]
+        peers.append(str(ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(remote),
+                                                               "little"))))
+    return peers
+
+
 def overlapping_routes(routes: Iterable[tuple[str, int, str]], own: str) -> list[str]:
     """Routes ((destination, prefix length, device)) of the root namespace into
     the underlay's prefix through another device than ``own``: the machine's
@@ -80,12 +136,14 @@ def _root_routes() -> list[tuple[str, int, str]]:
 
 
 def check_prefix_free() -> None:
-    """Refuse an underlay prefix the machine reaches through a real interface:
-    the stack's tunnels would then leave the machine."""
+    """Refuse an underlay prefix the machine reaches through a real interface
+    (the stack's tunnels would leave the machine) or that holds an address it
+    talks to (its route would take that traffic into the underlay)."""
     found = overlapping_routes(_root_routes(), own=UNDERLAY_OVS_BRIDGE)
+    found += used_addresses_inside(_addresses_the_machine_uses())
     if found:
-        raise procs.StackError(f"the underlay prefix {UNDERLAY_CIDR} is already routed "
-                               f"on this machine ({'; '.join(found)}): it must be unused")
+        raise procs.StackError(f"the underlay prefix {UNDERLAY_CIDR} is used on this "
+                               f"machine ({'; '.join(found)}): it must be unused")
 
 
 def ensure_bridge(layout: Layout) -> None:
@@ -127,9 +185,9 @@ def present(bridge_end: str) -> bool:
 
 
 def plug_main(layout: Layout) -> None:
-    """The main host's veth on the underlay (its address is on its br-phy)."""
-    if not present(MAIN_BRIDGE_END):
-        check_prefix_free()
+    """The main host's veth on the underlay (its address is on its br-phy).
+    The prefix is checked every time: /etc/hosts may have changed since."""
+    check_prefix_free()
     ensure_bridge(layout)
     plug(layout, MAIN_BRIDGE_END, MAIN_OVS_END)
 

@@ -145,7 +145,7 @@ def test_kuryr_and_dockerd_run_inside_the_host(layout, h1):
 
 
 def test_parts_start_in_order_kuryr_before_dockerd(layout):
-    parts = host.SimulatedHost(layout, "h1").processes("h1", "203.0.113.2/24")
+    parts = host.SimulatedHost(layout, "h1").processes("h1", "198.18.0.2/24")
     assert [type(part) for part in parts] == [
         vm.VmInit, vm.VmRelay, host.HostSwitch, host.HostOvnController, host.HostKuryr,
         vm.VmDockerd]
@@ -154,24 +154,24 @@ def test_parts_start_in_order_kuryr_before_dockerd(layout):
 # -- the chassis ------------------------------------------------------------------
 
 def test_a_hosts_chassis_is_its_hostname_and_no_gateway(layout, h1):
-    ids = host.HostSwitch(layout, h1, LONG + "a", "203.0.113.7/24").chassis()
+    ids = host.HostSwitch(layout, h1, LONG + "a", "198.18.0.7/24").chassis()
     assert ids == {
         "system-id": LONG + "a", "hostname": LONG + "a",
         "ovn-remote": f"unix:{layout.sb_sock}", "ovn-encap-type": "geneve",
-        "ovn-encap-ip": "203.0.113.7", "ovn-bridge": "br-int",
+        "ovn-encap-ip": "198.18.0.7", "ovn-bridge": "br-int",
         "ovn-bridge-datapath-type": "netdev"}
 
 
 def test_the_main_host_is_the_gateway():
-    ids = switch.chassis_ids(Layout(Path("/s"), Path("/r"), "main"), "main", "203.0.113.1",
+    ids = switch.chassis_ids(Layout(Path("/s"), Path("/r"), "main"), "main", "198.18.0.1",
                              gateway=True)
     assert ids["ovn-bridge-mappings"] == "public:br-ex"
     assert ids["ovn-cms-options"] == "enable-chassis-as-gw"
-    assert ids["ovn-encap-ip"] == "203.0.113.1"
+    assert ids["ovn-encap-ip"] == "198.18.0.1"
 
 
 def test_host_switch_uses_the_hosts_files(h1):
-    files = host.HostSwitch(h1.stack, h1, "h1", "203.0.113.2/24").files
+    files = host.HostSwitch(h1.stack, h1, "h1", "198.18.0.2/24").files
     assert files.db_sock == h1.ovs_run / "db.sock"
     assert files.db == h1.state / "ovs" / "conf.db"
     assert files.launcher == tuple(vm.launcher(h1))
@@ -213,10 +213,10 @@ def test_the_vms_kuryr_conf_keeps_its_header(layout):
 # -- the underlay --------------------------------------------------------------------
 
 def test_underlay_addresses_main_first_then_the_lowest_free():
-    assert underlay.main_address() == "203.0.113.1/24"
-    assert underlay.allocate([]) == "203.0.113.2/24"
-    assert underlay.allocate(["203.0.113.2/24", "203.0.113.4/24"]) == "203.0.113.3/24"
-    assert underlay.allocate(["203.0.113.3"]) == "203.0.113.2/24"
+    assert underlay.main_address() == "198.18.0.1/24"
+    assert underlay.allocate([]) == "198.18.0.2/24"
+    assert underlay.allocate(["198.18.0.2/24", "198.18.0.4/24"]) == "198.18.0.3/24"
+    assert underlay.allocate(["198.18.0.3"]) == "198.18.0.2/24"
 
 
 def test_underlay_runs_out_of_addresses():
@@ -228,29 +228,29 @@ def test_underlay_runs_out_of_addresses():
 
 
 def test_underlay_refuses_a_prefix_the_machine_routes_elsewhere():
-    routes = [("0.0.0.0", 0, "eth0"), ("192.0.2.0", 24, "eth0"), ("203.0.113.0", 24, "br-phy")]
+    routes = [("0.0.0.0", 0, "eth0"), ("192.0.2.0", 24, "eth0"), ("198.18.0.0", 24, "br-phy")]
     assert underlay.overlapping_routes(routes, own="br-phy") == []
-    assert underlay.overlapping_routes([("203.0.112.0", 23, "eth0")], own="br-phy") == [
-        "203.0.112.0/23 dev eth0"]
-    assert underlay.overlapping_routes([("203.0.113.128", 25, "eth1")], own="br-phy") == [
-        "203.0.113.128/25 dev eth1"]
+    assert underlay.overlapping_routes([("198.18.0.0", 15, "eth0")], own="br-phy") == [
+        "198.18.0.0/15 dev eth0"]
+    assert underlay.overlapping_routes([("198.18.0.128", 25, "eth1")], own="br-phy") == [
+        "198.18.0.128/25 dev eth1"]
 
 
 # -- hostname and address are the host's for life --------------------------------------
 
 def test_a_new_host_gets_its_hostname_and_the_lowest_free_address(layout):
-    make(layout, "h1", "h1", "203.0.113.2/24")
+    make(layout, "h1", "h1", "198.18.0.2/24")
     new = host.SimulatedHost(layout, "h2")
     new.host.state.mkdir(parents=True)
-    assert new._claim(LONG + "b") == (LONG + "b", "203.0.113.3/24")
-    assert (new.hostname, new.address) == (LONG + "b", "203.0.113.3/24")
+    assert new._claim(LONG + "b") == (LONG + "b", "198.18.0.3/24")
+    assert (new.hostname, new.address) == (LONG + "b", "198.18.0.3/24")
     # Later `host up`s keep both, with or without --hostname.
-    assert new._claim(None) == (LONG + "b", "203.0.113.3/24")
-    assert new._claim(LONG + "b") == (LONG + "b", "203.0.113.3/24")
+    assert new._claim(None) == (LONG + "b", "198.18.0.3/24")
+    assert new._claim(LONG + "b") == (LONG + "b", "198.18.0.3/24")
 
 
 def test_a_hosts_hostname_cannot_change(layout):
-    existing = make(layout, "h1", LONG + "a", "203.0.113.2/24")
+    existing = make(layout, "h1", LONG + "a", "198.18.0.2/24")
     with pytest.raises(StackError, match=r"has hostname .*--purge"):
         existing._claim(LONG + "b")
 
@@ -264,7 +264,7 @@ def test_hostname_defaults_to_the_name(layout):
 @pytest.mark.parametrize(("hostname", "reason"), [
     ("main", "main host's chassis"), (LONG + "a", "host h1 has hostname")])
 def test_a_hostname_in_use_is_refused(layout, hostname, reason):
-    make(layout, "h1", LONG + "a", "203.0.113.2/24")
+    make(layout, "h1", LONG + "a", "198.18.0.2/24")
     new = host.SimulatedHost(layout, "h2")
     new.host.state.mkdir(parents=True)
     with pytest.raises(StackError, match=reason):
@@ -282,7 +282,7 @@ def test_two_hosts_sharing_a_long_prefix_are_two_chassis():
 # -- env exports -----------------------------------------------------------------------
 
 def test_env_describes_the_host(layout):
-    made = make(layout, "h1", LONG + "a", "203.0.113.2/24")
+    made = make(layout, "h1", LONG + "a", "198.18.0.2/24")
     lines = dict(line.removeprefix("export ").split("=", 1)
                  for line in made.env_exports().splitlines())
     values = {key: shlex.split(value)[0] if key != "KURYR_HOST_EXEC" else value
@@ -297,7 +297,7 @@ def test_env_describes_the_host(layout):
         "KURYR_HOST_DOCKERD_PIDFILE": f"{h1.run}/dockerd.pid",
         "KURYR_HOST_OVN_CONTROLLER_PIDFILE": f"{h1.run}/ovn-controller.pid",
         "KURYR_HOST_KURYR_CONF": f"{h1.state}/kuryr.conf",
-        "KURYR_HOST_UNDERLAY_IP": "203.0.113.2",
+        "KURYR_HOST_UNDERLAY_IP": "198.18.0.2",
     }
     assert shlex.split(shlex.split(lines["KURYR_HOST_EXEC"])[0]) == vm.launcher(h1)
 
@@ -327,17 +327,17 @@ def test_status_lists_hosts_by_name_and_hostname(layout, monkeypatch, capsys):
 
 
 def test_status_skips_hosts_deleted_without_purge(layout, monkeypatch):
-    make(layout, "on", "on", "203.0.113.2/24")
-    make(layout, "gone", "gone", "203.0.113.3/24").host.up_file.unlink()
+    make(layout, "on", "on", "198.18.0.2/24")
+    make(layout, "gone", "gone", "198.18.0.3/24").host.up_file.unlink()
     monkeypatch.setattr(host.SimulatedHost, "powered_off", lambda self: True)
     assert [(s.name, s.detail) for s in host.status(layout)] == [("on", "on")]
 
 
 def test_down_powers_off_hosts_and_purge_deletes_them(layout, monkeypatch):
     calls = []
-    make(layout, "on", "on", "203.0.113.2/24")
-    make(layout, "off", "off", "203.0.113.3/24")
-    make(layout, "gone", "gone", "203.0.113.4/24").host.up_file.unlink()
+    make(layout, "on", "on", "198.18.0.2/24")
+    make(layout, "off", "off", "198.18.0.3/24")
+    make(layout, "gone", "gone", "198.18.0.4/24").host.up_file.unlink()
     monkeypatch.setattr(host.SimulatedHost, "powered_off", lambda self: self.name == "off")
     monkeypatch.setattr(host.SimulatedHost, "power_off",
                         lambda self, log: calls.append(("power_off", self.name)))
@@ -387,5 +387,19 @@ def test_link_records_of_concurrent_ups_are_all_kept(layout):
 def test_an_underlay_address_has_one_mac_whichever_host_has_it():
     from kuryr.aio.switch import underlay_mac
 
-    assert underlay_mac("203.0.113.4/24") == "02:00:cb:00:71:04"
-    assert underlay_mac("203.0.113.4/24") != underlay_mac("203.0.113.5/24")
+    assert underlay_mac("198.18.0.4/24") == "02:00:c6:12:00:04"
+    assert underlay_mac("198.18.0.4/24") != underlay_mac("198.18.0.5/24")
+
+
+def test_an_underlay_prefix_holding_an_address_the_machine_talks_to_is_refused():
+    # This machine reaches its package registries at a TEST-NET-3 address
+    # through its default route: no route of its own shows it.
+    assert underlay.used_addresses_inside(["192.0.2.1", "10.255.255.53", "127.0.0.1",
+                                           "pypi.org"]) == []
+    assert underlay.used_addresses_inside(["198.18.0.80", "198.18.0.80", "::1"]) == [
+        "198.18.0.80"]
+
+
+def test_a_host_made_on_an_older_prefix_gets_an_address_on_this_one():
+    assert underlay.within("198.18.0.9/24")
+    assert not underlay.within("203.0.113.2/24")
