@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kuryr import config
+from kuryr import __version__, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         '`eval "$(kuryr-aio env)"`; a missing one is an error), else\n'
         f"{config.DEFAULT_CONFIG_FILE} when it exists. `kuryr status` first prints\n"
         "which files it read.")
+    parser.add_argument("--version", action="version", version=f"kuryr {__version__}")
     parser.add_argument("command", choices=["serve", "cni-daemon", "k8s-controller", "ports",
                                             "gc", "status"],
                         help="serve: run the Docker plugin (libnetwork remote driver + IPAM); "
