@@ -29,6 +29,7 @@ from kuryr.core.placement import (
     Placement,
     find_vm_port,
     nested_placement,
+    vm_port_once_active,
 )
 from kuryr.core.pool import PortPool
 from kuryr.core.ports import PortLifecycle, Settings
@@ -109,8 +110,9 @@ def placement_for(conf: cfg.ConfigOpts, neutron: Neutron, host: str) -> Placemen
         return OnHost(host)
     link = conf.binding.link_iface
     try:
-        vm_port = find_vm_port(neutron, conf.binding.parent_port,
-                               netlink.interface_mac(link) if link else None, link)
+        vm_port = vm_port_once_active(lambda: find_vm_port(
+            neutron, conf.binding.parent_port, netlink.interface_mac(link) if link else None,
+            link))
         placement = nested_placement(conf.port_driver, host, neutron, vm_port)
     except NestedSetupError as exc:
         raise SystemExit(f"kuryr: {exc}") from None

@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -349,6 +350,29 @@ def find_vm_port(neutron: Neutron, parent_port: str, link_mac: str | None,
             f"{which} the MAC {link_mac} of [binding] link_iface {link_iface}: name the VM's "
             "port in [binding] parent_port")
     return found[0]
+
+
+# How long a starting nested Kuryr waits for the VM's port to be ACTIVE again.
+# Neutron's status of a VM port lags OVN's: after a burst of address-pair
+# changes OVN re-bound the port within a second, while Neutron showed it DOWN
+# 30 s later for 5 s (seen here, and a restarted Kuryr exited on it).
+VM_PORT_ACTIVE_WAIT = 45.0
+
+
+def vm_port_once_active(find: Callable[[], Port], timeout: float = VM_PORT_ACTIVE_WAIT,
+                        sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.monotonic) -> Port:
+    """The VM's port (``find``: 1-2 GETs), read again every 2 s until it is
+    ACTIVE or ``timeout`` passed; the last one read either way (nested_placement
+    names what is wrong)."""
+    deadline = clock() + timeout
+    port = find()
+    while port.status != "ACTIVE" and clock() < deadline:
+        LOG.warning("the VM's port %s is %s: waiting up to %.0f s for it to be ACTIVE",
+                    port.id, port.status or "not ACTIVE", max(0.0, deadline - clock()))
+        sleep(2.0)
+        port = find()
+    return port
 
 
 def nested_placement(driver: str, host: str, neutron: Neutron, vm_port: Port) -> Placement:

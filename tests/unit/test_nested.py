@@ -18,6 +18,7 @@ from kuryr.core.placement import (
     TrunkSubports,
     find_vm_port,
     nested_placement,
+    vm_port_once_active,
 )
 from kuryr.neutron import marks
 from kuryr.neutron.types import FixedIP, Port, SubPort, Trunk
@@ -224,6 +225,26 @@ def test_start_up_refuses_a_vm_port_that_is_down_or_has_no_trunk():
         nested_placement("nested-vlan", "vm1", neutron, lonely)  # type: ignore[arg-type]
     assert isinstance(nested_placement("nested-macvlan", "vm1", neutron, lonely),  # type: ignore[arg-type]
                       AddressPairs)
+
+
+def test_start_up_waits_for_a_vm_port_neutron_shows_down_for_a_moment():
+    """Neutron's VM port status lags OVN's by up to half a minute after address
+    pair changes: a restarting Kuryr reads it again before refusing."""
+    reads = iter([dataclasses.replace(VM, status="DOWN")] * 3 + [VM])
+    slept: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    assert vm_port_once_active(lambda: next(reads), 45, sleep, lambda: now[0]) == VM
+    assert slept == [2.0, 2.0, 2.0]
+    always_down = dataclasses.replace(VM, status="DOWN")
+    now[0] = 0.0
+    port = vm_port_once_active(lambda: always_down, 10, sleep, lambda: now[0])
+    assert port.status == "DOWN"  # nested_placement then names it
+    assert now[0] >= 10
 
 
 def test_an_address_handed_out_again_gets_its_pair_though_a_stale_copy_listed_it():
