@@ -266,10 +266,8 @@ def delete_host_leftovers(api: NetworkProxy, hostname: str) -> list[str]:
         api.delete_ip(fip, ignore_missing=True)
         deleted.append(f"floating IP {fip.floating_ip_address}")
     deleted += delete_kuryr_networks(api, hostname)
-    mark = marks.host_mark(hostname)
     for group in api.security_groups():
-        if (group.name or "").startswith(marks.EXPOSE_GROUP_PREFIX) and \
-                (group.description or "").startswith(mark):
+        if marks.is_hosts_expose_group(group.name or "", group.description or "", hostname):
             api.delete_security_group(group, ignore_missing=True)
             deleted.append(f"security group {group.name}")
     return deleted
