@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,9 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trust-docker", action="store_true",
                         help="gc: collect networks dockerd does not have even when it "
                         "knows none of this host's Kuryr networks (docker_uri is right)")
+    # Known here (not only to oslo.config) so that `kuryr --config-file F status`
+    # does not take F for the command.
+    parser.add_argument("--config-file", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--config-dir", action="append", default=[], help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
+    config_args = [*(f"--config-file={path}" for path in args.config_file),
+                   *(f"--config-dir={path}" for path in args.config_dir)]
     try:
-        conf = config.load(rest)
+        conf = config.load([*config_args, *rest])
     except (config.ConfigFileMissing, config.cfg.ConfigFilesNotFoundError,
             config.cfg.ConfigFilesPermissionDeniedError, config.cfg.ConfigDirNotFoundError,
             config.cfg.ConfigFileParseError) as exc:
@@ -147,8 +154,13 @@ def status(conf: config.cfg.ConfigOpts) -> int:
     # and retries; one line per check is the whole output.
     logging.disable(logging.CRITICAL)
     # Which file was read comes first: a wrong one explains every failure below.
-    print(config.describe_sources(conf), flush=True)
-    return checks.main(conf)
+    try:
+        print(config.describe_sources(conf), flush=True)
+        return checks.main(conf)
+    except BrokenPipeError:
+        # `kuryr status | head`: the reader left; say nothing more (not a traceback).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

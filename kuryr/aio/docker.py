@@ -6,13 +6,16 @@ import io
 import tarfile
 from pathlib import Path
 
-from kuryr.aio import links, procs
+from kuryr.aio import links, namespaces, procs
 from kuryr.aio.layout import Layout
 
 DOCKER_CLI = "/usr/bin/docker"  # the 20.10 client that matches the packaged dockerd
 BUSYBOX = Path("/bin/busybox")
 IMAGE = "busybox:latest"
 DEFAULT_BRIDGE = "docker0"  # made by dockerd at start when missing, left at exit
+# Where the stack's dockerd (default exec-root) bind-mounts containers' network
+# namespaces.
+NETNS_DIR = Path("/run/docker/netns")
 
 
 def busybox_rootfs() -> bytes:
@@ -131,6 +134,10 @@ class Docker:
             procs.wait_for(lambda: answers_now(host) or not procs.running(self.pidfile), 60)
         before = links.existing([DEFAULT_BRIDGE])
         if not procs.pid_alive(self.pidfile, "dockerd"):
+            # As on a systemd host: the namespaces dockerd mounts there reach a
+            # managed plugin's view of the directory (Kuryr's plugin mounts it
+            # rslave); this machine's PID 1 leaves mounts private.
+            namespaces.make_shared_mount(NETNS_DIR)
             self.layout.docker_sock.unlink(missing_ok=True)
             # Docker's default exec-root (/var/run/docker): its netns paths
             # are what kuryr-libnetwork (measured by kuryr-bench) accepts.

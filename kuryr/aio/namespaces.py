@@ -22,6 +22,7 @@ MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 
@@ -51,6 +52,34 @@ def mount(source: str | Path | None, target: str | Path, fstype: str | None = No
     _check(libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
                       None if fstype is None else fstype.encode(), flags, None),
            f"mount {source} on {target}")
+
+
+def mount_points(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its propagation tags ("shared:N", "master:N"...) as
+    /proc/self/mountinfo gives them (field 5; optional fields after 6)."""
+    found: dict[str, set[str]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        point = fields[4].replace("\\040", " ")
+        found[point] = {tag.split(":")[0] for tag in fields[6:fields.index("-")]}
+    return found
+
+
+def make_shared_mount(path: Path) -> bool:
+    """Make ``path`` a mount point whose mounts propagate to its peers and
+    slaves (a bind mount of itself, shared); whether anything was changed.
+    systemd makes every mount shared at boot; a host whose PID 1 is not
+    systemd leaves them private."""
+    points = mount_points(Path("/proc/self/mountinfo").read_text())
+    if "shared" in points.get(str(path), set()):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in points:
+        mount(path, path, flags=MS_BIND)
+    mount(None, path, flags=MS_SHARED)
+    return True
 
 
 def umount(target: str | Path, flags: int = 0) -> None:

@@ -19,6 +19,10 @@ REQUIRED = {
     "dockerd": "docker.io",
     "busybox": "busybox-static",
     "ip": "iproute2",
+    # Packaging: the Debian tree of the managed plugin and the Kubernetes
+    # image (kuryr/aio/rootfs.py), and the devstack plugin's lint.
+    "debootstrap": "debootstrap",
+    "shellcheck": "shellcheck",
 }
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

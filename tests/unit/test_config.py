@@ -191,3 +191,15 @@ def test_help_says_where_the_config_comes_from(capsys):
     assert "--config-file FILE" in out
     assert "KURYR_CONFIG_FILE" in out
     assert "/etc/kuryr/kuryr.conf" in out
+
+
+@pytest.mark.parametrize("argv", [["--config-file", "{f}", "status"],
+                                  ["status", "--config-file", "{f}"],
+                                  ["--config-file={f}", "status"]])
+def test_config_file_may_come_before_or_after_the_command(tmp_path, monkeypatch, argv):
+    """`kuryr --config-file F status` once took F for the command (exit 2)."""
+    conf_file = write_conf(tmp_path / "k.conf", "unix:///tmp/given.sock")
+    seen = []
+    monkeypatch.setattr(cli, "status", lambda conf: seen.append(conf.kuryr_uri) or 0)
+    assert cli.main([a.format(f=conf_file) for a in argv]) == 0
+    assert seen == ["unix:///tmp/given.sock"]
