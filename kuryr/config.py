@@ -25,10 +25,24 @@ OCTAVIA_GROUP = "octavia"
 core_opts = [
     cfg.BoolOpt("debug", default=False, help="Log at debug level."),
     cfg.StrOpt(
+        "log_file",
+        default="",
+        help="Also log to this file (stderr gets the log anyway), relative to log_dir "
+        "when that is set. kuryr-libnetwork's option: its kuryr.conf keeps working.",
+    ),
+    cfg.StrOpt(
+        "log_dir",
+        default="",
+        help="Directory of log_file; set alone, the log goes to <log_dir>/kuryr.log "
+        "(kuryr serve), kuryr-cni-daemon.log or kuryr-k8s-controller.log.",
+    ),
+    cfg.StrOpt(
         "kuryr_uri",
         default="unix:///run/docker/plugins/kuryr.sock",
         help="Where the Docker plugin API listens: unix:///path/to.sock, or "
-        "http://HOST:PORT (a spec file is then written to plugin_spec_dir).",
+        "http://HOST:PORT (a spec file is then written to plugin_spec_dir). Empty: no "
+        "Docker plugin on this host (a Kubernetes node): `kuryr status` skips the "
+        "plugin's and dockerd's checks.",
     ),
     cfg.FloatOpt(
         "plugin_call_timeout",

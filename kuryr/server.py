@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import urlparse
 import uvicorn
 from oslo_config import cfg
 
+from kuryr import logs
 from kuryr.binding import netlink
 from kuryr.binding.ovs import OVS
 from kuryr.binding.plugging import Nested, UnsupportedDriver, build_binder
@@ -281,9 +281,7 @@ def listen_args(conf: cfg.ConfigOpts) -> dict:
 
 
 def serve(conf: cfg.ConfigOpts) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if conf.debug else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(conf, "kuryr.log")
     os.umask(0o077)
     listen = listen_args(conf)  # first: an insecure listener is refused before any work
     try:

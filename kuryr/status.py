@@ -435,11 +435,13 @@ def checks_for(conf: cfg.ConfigOpts) -> list[tuple[str, Callable[[], Result]]]:
     # Only the veth driver plugs into this host's switch; nested drivers use the VM's NIC.
     if conf.port_driver == "veth":
         checks.append(("ovs", lambda: check_ovs(conf)))
-    checks += [
-        ("plugin-discovery", lambda: check_plugin_discoverable(conf)),
-        ("plugin", lambda: check_plugin_answers(conf)),
-        ("docker", lambda: check_docker(conf)),
-    ]
+    # An empty kuryr_uri: no Docker plugin on this host (a Kubernetes node's pod).
+    if conf.kuryr_uri:
+        checks += [
+            ("plugin-discovery", lambda: check_plugin_discoverable(conf)),
+            ("plugin", lambda: check_plugin_answers(conf)),
+            ("docker", lambda: check_docker(conf)),
+        ]
     if kubernetes_configured(conf):
         checks += [("cni-daemon", lambda: check_cni_daemon(conf)),
                    ("k8s-controller", lambda: check_controller(conf))]

@@ -24,7 +24,7 @@ from kuryr.aio.layout import Layout
 DEFAULT_NAME = "kuryr/kuryr:latest"
 SOCKET = "kuryr.sock"  # Docker looks for it in the plugin's /run/docker/plugins
 CONFIG_FILE = "/etc/kuryr/kuryr.conf"
-DOCUMENTATION = "https://opendev.org/openstack/kuryr-libnetwork (drop-in); docs/install.md"
+DOCUMENTATION = "docs/install.md of Kuryr's source (\"Managed Docker plugin\")"
 
 # Kuryr's options are oslo.config's: OS_<GROUP>__<OPTION> in the environment
 # overrides kuryr.conf.  These are the ones a deployment usually sets per host
@@ -57,12 +57,28 @@ MOUNTS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "docker-socket": ("/run/docker.sock", "/run/docker.sock", ("rbind",),
                       ("dockerd's API (docker_uri): container names for Neutron DNS, "
                        "and which networks still exist (garbage collection)")),
+    "logs": ("/var/log/kuryr", "/var/log/kuryr", ("rbind",),
+             ("for [DEFAULT] log_dir / log_file, when kuryr.conf sets them (dockerd's own "
+              "log has Kuryr's lines anyway)")),
 }
+LOGS_MOUNT = "logs"  # made when missing: the only source build-plugin creates
+
+# Docker gives a plugin a read-only /proc/sys (its default container spec,
+# which config.json cannot change) and runc refuses mounts inside /proc.  Kuryr
+# writes the sysctls of the veths it makes (IPv6 autoconfiguration off, ...):
+# the host's /proc/sys/net, beside /proc, named by KURYR_PROC_SYS_NET as in the
+# Kubernetes DaemonSet.  The values are those of the caller's network
+# namespace, the host's here.
+PROC_SYS_NET = "/host/proc/sys/net"
+FIXED_MOUNTS = ({"name": "proc-sys-net", "description": "the host's network sysctls",
+                 "source": "/proc/sys/net", "destination": PROC_SYS_NET, "type": "bind",
+                 "options": ["rbind", "rw"], "settable": []},)
+FIXED_ENV = ({"name": "KURYR_PROC_SYS_NET", "description": "where the network sysctls are",
+              "value": PROC_SYS_NET, "settable": []},)
 
 # What `kuryr serve` needs beyond Docker's default capabilities (docs/install.md,
 # etc/systemd/kuryr.service say why each): veths and addresses (netlink),
-# setns(2) into a container's namespace and the entrypoint's mounts (rootfs.py),
-# published ports below 1024.
+# setns(2) into a container's namespace, published ports below 1024.
 CAPABILITIES = ("CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE")
 
 
@@ -72,7 +88,7 @@ def config_json(tree: rootfs.Tree) -> dict:
         "description": f"Kuryr {tree.version}: Docker networks and IPAM on OpenStack Neutron "
                        f"(build {tree.build_id})",
         "documentation": DOCUMENTATION,
-        "entrypoint": [rootfs.PLUGIN_ENTRYPOINT, "--config-file", CONFIG_FILE],
+        "entrypoint": [f"{rootfs.VENV}/bin/kuryr", "serve", "--config-file", CONFIG_FILE],
         "workdir": "/",
         "interface": {"types": ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"],
                       "socket": SOCKET},
@@ -80,12 +96,14 @@ def config_json(tree: rootfs.Tree) -> dict:
         # dockerd moves them from; Neutron and Keystone are reached from it too.
         "network": {"type": "host"},
         "linux": {"capabilities": list(CAPABILITIES)},
-        "mounts": [{"name": name, "description": what, "source": source,
-                    "destination": destination, "type": "bind", "options": list(options),
-                    "settable": ["source"]}
-                   for name, (source, destination, options, what) in MOUNTS.items()],
-        "env": [{"name": name, "description": what, "settable": ["value"]}
-                for name, what in SETTABLE_ENV],
+        "mounts": [*({"name": name, "description": what, "source": source,
+                      "destination": destination, "type": "bind", "options": list(options),
+                      "settable": ["source"]}
+                     for name, (source, destination, options, what) in MOUNTS.items()),
+                   *FIXED_MOUNTS],
+        "env": [*({"name": name, "description": what, "settable": ["value"]}
+                  for name, what in SETTABLE_ENV),
+                *FIXED_ENV],
     }
 
 
@@ -109,7 +127,8 @@ def wanted_settings(sources: Mapping[str, str], env: Mapping[str, str]) -> dict:
 def installed_settings(inspected: dict) -> dict:
     """The same shape as :func:`wanted_settings`, read from `docker plugin inspect`."""
     settings = inspected.get("Settings") or {}
-    mounts = {m.get("Name", ""): m.get("Source", "") for m in settings.get("Mounts") or []}
+    mounts = {m.get("Name", ""): m.get("Source", "") for m in settings.get("Mounts") or []
+              if m.get("Name") in MOUNTS}  # not the fixed ones
     env = dict(item.split("=", 1) for item in settings.get("Env") or [] if "=" in item)
     return {"mounts": mounts, "env": env}
 
@@ -120,6 +139,13 @@ def needs_settings(installed: dict, wanted: dict) -> bool:
     unset one)."""
     return installed["mounts"] != wanted["mounts"] or any(
         installed["env"].get(name) != value for name, value in wanted["env"].items())
+
+
+def missing_sources(mounts: Mapping[str, str]) -> list[str]:
+    """Mount sources absent from this host, as `mount=path` (Docker would only
+    say so at enable, naming the path inside the plugin)."""
+    return [f"{name}={path}" for name, path in sorted(mounts.items())
+            if name != LOGS_MOUNT and not Path(path).exists()]
 
 
 class Installer:
@@ -214,12 +240,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_args(sources, env)
     except ValueError as exc:
         raise SystemExit(f"build-plugin: {exc}") from None
+    if docker_host.startswith("unix://"):  # this host's dockerd: its paths are ours
+        mounts = wanted_settings(sources, env)["mounts"]
+        missing = missing_sources(mounts)
+        if missing:
+            print(f"build-plugin: mount sources missing on this host: {' '.join(missing)} "
+                  "(give another with --mount NAME=HOSTPATH)", file=sys.stderr)
+            return 2
+        Path(mounts[LOGS_MOUNT]).mkdir(mode=0o700, parents=True, exist_ok=True)
     source = Path(__file__).resolve().parents[2]
+    if not (source / "pyproject.toml").is_file():
+        print(f"build-plugin: {source} is not a Kuryr checkout: run tools/build-plugin from "
+              "one (it builds the plugin from the checkout's wheel)", file=sys.stderr)
+        return 2
     log = layout.cache / "rootfs" / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tree = rootfs.kuryr_tree(source, layout.cache, log=log)
-        done = installer.install(tree, sources, env)
+        with rootfs.build_lock(layout.cache):  # until `docker plugin create` copied it
+            tree = rootfs.kuryr_tree(source, layout.cache, log=log)
+            done = installer.install(tree, sources, env)
     except procs.StackError as exc:
         print(f"build-plugin: {exc}", file=sys.stderr)
         return 1

@@ -18,12 +18,15 @@ Three layers, each cached under ``<cache>/rootfs`` (outside what
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,20 +41,6 @@ VENV = "/opt/kuryr"  # inside the tree
 WHEELS_INSIDE = "/opt/kuryr-wheels"  # inside the tree while Kuryr is installed, then removed
 COMPLETE = ".kuryr-complete"  # written last: a tree without it is half made
 KEEP_TREES = 2  # Kuryr trees kept in the cache (the newest)
-PLUGIN_ENTRYPOINT = "/usr/local/sbin/kuryr-plugin-entrypoint"
-# Docker gives a managed plugin a read-only /proc/sys (its default container
-# spec; a plugin's config.json cannot change it, nor mount anything into
-# /proc).  Kuryr writes the sysctls of the veths it makes (IPv6 autoconf off,
-# ...) in the host's network namespace, which is the plugin's: so the plugin's
-# own mount namespace gets a writable /proc/sys/net (and only that), then
-# Kuryr replaces the shell (PID 1: it gets Docker's SIGTERM itself).
-PLUGIN_ENTRYPOINT_TEXT = """\
-#!/bin/sh
-set -e
-mount --bind /proc/sys/net /proc/sys/net
-mount -o remount,bind,rw /proc/sys/net
-exec /opt/kuryr/bin/kuryr serve "$@"
-"""
 
 
 @dataclass(frozen=True)
@@ -64,6 +53,22 @@ class Tree:
 
 def cache_dir(cache: Path) -> Path:
     return cache / "rootfs"
+
+
+@contextlib.contextmanager
+def build_lock(cache: Path) -> Iterator[None]:
+    """One user of the cache's trees at a time: :func:`kuryr_tree` rewrites its
+    work directory and drops older trees, which an image import or a plugin
+    create of another build may be reading.  Hold it from the build until the
+    tree has been copied out (tools/build-image, tools/build-plugin)."""
+    path = cache_dir(cache) / "build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def base_key(suite: str = SUITE, mirror: str = MIRROR,
@@ -177,9 +182,6 @@ def _install_kuryr(tree: Path, wheel: Path, wheelhouse: Path, *, log: Path) -> N
                    "-y", "pip", "setuptools"], log=log, timeout=120)
     finally:
         shutil.rmtree(inside, ignore_errors=True)
-    entrypoint = tree / PLUGIN_ENTRYPOINT.lstrip("/")
-    entrypoint.write_text(PLUGIN_ENTRYPOINT_TEXT)
-    entrypoint.chmod(0o755)
     for command in ("kuryr", "kuryr-cni", "kuryr-cni-install"):
         link = tree / "usr" / "local" / "bin" / command
         link.unlink(missing_ok=True)

@@ -132,7 +132,12 @@ def create_veth(vif: VIF) -> bool:
         return made
 
 
-IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
+# The network sysctls, as the calling thread's namespace sees them.  A container
+# runtime mounts /proc/sys read-only in an unprivileged container (and refuses
+# mounts inside /proc): the node daemon's DaemonSet mounts the host's
+# /proc/sys/net elsewhere and names it in KURYR_PROC_SYS_NET.
+PROC_SYS_NET = Path(os.environ.get("KURYR_PROC_SYS_NET") or "/proc/sys/net")
+IPV6_CONF = PROC_SYS_NET / "ipv6" / "conf"
 
 
 def deafen_to_ipv6(ifname: str, conf_dir: Path = IPV6_CONF) -> None:
@@ -376,7 +381,7 @@ def interface_mac(ifname: str) -> str | None:
     return raw.strip().lower() or None
 
 
-IPV4_CONF = Path("/proc/sys/net/ipv4")
+IPV4_CONF = PROC_SYS_NET / "ipv4"
 
 
 def route_to_container(ifname: str, addresses: Iterable[str], link_iface: str,

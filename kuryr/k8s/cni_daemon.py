@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import uvicorn
 from oslo_config import cfg
 
+from kuryr import logs
 from kuryr.binding.ovs import OVS
 from kuryr.binding.plugging import UnsupportedDriver, build_binder
 from kuryr.core.background import Background
@@ -201,9 +201,7 @@ def _health_of(ovs: OVS, bridge: str) -> Callable[[], str | None]:
 
 
 def serve(conf: cfg.ConfigOpts) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if conf.debug else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(conf, "kuryr-cni-daemon.log")
     os.umask(0o077)
     path = Path(conf.kubernetes.daemon_socket)
     if not path.is_absolute():

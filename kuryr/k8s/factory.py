@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -97,6 +98,15 @@ def service_load_balancers(conf: cfg.ConfigOpts, neutron: Neutron,
                                 vip_subnet, external)
 
 
+def lease_holder() -> str:
+    """The Lease's holder: the pod's name in the Deployment (KURYR_POD_NAME, from
+    the downward API: with hostNetwork every replica on a node has the node's
+    host name), else this process's host name; stable across restarts of one
+    replica (it leads again at once); not [DEFAULT] host, which a shared
+    ConfigMap may set for all."""
+    return os.environ.get("KURYR_POD_NAME") or socket.gethostname()
+
+
 def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Controller:
     """``on_lost``: called when this controller stops leading (the process must stop)."""
     group = conf.kubernetes
@@ -108,10 +118,7 @@ def build_controller(conf: cfg.ConfigOpts, on_lost: Callable[[], None]) -> Contr
                             always_allowed_ingress=probe_cidrs(conf, neutron))
     networks = (NamespaceNetworks(neutron, kube, pod_network_plan(conf, neutron))
                 if group.pod_network_driver == "namespace" else None)
-    # The Lease's holder: this process's host name, the pod's name in a Deployment
-    # (one per replica), stable across restarts of one replica (it leads again at
-    # once); not [DEFAULT] host, which a shared ConfigMap may set for all.
-    holder = socket.gethostname()
+    holder = lease_holder()
     leadership = Leadership(lambda: kube.hold_lease(holder, LEASE_DURATION), on_lost,
                             release=lambda: kube.release_lease(holder))
     return Controller(kube, view, policies, networks, workers=group.controller_workers,

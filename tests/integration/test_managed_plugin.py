@@ -42,7 +42,9 @@ def plugin_conf_dir(stack, where: Path) -> Path:
     stack_conf.read(stack.kuryr_conf)
     conf = configparser.RawConfigParser()
     conf["DEFAULT"] = {"docker_uri": "unix:///run/docker.sock",
-                       "docker_netns_dir": "/run/docker/netns"}
+                       "docker_netns_dir": "/run/docker/netns",
+                       # kuryr-libnetwork's logging options, into the logs mount
+                       "log_dir": "/var/log/kuryr"}
     for section in ("neutron", "binding", "publish"):
         conf[section] = dict(stack_conf[section])
     where.mkdir(mode=0o700)
@@ -62,11 +64,11 @@ def stop_stack_kuryr(stack) -> None:
 def plugin(stack, tmp_path_factory):
     """The plugin enabled, in place of the stack's own Kuryr; removed after."""
     stop_stack_kuryr(stack)
-    conf_dir = plugin_conf_dir(stack, tmp_path_factory.mktemp("plugin") / "etc-kuryr")
+    scratch = tmp_path_factory.mktemp("plugin")
+    conf_dir = plugin_conf_dir(stack, scratch / "etc-kuryr")
     try:
         started = time.monotonic()
-        built = build_plugin(stack, "--mount", f"config={conf_dir}",
-                             "--mount", f"docker-socket={stack.docker_sock}")
+        built = build_plugin(stack, *mount_args(stack, conf_dir))
         print(f"tools/build-plugin: {time.monotonic() - started:.1f} s\n{built.stdout}")
         assert built.returncode == 0, built.stdout + built.stderr
         yield conf_dir
@@ -76,6 +78,11 @@ def plugin(stack, tmp_path_factory):
                             check=False)
         assert removed.returncode == 0, removed.stderr
         assert up.returncode == 0, up.stdout + up.stderr
+
+
+def mount_args(stack, conf_dir: Path) -> list[str]:
+    return ["--mount", f"config={conf_dir}", "--mount", f"docker-socket={stack.docker_sock}",
+            "--mount", f"logs={conf_dir.parent / 'logs'}"]
 
 
 def inspect(docker) -> dict:
@@ -105,13 +112,27 @@ def test_the_plugin_is_enabled_with_only_the_capabilities_it_needs(plugin, docke
     assert config["Linux"]["Capabilities"] == list(managed_plugin.CAPABILITIES)
     mounts = {m["Name"]: m["Source"] for m in found["Settings"]["Mounts"]}
     assert mounts["config"] == str(plugin)
+    # [DEFAULT] log_dir of its kuryr.conf, through the logs mount.
+    log = plugin.parent / "logs" / "kuryr.log"
+    assert helpers.wait_until(lambda: log.exists() and "kuryr serving" in log.read_text(), 10)
+
+
+def test_a_missing_mount_source_is_refused_before_the_plugin_is_touched(plugin, stack,
+                                                                         docker, tmp_path):
+    before = inspect(docker)
+    refused = build_plugin(stack, *mount_args(stack, plugin),
+                           "--mount", f"openvswitch={tmp_path / 'nowhere'}")
+    assert refused.returncode == 2
+    assert f"openvswitch={tmp_path / 'nowhere'}" in refused.stderr, refused.stderr
+    after = inspect(docker)
+    assert (after["Id"], after["Enabled"], after["Settings"]) == \
+        (before["Id"], before["Enabled"], before["Settings"])
 
 
 def test_building_again_changes_nothing(plugin, stack, docker):
     before = inspect(docker)["Id"]
     started = time.monotonic()
-    again = build_plugin(stack, "--mount", f"config={plugin}",
-                         "--mount", f"docker-socket={stack.docker_sock}")
+    again = build_plugin(stack, *mount_args(stack, plugin))
     print(f"tools/build-plugin again: {time.monotonic() - started:.1f} s")
     assert again.returncode == 0, again.stderr
     assert "already this build" in again.stdout, again.stdout

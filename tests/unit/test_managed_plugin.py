@@ -20,7 +20,7 @@ def test_config_json_declares_both_drivers_on_the_host_network():
     assert cfg["interface"] == {"types": ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"],
                                 "socket": "kuryr.sock"}
     assert cfg["network"] == {"type": "host"}
-    assert cfg["entrypoint"] == [rootfs.PLUGIN_ENTRYPOINT, "--config-file",
+    assert cfg["entrypoint"] == ["/opt/kuryr/bin/kuryr", "serve", "--config-file",
                                  "/etc/kuryr/kuryr.conf"]
     assert "build 0123456789abcdef" in cfg["description"]
     assert "1.2.3" in cfg["description"]
@@ -32,8 +32,9 @@ def test_config_json_asks_for_only_three_capabilities():
 
 
 def test_every_mount_is_a_settable_bind_and_the_netns_dir_follows_the_host():
-    mounts = {m["name"]: m for m in managed_plugin.config_json(TREE)["mounts"]}
-    assert set(mounts) == {"config", "openvswitch", "docker-netns", "docker-socket"}
+    mounts = {m["name"]: m for m in managed_plugin.config_json(TREE)["mounts"]
+              if m["settable"]}
+    assert set(mounts) == {"config", "openvswitch", "docker-netns", "docker-socket", "logs"}
     for mount in mounts.values():
         assert mount["type"] == "bind"
         assert mount["settable"] == ["source"]
@@ -55,9 +56,11 @@ def test_settable_environment_names_are_real_kuryr_options():
         assert option in group_conf, name
 
 
-def test_config_json_sets_no_environment_value():
+def test_config_json_sets_no_settable_environment_value():
     """An env entry with a value would override kuryr.conf with it, even empty."""
     for entry in managed_plugin.config_json(TREE)["env"]:
+        if entry["name"] == "KURYR_PROC_SYS_NET":
+            continue
         assert "value" not in entry
         assert entry["settable"] == ["value"]
 
@@ -81,6 +84,15 @@ def test_wanted_settings_fill_in_the_default_sources():
     assert wanted["mounts"]["openvswitch"] == "/run/openvswitch"
 
 
+def test_missing_sources_are_named_but_the_log_directory_is_made_instead(tmp_path):
+    mounts = managed_plugin.wanted_settings(
+        {"config": str(tmp_path), "openvswitch": str(tmp_path / "no-ovs"),
+         "logs": str(tmp_path / "no-logs")}, {})["mounts"]
+    missing = managed_plugin.missing_sources(mounts)
+    assert f"openvswitch={tmp_path / 'no-ovs'}" in missing
+    assert not any(item.startswith(("config=", "logs=")) for item in missing)
+
+
 def _inspected(mounts: dict[str, str], env: list[str]) -> dict:
     return {"Settings": {"Mounts": [{"Name": n, "Source": s} for n, s in mounts.items()],
                          "Env": env}}
@@ -88,8 +100,9 @@ def _inspected(mounts: dict[str, str], env: list[str]) -> dict:
 
 def test_same_settings_need_no_change_and_an_earlier_env_value_is_kept():
     wanted = managed_plugin.wanted_settings({}, {"OS_DEFAULT__DEBUG": "true"})
-    installed = managed_plugin.installed_settings(
-        _inspected(wanted["mounts"], ["OS_DEFAULT__DEBUG=true", "OS_NEUTRON__PASSWORD=x"]))
+    installed = managed_plugin.installed_settings(_inspected(
+        {**wanted["mounts"], "proc-sys-net": "/proc/sys/net"},
+        ["OS_DEFAULT__DEBUG=true", "OS_NEUTRON__PASSWORD=x", "KURYR_PROC_SYS_NET=/host"]))
     assert not managed_plugin.needs_settings(installed, wanted)
 
 
@@ -135,11 +148,14 @@ def test_a_tree_without_its_completion_mark_is_not_used(tmp_path):
     assert rootfs.is_complete(tmp_path)
 
 
-def test_plugin_entrypoint_makes_only_proc_sys_net_writable_then_execs_kuryr():
-    lines = rootfs.PLUGIN_ENTRYPOINT_TEXT.splitlines()
-    assert lines[0] == "#!/bin/sh"
-    assert "mount -o remount,bind,rw /proc/sys/net" in lines
-    assert lines[-1] == 'exec /opt/kuryr/bin/kuryr serve "$@"'
+def test_the_host_network_sysctls_are_mounted_beside_proc_and_named_for_kuryr():
+    cfg = managed_plugin.config_json(TREE)
+    (sysctls,) = [m for m in cfg["mounts"] if m["source"] == "/proc/sys/net"]
+    assert sysctls["destination"] == "/host/proc/sys/net"
+    assert "rw" in sysctls["options"]
+    assert sysctls["settable"] == []
+    (env,) = [e for e in cfg["env"] if e["name"] == "KURYR_PROC_SYS_NET"]
+    assert env["value"] == sysctls["destination"]
 
 
 MOUNTINFO = """\
