@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -282,6 +283,9 @@ def check_plugin_discoverable(conf: cfg.ConfigOpts, socket_dir: Path | None = No
         if spec:
             return Result("plugin-discovery", True, f"Docker finds plugin {PLUGIN_NAME} "
                           f"through {spec}")
+        if _is_managed_plugin_socket(path, socket_dir):
+            return Result("plugin-discovery", True, f"{path} is a managed plugin's socket "
+                          "(Docker knows the plugin by its name: `docker plugin ls`)")
         dirs = ", ".join(str(d) for d in spec_dirs)
         return Result("plugin-discovery", False,
                       f"plugin socket {path} is not where Docker looks ({socket_dir}/"
@@ -308,6 +312,14 @@ def _http_plugin_discoverable(conf: cfg.ConfigOpts, spec_dirs: Sequence[Path]) -
     return Result("plugin-discovery", False,
                   f"no spec file {spec_dir / (PLUGIN_NAME + '.spec')} points at {uri} "
                   f"(`kuryr serve` writes it when it starts: is it running?)")
+
+
+def _is_managed_plugin_socket(path: Path, socket_dir: Path) -> bool:
+    """<socket_dir>/<64-hex plugin id>/<socket>: where dockerd puts a managed
+    (v2) plugin's socket; it finds such a plugin by its reference."""
+    parent = path.parent
+    return (_same_path(parent.parent, socket_dir)
+            and re.fullmatch(r"[0-9a-f]{64}", parent.name) is not None)
 
 
 def _docker_socket_places(socket_dir: Path) -> list[Path]:

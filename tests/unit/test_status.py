@@ -243,6 +243,18 @@ def test_socket_elsewhere_is_not_found(load, docker_dirs, short_dir):
     assert result.message.startswith(f"plugin socket {sock} is not where Docker looks")
 
 
+def test_a_managed_plugins_socket_is_found_by_its_plugin_id_directory(load, docker_dirs):
+    sock = docker_dirs[0] / ("0123456789abcdef" * 4) / "kuryr.sock"
+    result = discoverable(load(f"[DEFAULT]\nkuryr_uri = unix://{sock}\n"), docker_dirs)
+    assert result.ok
+    assert "managed plugin" in result.message
+
+
+def test_a_directory_that_is_no_plugin_id_is_still_not_where_docker_looks(load, docker_dirs):
+    sock = docker_dirs[0] / "not-a-plugin-id" / "kuryr.sock"
+    assert not discoverable(load(f"[DEFAULT]\nkuryr_uri = unix://{sock}\n"), docker_dirs).ok
+
+
 def test_socket_elsewhere_with_a_spec_file_is_found(load, docker_dirs, short_dir):
     sock = short_dir / "kuryr.sock"
     spec = docker_dirs[1][1] / "kuryr.spec"
