@@ -20,6 +20,8 @@ from kuryr.k8s.queue import KeyedQueue, RetryPolicy
 from kuryr.k8s.services import ServiceLoadBalancers
 from kuryr.k8s.watch import Source, Store, Watcher
 
+# Seconds a stopping controller waits for all its watch threads together.
+WATCHERS_STOP_WAIT = 2.0
 LOG = logging.getLogger(__name__)
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
@@ -276,7 +278,12 @@ class Controller:
     def stop(self) -> None:
         if self.leadership is not None:
             self.leadership.stop()
+        # All asked at once, then one shared wait: each watch blocked on a quiet
+        # stream used to get 2 s in turn (16 s with 8 watchers at SIGTERM).
         for watcher in self.all_watchers:
-            watcher.stop()
+            watcher.ask_to_stop()
+        deadline = time.monotonic() + WATCHERS_STOP_WAIT
+        for watcher in self.all_watchers:
+            watcher.join(max(0.0, deadline - time.monotonic()))
         for queue in self.queues:
             queue.stop()

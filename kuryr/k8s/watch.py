@@ -112,7 +112,14 @@ class Watcher:
     def stop(self, timeout: float = 2.0) -> None:
         """A watch blocked on a quiet stream ends with the process (the thread is
         a daemon): the events it would give are re-listed at the next start."""
+        self.ask_to_stop()
+        self.join(timeout)
+
+    def ask_to_stop(self) -> None:
+        """Stop after the current step, without waiting (see :meth:`join`)."""
         self._stop.set()
+
+    def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
