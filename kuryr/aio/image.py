@@ -170,6 +170,7 @@ class Builder:
                         f"(namespace {CONTAINERD_NS})")
         return done + prune_containerd(containerd, keep=image_id)
 
+
 def remove(docker_host: str, repository: str = REPOSITORY) -> list[str]:
     """Remove every tag of ``repository`` from dockerd (containerd's copy stays)."""
     tags = docker.cli(docker_host, "images", "--format", "{{.Repository}}:{{.Tag}}",

@@ -88,6 +88,7 @@ def debian_base(cache: Path, *, log: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=path.parent))
+    scratch.chmod(0o755)  # it becomes "/": mkdtemp's 0700 would shut non-root users out
     try:
         procs.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                    SUITE, str(scratch), MIRROR], log=log, timeout=1800)
@@ -159,6 +160,7 @@ def kuryr_tree(source: Path, cache: Path, *, log: Path) -> Tree:
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     procs.run(["cp", "-a", "--reflink=auto", str(base), str(tree)], log=log, timeout=600)
+    tree.chmod(0o755)  # "/" (a base made before that was fixed is 0700)
     (tree / COMPLETE).unlink()
     _install_kuryr(tree, wheel, cache_dir(cache) / "wheelhouse", log=log)
     (tree / COMPLETE).write_text(f"kuryr {version} {wheel_digest(wheel)}\n")
