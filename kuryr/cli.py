@@ -110,8 +110,7 @@ def run_k8s_controller(conf: config.cfg.ConfigOpts) -> int:
     from kuryr import logs
     from kuryr.k8s.factory import build_controller
 
-    logs.configure(conf, "kuryr-k8s-controller.log",
-                   fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(conf, "kuryr-k8s-controller.log")
     # One INFO line per API request (every watch reconnect) drowns the controller's own.
     logging.getLogger("httpx").setLevel(logging.DEBUG if conf.debug else logging.WARNING)
     stopping = threading.Event()

@@ -28,7 +28,7 @@ def log_path(conf: cfg.ConfigOpts, default_name: str) -> Path | None:
     return name if name.is_absolute() or not conf.log_dir else Path(conf.log_dir) / name
 
 
-def configure(conf: cfg.ConfigOpts, default_name: str, fmt: str = FORMAT) -> None:
+def configure(conf: cfg.ConfigOpts, default_name: str) -> None:
     """Logging for a long-running command (``default_name``: its file's name
     under log_dir when log_file names none)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -40,5 +40,5 @@ def configure(conf: cfg.ConfigOpts, default_name: str, fmt: str = FORMAT) -> Non
         except OSError as exc:
             raise SystemExit(f"kuryr: cannot log to {path} ([DEFAULT] log_file/log_dir): "
                              f"{exc.strerror}") from None
-    logging.basicConfig(level=logging.DEBUG if conf.debug else logging.INFO, format=fmt,
+    logging.basicConfig(level=logging.DEBUG if conf.debug else logging.INFO, format=FORMAT,
                         handlers=handlers, force=True)

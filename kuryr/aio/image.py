@@ -235,11 +235,7 @@ def _content(containerd: Containerd, digest: str) -> dict:
 def build(layout: Layout, *, docker_host: str, repository: str = REPOSITORY,
           containerd: bool = False) -> tuple[Image, list[str]]:
     """Make (or find) the tree and the image; the image and what was done."""
-    source = Path(__file__).resolve().parents[2]
-    log = rootfs.cache_dir(layout.cache) / "build.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with rootfs.build_lock(layout.cache):
-        tree = rootfs.kuryr_tree(source, layout.cache, log=log)
+    with rootfs.checkout_tree(layout.cache) as tree:
         image = Image.of(tree, repository)
         builder = Builder(docker_host, image)
         image_id, done = builder.ensure(tree)

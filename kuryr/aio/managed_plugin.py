@@ -248,16 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "(give another with --mount NAME=HOSTPATH)", file=sys.stderr)
             return 2
         Path(mounts[LOGS_MOUNT]).mkdir(mode=0o700, parents=True, exist_ok=True)
-    source = Path(__file__).resolve().parents[2]
-    if not (source / "pyproject.toml").is_file():
-        print(f"build-plugin: {source} is not a Kuryr checkout: run tools/build-plugin from "
-              "one (it builds the plugin from the checkout's wheel)", file=sys.stderr)
-        return 2
-    log = layout.cache / "rootfs" / "build.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with rootfs.build_lock(layout.cache):  # until `docker plugin create` copied it
-            tree = rootfs.kuryr_tree(source, layout.cache, log=log)
+        with rootfs.checkout_tree(layout.cache) as tree:  # until `plugin create` copied it
             done = installer.install(tree, sources, env)
     except procs.StackError as exc:
         print(f"build-plugin: {exc}", file=sys.stderr)

@@ -168,6 +168,19 @@ def kuryr_tree(source: Path, cache: Path, *, log: Path) -> Tree:
     return Tree(tree, build_id, version)
 
 
+@contextlib.contextmanager
+def checkout_tree(cache: Path) -> Iterator[Tree]:
+    """The tree of the checkout this module runs from, under the build lock for
+    as long as the caller copies it out (tools/build-plugin, tools/build-image)."""
+    source = Path(__file__).resolve().parents[2]
+    if not (source / "pyproject.toml").is_file():
+        raise procs.StackError(f"{source} is not a Kuryr checkout: the plugin and the image "
+                               "are built from a checkout's wheel")
+    log = cache_dir(cache) / "build.log"
+    with build_lock(cache):  # makes cache_dir
+        yield kuryr_tree(source, cache, log=log)
+
+
 def _install_kuryr(tree: Path, wheel: Path, wheelhouse: Path, *, log: Path) -> None:
     inside = tree / WHEELS_INSIDE.lstrip("/")
     shutil.copytree(wheelhouse, inside)
