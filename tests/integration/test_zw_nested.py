@@ -145,9 +145,12 @@ def test_container_in_a_vm_reaches_the_host_and_the_other_vm(vms, docker, neutro
         f"{mode}: the VM's container cannot reach the host's"
     assert pings(here.docker, in_vm, other_ip), f"{mode}: no reach to the other VM's container"
     assert pings(docker, on_host, vm_ip), f"{mode}: the host's container cannot reach it"
+    # The endpoint is recorded on its port by a background PUT (off the
+    # container's start), so the port's owner may lag the first packets.
+    assert helpers.wait_until(lambda: port_of(neutron, vm_ip).device_owner
+                              == marks.DEVICE_OWNER, 20), f"{mode}: endpoint not recorded"
     port = port_of(neutron, vm_ip)
     assert marks.vm_tag(here.port.id) in port.tags
-    assert port.device_owner == marks.DEVICE_OWNER
     if mode == "vlan":
         assert port.id in trunk_subports(neutron, here), "not a sub-port of the VM's trunk"
     else:
