@@ -7,6 +7,8 @@ with ``-d kuryr/kuryr:latest --ipam-driver kuryr/kuryr:latest``.
 
 Run again, it changes only what differs: the same build (the tree's build id,
 kept in the plugin's description) with the same settings is left alone.
+``--push REF`` instead creates the plugin under a registry's name, pushes it
+and removes that local copy: other hosts `docker plugin install` it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kuryr.aio import docker, procs, rootfs
@@ -193,6 +195,29 @@ class Installer:
             done.append(f"enabled {self.name}")
         return done
 
+    def push(self, tree: rootfs.Tree) -> list[str]:
+        """Push this build to the registry ``name`` names, for hosts without a
+        checkout to `docker plugin install` with their own settings.  The local
+        plugin under that name is made for the push and removed after it; one
+        that was there before is pushed only if it is this build, and kept."""
+        current = self.inspect()
+        if current is not None and tree.build_id not in current["Config"]["Description"]:
+            raise procs.StackError(
+                f"{self.name} is already on this dockerd as another build: remove it "
+                "(`docker plugin rm -f`) or push under another tag")
+        done: list[str] = []
+        if current is None:
+            self._create(tree)
+            done.append(f"created {self.name} (Kuryr {tree.version}, build {tree.build_id})")
+        try:
+            self.cli("plugin", "push", self.name, timeout=1800)
+            done.append(f"pushed {self.name}")
+        finally:
+            if current is None:  # ours: made only to be pushed
+                self.cli("plugin", "rm", "--force", self.name, check=False)
+                done.append(f"removed the local {self.name}")
+        return done
+
     def _create(self, tree: rootfs.Tree) -> None:
         # The context directory is the tree's parent: rootfs/ and config.json.
         context = tree.path.parent
@@ -227,14 +252,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="an OS_<GROUP>__<OPTION> setting (overrides kuryr.conf)")
     p.add_argument("--remove", action="store_true", help="disable and remove the plugin")
+    p.add_argument("--push", metavar="REGISTRY/NAME:TAG",
+                   help="push this build to a registry instead of enabling it here (hosts "
+                        "then `docker plugin install --alias kuryr/kuryr:latest` it)")
     args = p.parse_args(argv)
+    if args.push and (args.remove or args.mount or args.env
+                      or args.name != DEFAULT_NAME):
+        p.error("--push takes no --name, --remove, --mount or --env: settings are each "
+                "host's, given to `docker plugin install`")
     layout = Layout.default()
     docker_host = os.environ.get("DOCKER_HOST") or layout.docker_host
-    installer = Installer(docker_host, args.name)
+    installer = Installer(docker_host, args.push or args.name)
     if args.remove:
         installer.remove()
         print(f"build-plugin: {args.name} removed from {docker_host}")
         return 0
+    if args.push:
+        return _run_build(layout, installer.push)
     sources, env = _pairs(args.mount, "--mount"), _pairs(args.env, "--env")
     try:
         settings_args(sources, env)
@@ -248,13 +282,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "(give another with --mount NAME=HOSTPATH)", file=sys.stderr)
             return 2
         Path(mounts[LOGS_MOUNT]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return _run_build(layout, lambda tree: installer.install(tree, sources, env),
+                      unchanged=f"{args.name} is already this build ({{build}}), enabled")
+
+
+def _run_build(layout: Layout, use: Callable[[rootfs.Tree], list[str]],
+               unchanged: str = "") -> int:
+    """Build (or reuse) the checkout's tree and hand it to ``use`` under the
+    build lock (until `plugin create` has copied it); print what was done."""
     try:
-        with rootfs.checkout_tree(layout.cache) as tree:  # until `plugin create` copied it
-            done = installer.install(tree, sources, env)
+        with rootfs.checkout_tree(layout.cache) as tree:
+            done = use(tree)
     except procs.StackError as exc:
         print(f"build-plugin: {exc}", file=sys.stderr)
         return 1
-    for line in done or [f"{args.name} is already this build ({tree.build_id}), enabled"]:
+    for line in done or [unchanged.format(build=tree.build_id)]:
         print(f"build-plugin: {line}")
     return 0
 

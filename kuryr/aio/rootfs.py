@@ -8,7 +8,8 @@ Kuryr is this checkout's wheel, its dependencies come from PyPI as wheels.
 Three layers, each cached under ``<cache>/rootfs`` (outside what
 ``kuryr-aio down --purge`` wipes), each keyed by what makes it:
 
-- the Debian base: by suite, mirror and package list (minutes to make, once);
+- the Debian base: by suite, mirror and package list (a minute to make), made
+  again when older than BASE_MAX_AGE_DAYS (Debian's security updates);
 - the wheelhouse: Kuryr's dependencies as wheels (pip asks the index only when
   a requirement is not already there);
 - the Kuryr tree: the base plus a venv at /opt/kuryr with the wheel installed,
@@ -25,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ VENV = "/opt/kuryr"  # inside the tree
 WHEELS_INSIDE = "/opt/kuryr-wheels"  # inside the tree while Kuryr is installed, then removed
 COMPLETE = ".kuryr-complete"  # written last: a tree without it is half made
 KEEP_TREES = 2  # Kuryr trees kept in the cache (the newest)
+# Debian's security updates reach the images only through a new base: one
+# older than this is made again (then every tree on it, via the build id).
+BASE_MAX_AGE_DAYS = float(os.environ.get("KURYR_ROOTFS_MAX_AGE_DAYS", "14"))
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,31 @@ def is_complete(tree: Path) -> bool:
     return (tree / COMPLETE).is_file()
 
 
-def debian_base(cache: Path, *, log: Path) -> Path:
-    """Debian ``SUITE`` (minbase + PACKAGES), made once with debootstrap."""
+def base_age_days(tree: Path, now: float | None = None) -> float:
+    """Days since ``tree`` was completed (its completion mark's mtime)."""
+    made = (tree / COMPLETE).stat().st_mtime
+    return ((time.time() if now is None else now) - made) / 86400
+
+
+def debian_base(cache: Path, *, log: Path, max_age_days: float = BASE_MAX_AGE_DAYS) -> Path:
+    """Debian ``SUITE`` (minbase + PACKAGES), made with debootstrap and made
+    again when older than ``max_age_days``.  A refresh that fails (Debian's
+    archive out of reach) keeps the old base, with a warning."""
     path = cache_dir(cache) / f"debian-{SUITE}-{base_key()}"
-    if is_complete(path):
+    if not is_complete(path):
+        return _debootstrap(path, log=log)
+    age = base_age_days(path)
+    if age < max_age_days:
         return path
+    try:
+        return _debootstrap(path, log=log)
+    except procs.StackError as exc:
+        print(f"rootfs: the Debian base is {age:.0f} days old and could not be made again "
+              f"({exc}); using it as it is", file=sys.stderr)
+        return path
+
+
+def _debootstrap(path: Path, *, log: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=path.parent))
     scratch.chmod(0o755)  # it becomes "/": mkdtemp's 0700 would shut non-root users out
@@ -100,7 +125,9 @@ def debian_base(cache: Path, *, log: Path) -> Path:
                     item.unlink()
         for docs in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"):
             shutil.rmtree(scratch / docs, ignore_errors=True)
-        (scratch / COMPLETE).write_text(f"debootstrap {SUITE} {MIRROR} {' '.join(PACKAGES)}\n")
+        # The date makes a refreshed base another build (see kuryr_tree's build id).
+        (scratch / COMPLETE).write_text(f"debootstrap {SUITE} {MIRROR} {' '.join(PACKAGES)} "
+                                        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
         shutil.rmtree(path, ignore_errors=True)
         scratch.rename(path)
     finally:
@@ -130,6 +157,13 @@ def wheel_digest(wheel: Path) -> str:
     return digest.hexdigest()
 
 
+def tree_build_id(base: Path, wheel_contents: str) -> str:
+    """16 hex naming a Kuryr tree: its base (which, and when it was made: a
+    refreshed base is a new build) and the wheel's contents."""
+    made = (base / COMPLETE).read_text()
+    return hashlib.sha256(f"{base.name}\n{made}\n{wheel_contents}".encode()).hexdigest()[:16]
+
+
 def fill_wheelhouse(wheel: Path, wheelhouse: Path, *, log: Path) -> None:
     """Wheels of everything ``wheel`` needs.  Offline first (what the cache
     has); the index only when that is not enough."""
@@ -151,7 +185,7 @@ def kuryr_tree(source: Path, cache: Path, *, log: Path) -> Tree:
     work = cache_dir(cache) / "work"
     wheel = build_wheel(source, work / "dist", log=log)
     version = wheel.name.split("-")[1]
-    build_id = hashlib.sha256(f"{base.name}\n{wheel_digest(wheel)}".encode()).hexdigest()[:16]
+    build_id = tree_build_id(base, wheel_digest(wheel))
     home = cache_dir(cache) / f"kuryr-{build_id}"
     tree = home / "rootfs"
     if is_complete(tree):

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,94 @@ def test_its_networks_work_after_dockerd_restarts(plugin, stack, docker, plugin_
     cleanup(lambda: docker.run("rm", "-f", second, check=False))
     assert docker.run("exec", second, "ping", "-c", "2", "-W", "2",
                       docker.ip_of(first, name), check=False).returncode == 0
+
+
+# -- from a registry: last, it replaces the module's plugin ----------------------------
+
+@pytest.fixture
+def registry(stack, tmp_path):
+    """Debian's docker-registry (Docker's distribution) on a free loopback port,
+    storing in tmp_path; its binary unpacked from the .deb into the stack's
+    cache (no service of the package is installed or started)."""
+    binary = _registry_binary(stack.cache / "docker-registry")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'store'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")
+    with (tmp_path / "registry.log").open("w") as log:
+        proc = subprocess.Popen([str(binary), "serve", str(tmp_path / "config.yml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert helpers.wait_until(lambda: _get(port, "/v2/") is not None, 20), \
+            (tmp_path / "registry.log").read_text()
+        yield f"127.0.0.1:{port}"  # dockerd takes 127.0.0.0/8 registries without TLS
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _registry_binary(where: Path) -> Path:
+    binary = where / "usr" / "bin" / "docker-registry"
+    if binary.exists():
+        return binary
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "-q", "docker-registry"], cwd=where, check=True,
+                   capture_output=True, timeout=600)
+    (deb,) = where.glob("docker-registry_*.deb")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(where)], check=True, timeout=120)
+    deb.unlink()
+    return binary
+
+
+def _get(port: int, path: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as answer:
+            return json.loads(answer.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+
+
+def test_zz_pushed_to_a_registry_it_installs_on_a_host_and_works(plugin, stack, docker,
+                                                                 registry, plugin_network,
+                                                                 cleanup, unique):
+    """The way to hosts without a checkout (docs/install.md): build and push
+    here, `docker plugin install --alias kuryr/kuryr:latest` there, with that
+    host's settings.  Here the same dockerd is both: the module's plugin is
+    replaced by the installed one (the teardown removes it as before)."""
+    reference = f"{registry}/kuryr/kuryr:{unique}"
+    build = inspect(docker)["Config"]["Description"]
+    started = time.monotonic()
+    pushed = build_plugin(stack, "--push", reference)
+    print(f"tools/build-plugin --push: {time.monotonic() - started:.1f} s\n{pushed.stdout}")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert f"pushed {reference}" in pushed.stdout
+    port = int(registry.rsplit(":", 1)[1])
+    assert unique in (_get(port, "/v2/kuryr/kuryr/tags/list") or {}).get("tags", [])
+    listed = docker.out("plugin", "ls", "--format", "{{.Name}}").split()
+    assert reference not in listed, "the plugin made for the push stayed"
+
+    docker.run("plugin", "rm", "--force", NAME)
+    # The same mounts as the module's plugin, as `docker plugin install` takes them.
+    settings = [pair.replace("=", ".source=", 1) for pair in mount_args(stack, plugin)[1::2]]
+    started = time.monotonic()
+    docker.run("plugin", "install", "--grant-all-permissions", "--alias", NAME, reference,
+               *settings, timeout=900)
+    print(f"docker plugin install: {time.monotonic() - started:.1f} s")
+    found = inspect(docker)
+    assert found["Enabled"]
+    assert found["PluginReference"] == reference
+    assert found["Config"]["Description"] == build, "not the build that was pushed"
+    assert found["Config"]["Linux"]["Capabilities"] == list(managed_plugin.CAPABILITIES)
+
+    name = plugin_network("10.73.0.0/24")
+    a, b = f"mpi-{unique}-a", f"mpi-{unique}-b"
+    for container in (a, b):
+        docker.run("run", "-d", "--name", container, "--net", name, "busybox", "sleep", "600")
+        cleanup(lambda c=container: docker.run("rm", "-f", c, check=False))
+    assert docker.run("exec", a, "ping", "-c", "2", "-W", "2", docker.ip_of(b, name),
+                      check=False).returncode == 0
 
 
 def _read(port: int) -> bytes:

@@ -3,6 +3,7 @@ and the mount table parser the stack uses to share dockerd's netns directory."""
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -169,3 +170,142 @@ MOUNTINFO = """\
 def test_mount_points_and_their_propagation():
     points = namespaces.mount_points(MOUNTINFO)
     assert points == {"/": set(), "/run/netns": {"shared"}, "/var/lib/x y": {"master"}}
+
+
+class RecordingInstaller(managed_plugin.Installer):
+    """The push rules, with dockerd's plugin list as a dict (the real push is
+    tests/integration/test_managed_plugin.py's)."""
+
+    def __init__(self, name: str, existing: dict[str, str], fail_push: bool = False) -> None:
+        super().__init__("unix:///nowhere", name)
+        self.plugins = dict(existing)  # name -> description
+        self.calls: list[tuple[str, ...]] = []
+        self.fail_push = fail_push
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        self.calls.append(args[:2])
+        verb = args[1]
+        if verb == "inspect":
+            found = self.plugins.get(self.name)
+            return "[]" if found is None else \
+                f'[{{"Config": {{"Description": "{found}"}}, "Enabled": false}}]'
+        if verb == "push" and self.fail_push:
+            raise managed_plugin.procs.StackError("push refused")
+        if verb == "rm":
+            self.plugins.pop(self.name, None)
+        return ""
+
+    def _create(self, tree: rootfs.Tree) -> None:
+        self.calls.append(("plugin", "create"))
+        self.plugins[self.name] = f"Kuryr (build {tree.build_id})"
+
+
+REF = "127.0.0.1:5000/kuryr/kuryr:1.2.3"
+
+
+def test_push_makes_the_plugin_pushes_it_and_removes_what_it_made():
+    installer = RecordingInstaller(REF, {})
+    done = installer.push(TREE)
+    assert [c[1] for c in installer.calls] == ["inspect", "create", "push", "rm"]
+    assert installer.plugins == {}
+    assert done == [f"created {REF} (Kuryr 1.2.3, build {TREE.build_id})", f"pushed {REF}",
+                    f"removed the local {REF}"]
+
+
+def test_push_of_a_plugin_that_was_there_keeps_it():
+    installer = RecordingInstaller(REF, {REF: f"Kuryr (build {TREE.build_id})"})
+    assert installer.push(TREE) == [f"pushed {REF}"]
+    assert REF in installer.plugins
+    assert ("plugin", "rm") not in installer.calls
+
+
+def test_push_refuses_a_name_held_by_another_build_and_touches_nothing():
+    installer = RecordingInstaller(REF, {REF: "Kuryr (build ffffffffffffffff)"})
+    with pytest.raises(managed_plugin.procs.StackError, match="another build"):
+        installer.push(TREE)
+    assert [c[1] for c in installer.calls] == ["inspect"]
+
+
+def test_a_failed_push_still_removes_the_plugin_it_made():
+    installer = RecordingInstaller(REF, {}, fail_push=True)
+    with pytest.raises(managed_plugin.procs.StackError, match="push refused"):
+        installer.push(TREE)
+    assert installer.plugins == {}
+
+
+@pytest.mark.parametrize("extra", [["--remove"], ["--mount", "config=/x"],
+                                   ["--env", "OS_DEFAULT__DEBUG=1"], ["--name", "a/b:c"]])
+def test_push_takes_no_host_settings(extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        managed_plugin.main(["--push", REF, *extra])
+    assert exc.value.code == 2
+    assert "settings are each host's" in capsys.readouterr().err
+
+
+@pytest.fixture
+def base_cache(tmp_path, monkeypatch):
+    """A cache holding a complete Debian base; debootstrap replaced by a recorder."""
+    base = rootfs.cache_dir(tmp_path) / f"debian-{rootfs.SUITE}-{rootfs.base_key()}"
+    base.mkdir(parents=True)
+    (base / rootfs.COMPLETE).write_text("debootstrap ...\n")
+    made: list[Path] = []
+
+    def debootstrap(path: Path, *, log: Path) -> Path:
+        made.append(path)
+        if getattr(debootstrap, "fails", False):
+            raise rootfs.procs.StackError("deb.debian.org: no route to host")
+        return path
+
+    monkeypatch.setattr(rootfs, "_debootstrap", debootstrap)
+    return tmp_path, base, made, debootstrap
+
+
+def _age(base: Path, days: float) -> None:
+    mark = base / rootfs.COMPLETE
+    when = mark.stat().st_mtime - days * 86400
+    os.utime(mark, (when, when))
+
+
+def test_a_young_debian_base_is_used_as_it_is(base_cache):
+    cache, base, made, _ = base_cache
+    _age(base, 13)
+    assert rootfs.debian_base(cache, log=cache / "log", max_age_days=14) == base
+    assert made == []
+
+
+def test_an_old_debian_base_is_made_again(base_cache):
+    cache, base, made, _ = base_cache
+    _age(base, 15)
+    assert rootfs.debian_base(cache, log=cache / "log", max_age_days=14) == base
+    assert made == [base]
+
+
+def test_an_old_base_that_cannot_be_made_again_is_kept_with_a_warning(base_cache, capsys):
+    cache, base, made, debootstrap = base_cache
+    _age(base, 30)
+    debootstrap.fails = True
+    assert rootfs.debian_base(cache, log=cache / "log", max_age_days=14) == base
+    assert made == [base]
+    warning = capsys.readouterr().err
+    assert "30 days old" in warning
+    assert "no route to host" in warning
+
+
+def test_a_missing_base_that_cannot_be_made_is_an_error(base_cache):
+    cache, base, _, debootstrap = base_cache
+    (base / rootfs.COMPLETE).unlink()
+    debootstrap.fails = True
+    with pytest.raises(rootfs.procs.StackError, match="no route"):
+        rootfs.debian_base(cache, log=cache / "log")
+
+
+def test_a_remade_base_gives_the_same_wheel_another_build_id(tmp_path):
+    base = tmp_path / "debian-bookworm-abc"
+    base.mkdir()
+    (base / rootfs.COMPLETE).write_text("debootstrap bookworm ... 2026-11-01T00:00:00Z\n")
+    first = rootfs.tree_build_id(base, "wheel")
+    assert rootfs.tree_build_id(base, "wheel") == first
+    assert rootfs.tree_build_id(base, "other wheel") != first
+    (base / rootfs.COMPLETE).write_text("debootstrap bookworm ... 2026-11-15T00:00:00Z\n")
+    assert rootfs.tree_build_id(base, "wheel") != first
+    assert len(first) == 16
