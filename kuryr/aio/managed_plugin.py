@@ -14,10 +14,13 @@ and removes that local copy: other hosts `docker plugin install` it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from kuryr.aio import docker, procs, rootfs
@@ -82,6 +85,7 @@ FIXED_ENV = ({"name": "KURYR_PROC_SYS_NET", "description": "where the network sy
 # etc/systemd/kuryr.service say why each): veths and addresses (netlink),
 # setns(2) into a container's namespace, published ports below 1024.
 CAPABILITIES = ("CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE")
+PUSHED_AS = "/opt/kuryr/pushed-as"  # in a pushed plugin: the reference it was pushed as
 
 
 def config_json(tree: rootfs.Tree) -> dict:
@@ -207,7 +211,8 @@ class Installer:
                 "(`docker plugin rm -f`) or push under another tag")
         done: list[str] = []
         if current is None:
-            self._create(tree)
+            with _push_context(tree, self.name) as context:
+                self._create(tree, context)
             done.append(f"created {self.name} (Kuryr {tree.version}, build {tree.build_id})")
         try:
             self.cli("plugin", "push", self.name, timeout=1800)
@@ -218,9 +223,10 @@ class Installer:
                 done.append(f"removed the local {self.name}")
         return done
 
-    def _create(self, tree: rootfs.Tree) -> None:
-        # The context directory is the tree's parent: rootfs/ and config.json.
-        context = tree.path.parent
+    def _create(self, tree: rootfs.Tree, context: Path | None = None) -> None:
+        # The context directory: rootfs/ and config.json (the tree's parent
+        # unless one is given).
+        context = context or tree.path.parent
         (context / "config.json").write_text(json.dumps(config_json(tree), indent=1) + "\n")
         self.cli("plugin", "create", self.name, str(context), timeout=600)
 
@@ -228,6 +234,24 @@ class Installer:
         """Disable and remove the plugin (networks that use it stay in Docker)."""
         self.cli("plugin", "disable", "--force", self.name, check=False)
         self.cli("plugin", "rm", "--force", self.name, check=False)
+
+
+@contextlib.contextmanager
+def _push_context(tree: rootfs.Tree, reference: str) -> Iterator[Path]:
+    """A `plugin create` context for the plugin made to be pushed: the tree
+    hard-linked (no copy of its 250 MB) plus PUSHED_AS naming the reference.
+    dockerd keeps a plugin's layer by digest and refuses to create a second
+    plugin from a layer it holds ("content sha256:...: already exists"): this
+    build, enabled here under its usual name, would block the push otherwise."""
+    scratch = Path(tempfile.mkdtemp(prefix="push.", dir=tree.path.parent.parent))
+    try:
+        procs.run(["cp", "-al", str(tree.path), str(scratch / "rootfs")], timeout=300)
+        marker = scratch / "rootfs" / PUSHED_AS.lstrip("/")
+        marker.unlink(missing_ok=True)  # a new file: never write through a link to the tree
+        marker.write_text(f"{reference}\nbuild {tree.build_id}\n")
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:

@@ -3,6 +3,7 @@ and the mount table parser the stack uses to share dockerd's netns directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from pathlib import Path
@@ -195,7 +196,7 @@ class RecordingInstaller(managed_plugin.Installer):
             self.plugins.pop(self.name, None)
         return ""
 
-    def _create(self, tree: rootfs.Tree) -> None:
+    def _create(self, tree: rootfs.Tree, context: Path | None = None) -> None:
         self.calls.append(("plugin", "create"))
         self.plugins[self.name] = f"Kuryr (build {tree.build_id})"
 
@@ -203,7 +204,32 @@ class RecordingInstaller(managed_plugin.Installer):
 REF = "127.0.0.1:5000/kuryr/kuryr:1.2.3"
 
 
-def test_push_makes_the_plugin_pushes_it_and_removes_what_it_made():
+@pytest.fixture
+def no_tree(monkeypatch):
+    """The push rules' tests make no tree: their context is a name."""
+    monkeypatch.setattr(managed_plugin, "_push_context",
+                        lambda tree, reference: contextlib.nullcontext(Path("/ctx")))
+
+
+def test_the_push_context_links_the_tree_and_adds_a_marker_without_touching_it(tmp_path):
+    home = tmp_path / "kuryr-0123456789abcdef"
+    (home / "rootfs" / "opt" / "kuryr").mkdir(parents=True)
+    python = home / "rootfs" / "opt" / "kuryr" / "python"
+    python.write_text("the tree's")
+    # A marker left in the tree (as a link would show it) is replaced, not written through.
+    (home / "rootfs" / managed_plugin.PUSHED_AS.lstrip("/")).write_text("tree's own")
+    tree = rootfs.Tree(home / "rootfs", "0123456789abcdef", "1.2.3")
+    with managed_plugin._push_context(tree, REF) as context:
+        linked = context / "rootfs" / "opt" / "kuryr" / "python"
+        assert linked.stat().st_ino == python.stat().st_ino  # linked, not copied
+        marker = context / "rootfs" / managed_plugin.PUSHED_AS.lstrip("/")
+        assert marker.read_text() == f"{REF}\nbuild 0123456789abcdef\n"
+    assert (home / "rootfs" / managed_plugin.PUSHED_AS.lstrip("/")).read_text() == "tree's own"
+    assert not context.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [home.name]
+
+
+def test_push_makes_the_plugin_pushes_it_and_removes_what_it_made(no_tree):
     installer = RecordingInstaller(REF, {})
     done = installer.push(TREE)
     assert [c[1] for c in installer.calls] == ["inspect", "create", "push", "rm"]
@@ -212,21 +238,21 @@ def test_push_makes_the_plugin_pushes_it_and_removes_what_it_made():
                     f"removed the local {REF}"]
 
 
-def test_push_of_a_plugin_that_was_there_keeps_it():
+def test_push_of_a_plugin_that_was_there_keeps_it(no_tree):
     installer = RecordingInstaller(REF, {REF: f"Kuryr (build {TREE.build_id})"})
     assert installer.push(TREE) == [f"pushed {REF}"]
     assert REF in installer.plugins
     assert ("plugin", "rm") not in installer.calls
 
 
-def test_push_refuses_a_name_held_by_another_build_and_touches_nothing():
+def test_push_refuses_a_name_held_by_another_build_and_touches_nothing(no_tree):
     installer = RecordingInstaller(REF, {REF: "Kuryr (build ffffffffffffffff)"})
     with pytest.raises(managed_plugin.procs.StackError, match="another build"):
         installer.push(TREE)
     assert [c[1] for c in installer.calls] == ["inspect"]
 
 
-def test_a_failed_push_still_removes_the_plugin_it_made():
+def test_a_failed_push_still_removes_the_plugin_it_made(no_tree):
     installer = RecordingInstaller(REF, {}, fail_push=True)
     with pytest.raises(managed_plugin.procs.StackError, match="push refused"):
         installer.push(TREE)
