@@ -178,7 +178,7 @@ class Installer:
         wanted = wanted_settings(sources, env)
         current = self.inspect()
         done: list[str] = []
-        same_build = current is not None and tree.build_id in current["Config"]["Description"]
+        same_build = current is not None and _is_build(current, tree)
         if current and not same_build:
             self.remove()
             done.append(f"removed {self.name} (another build)")
@@ -205,7 +205,7 @@ class Installer:
         plugin under that name is made for the push and removed after it; one
         that was there before is pushed only if it is this build, and kept."""
         current = self.inspect()
-        if current is not None and tree.build_id not in current["Config"]["Description"]:
+        if current is not None and not _is_build(current, tree):
             raise procs.StackError(
                 f"{self.name} is already on this dockerd as another build: remove it "
                 "(`docker plugin rm -f`) or push under another tag")
@@ -218,8 +218,9 @@ class Installer:
             self.cli("plugin", "push", self.name, timeout=1800)
             done.append(f"pushed {self.name}")
         finally:
-            if current is None:  # ours: made only to be pushed
-                self.cli("plugin", "rm", "--force", self.name, check=False)
+            # Ours, made only to be pushed (`plugin rm` names what it removed).
+            if current is None and self.cli("plugin", "rm", "--force", self.name,
+                                            check=False).strip():
                 done.append(f"removed the local {self.name}")
         return done
 
@@ -234,6 +235,12 @@ class Installer:
         """Disable and remove the plugin (networks that use it stay in Docker)."""
         self.cli("plugin", "disable", "--force", self.name, check=False)
         self.cli("plugin", "rm", "--force", self.name, check=False)
+
+
+def _is_build(inspected: dict, tree: rootfs.Tree) -> bool:
+    """Whether a plugin (`docker plugin inspect`) is this tree's build: the
+    build id is kept in its description (see :func:`config_json`)."""
+    return tree.build_id in inspected["Config"]["Description"]
 
 
 @contextlib.contextmanager

@@ -86,10 +86,9 @@ def is_complete(tree: Path) -> bool:
     return (tree / COMPLETE).is_file()
 
 
-def base_age_days(tree: Path, now: float | None = None) -> float:
+def base_age_days(tree: Path) -> float:
     """Days since ``tree`` was completed (its completion mark's mtime)."""
-    made = (tree / COMPLETE).stat().st_mtime
-    return ((time.time() if now is None else now) - made) / 86400
+    return (time.time() - (tree / COMPLETE).stat().st_mtime) / 86400
 
 
 def debian_base(cache: Path, *, log: Path, max_age_days: float = BASE_MAX_AGE_DAYS) -> Path:

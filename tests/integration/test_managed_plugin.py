@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,6 +231,8 @@ def registry(stack, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        # ~80 MB of layer per run: pytest keeps its last temporary directories.
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
 
 
 def _registry_binary(where: Path) -> Path:

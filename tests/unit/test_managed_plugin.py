@@ -192,8 +192,8 @@ class RecordingInstaller(managed_plugin.Installer):
                 f'[{{"Config": {{"Description": "{found}"}}, "Enabled": false}}]'
         if verb == "push" and self.fail_push:
             raise managed_plugin.procs.StackError("push refused")
-        if verb == "rm":
-            self.plugins.pop(self.name, None)
+        if verb == "rm":  # dockerd's answer names what it removed
+            return self.name + "\n" if self.plugins.pop(self.name, None) else ""
         return ""
 
     def _create(self, tree: rootfs.Tree, context: Path | None = None) -> None:
